@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# Detector image: CPU-only torch, the detector package, non-root, no build tools.
+#   docker build -t detector:latest .
+#   docker run -p 9100:9100 -v "$PWD/models:/models:ro" detector:latest
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---------------------------------------------------------------- build stage
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# torch first, from the CPU wheel index, in its own layer (large, rarely changes).
+# The package's own pin (torch==2.13.0) is then satisfied by 2.13.0+cpu.
+RUN pip install --upgrade pip \
+ && pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY detector ./detector
+RUN pip install . \
+ && python -c "import detector, torch; print('torch', torch.__version__)"
+
+# ---------------------------------------------------------------- runtime stage
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="detector" \
+      org.opencontainers.image.description="Real-time anomaly detection on Kafka streams with a stateful LSTM autoencoder"
+RUN groupadd --system --gid 10001 detector \
+ && useradd --system --uid 10001 --gid detector --no-create-home \
+            --home-dir /nonexistent --shell /usr/sbin/nologin detector \
+ && mkdir -p /models /etc/detector
+COPY --from=build /opt/venv /opt/venv
+# Default configuration; Kubernetes mounts its ConfigMap over /etc/detector,
+# and DETECTOR_* environment variables override single settings.
+COPY config.example.toml /etc/detector/config.toml
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    DETECTOR_MODEL__PATH=/models/current
+USER 10001:10001
+EXPOSE 9100
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=4).status == 200 else 1)"]
+ENTRYPOINT ["detector"]
+CMD ["run", "--config", "/etc/detector/config.toml"]

@@ -1,0 +1,193 @@
+"""Settings: a TOML file overridden by ``DETECTOR_*`` environment variables.
+
+Precedence, highest first: environment (``DETECTOR_MODEL__PATH=/models/v2``), the TOML
+file given with ``--config``, then the defaults below (which ``config.example.toml`` mirrors).
+
+>>> settings = load_settings(None)
+>>> settings.model.cell
+'lstm'
+>>> settings.kafka.alert_topic
+'detector-alerts'
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Section):
+    """Where the fitted model lives and its architecture (used by ``fit``)."""
+
+    path: Path = Field(Path("models/current"), description="Model directory written by `detector fit`.")
+    cell: Literal["lstm", "gru"] = Field("lstm", description="Recurrent cell; GRU is the lighter alternative.")
+    hidden_size: int = Field(32, ge=2, le=1024, description="Units per recurrent layer.")
+    num_layers: int = Field(1, ge=1, le=2, description="Stacked recurrent layers (1-2).")
+    bottleneck: int = Field(8, ge=1, le=256, description="Width of the decoder's bottleneck layer.")
+
+
+class FitSettings(_Section):
+    """Training: truncated BPTT, gradient clipping, early stopping, calibration."""
+
+    window: int = Field(50, ge=2, description="Truncated-BPTT window length (steps).")
+    streams: int = Field(8, ge=1, description="Parallel sub-sequences per batch for a long series.")
+    max_epochs: int = Field(60, ge=1, description="Upper bound on training epochs.")
+    patience: int = Field(8, ge=1, description="Epochs without validation improvement before stopping.")
+    learning_rate: float = Field(5e-3, gt=0, description="Adam learning rate.")
+    clip_norm: float = Field(1.0, gt=0, description="Gradient-norm clipping bound.")
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.9, description="Tail of each series held out for early stopping and calibration.")
+    seed: int = Field(7, description="Random seed; a fit is reproducible.")
+    report: bool = Field(True, description="Write report.png (loss curves, score histogram).")
+
+
+class ScoringSettings(_Section):
+    """How a score becomes a probability and an alert decision."""
+
+    false_alarm_rate: float = Field(1e-3, gt=0, lt=0.5, description="Target per-message false-alarm rate on normal data; opens an alert when probability >= 1 - rate.")
+    close_probability: float = Field(0.9, gt=0, lt=1, description="An open alert closes once probability stays below this ...")
+    close_after: int = Field(10, ge=1, description="... for this many consecutive messages (hysteresis).")
+    smoothing_halflife: float = Field(4.0, gt=0, description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.")
+    drift_halflife: float = Field(400.0, gt=1, description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting after a few half-lives.")
+    warmup_steps: int = Field(10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up.")
+    top_features: int = Field(3, ge=1, description="Features named in an alert as the largest contributors to the error.")
+
+    @property
+    def open_probability(self) -> float:
+        """Probability at or above which an alert opens."""
+        return 1.0 - self.false_alarm_rate
+
+
+class KafkaSettings(_Section):
+    """Broker connection, topics and consumer-group tuning."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    input_topics: list[str] = Field(["sensors"], min_length=1, description="Topics to consume.")
+    alert_topic: str = Field("detector-alerts", description="Where alerts are published (JSON, keyed by entity).")
+    dead_letter_topic: str = Field("detector-dead-letters", description="Where unscorable messages go, with a reason.")
+    checkpoint_topic: str = Field("detector-checkpoints", description="Compacted topic holding per-partition state checkpoints.")
+    group_id: str = Field("detector", description="Consumer group.")
+    client_id: str = Field("detector", description="Client id sent to the broker.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Broker security protocol.")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate for SSL.")
+    ssl_keyfile: Path | None = Field(None, description="Client key for SSL.")
+    ssl_password: SecretStr | None = Field(None, description="Password of the client key.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None, description="SASL mechanism.")
+    sasl_username: str | None = Field(None, description="SASL user.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    session_timeout_ms: int = Field(10000, ge=1000, description="Consumer-group session timeout.")
+    heartbeat_interval_ms: int = Field(2000, ge=100, description="Consumer heartbeat interval.")
+    max_poll_interval_ms: int = Field(300000, ge=1000, description="Longest allowed gap between polls.")
+    max_poll_records: int = Field(2000, ge=1, description="Upper bound on messages per poll (bounds work per poll).")
+    request_timeout_ms: int = Field(30000, ge=1000, description="Broker request timeout.")
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> "KafkaSettings":
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError("SASL security_protocol needs sasl_mechanism, sasl_username and sasl_password")
+        return self
+
+
+class StreamSettings(_Section):
+    """Message format, micro-batching, state and checkpoints of ``detector run``."""
+
+    entity_field: str = Field("entity", description="JSON field naming the entity (falls back to the message key).")
+    timestamp_field: str = Field("timestamp", description="JSON field with ISO 8601 or epoch s/ms time.")
+    values_field: str = Field("values", description="JSON object field holding the features.")
+    batch_max_messages: int = Field(1000, ge=1, description="Micro-batch size cap.")
+    batch_max_ms: int = Field(50, ge=1, description="Micro-batch time cap (milliseconds).")
+    max_message_bytes: int = Field(65536, ge=64, description="Larger messages are dead-lettered.")
+    reject_out_of_order: bool = Field(True, description="Dead-letter a message older than its entity's last one.")
+    max_entities: int = Field(1_000_000, ge=1, description="Tracked entities; least recently seen are evicted beyond it.")
+    entity_ttl_s: float = Field(86400.0, gt=0, description="Idle entities are evicted after this many seconds.")
+    checkpoint_interval_s: float = Field(60.0, gt=0, description="Seconds between state checkpoints.")
+    shutdown_grace_s: float = Field(30.0, gt=0, description="Time allowed to finish, commit and checkpoint on SIGTERM.")
+
+
+class MetricsSettings(_Section):
+    """The HTTP endpoint for /metrics, /healthz and /readyz."""
+
+    host: str = Field("0.0.0.0", description="Bind address.")
+    port: int = Field(9100, ge=0, le=65535, description="Port (0 picks a free one).")
+    stall_after_s: float = Field(60.0, gt=0, description="/healthz fails when the loop made no progress for this long.")
+
+
+class LogSettings(_Section):
+    """Structured logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Minimum level.")
+    format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, JSON lines otherwise.")
+
+
+class Settings(BaseSettings):
+    """All settings of the service and the offline commands."""
+
+    model_config = SettingsConfigDict(env_prefix="DETECTOR_", env_nested_delimiter="__", extra="forbid")
+
+    model: ModelSettings = ModelSettings()
+    fit: FitSettings = FitSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    stream: StreamSettings = StreamSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the TOML file, which is passed as init arguments.
+        return env_settings, init_settings
+
+
+class SettingsError(ValueError):
+    """Settings could not be loaded; the message names the file and the field."""
+
+
+def load_settings(config_path: Path | str | None, **overrides: Any) -> Settings:
+    """Load settings from ``config_path`` (TOML) and the environment.
+
+    Raises :class:`SettingsError` naming the offending field, e.g.
+    ``invalid setting model.num_layers: Input should be less than or equal to 2``.
+    """
+    values: dict[str, Any] = _read_toml(Path(config_path)) if config_path else {}
+    for section, fields in overrides.items():
+        values.setdefault(section, {}).update(fields)
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        raise SettingsError(_describe(error, config_path)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _describe(error: ValidationError, source: Path | str | None) -> str:
+    where = f" (from {source} or DETECTOR_* environment)" if source else " (from DETECTOR_* environment)"
+    lines = [
+        f"invalid setting {'.'.join(str(part) for part in issue['loc']) or '<root>'}: {issue['msg']}"
+        for issue in error.errors()
+    ]
+    return "; ".join(lines) + where

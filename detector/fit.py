@@ -1,0 +1,225 @@
+"""Fit a model on historical CSV files, then calibrate it on their held-out normal tails.
+
+>>> from detector.config import FitSettings, ModelSettings, ScoringSettings   # doctest: +SKIP
+>>> model = fit_tables([read_csv("history.csv")], ModelSettings(), FitSettings(), ScoringSettings())  # doctest: +SKIP
+>>> save_model(model, Path("models/current"))                                  # doctest: +SKIP
+
+Training is truncated backpropagation through time: each series is cut into a few long
+streams, the streams are walked in windows of ``fit.window`` steps with the state carried
+(detached) from one window to the next, gradients are clipped, and training stops early when
+the loss on the held-out tail of each series stops improving.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detector.config import FitSettings, ModelSettings, ScoringSettings
+from detector.logs import get_logger
+from detector.model import Calibration, FittedModel, StreamAutoencoder, save_model, version_id
+from detector.schema import DataError, Observation, Table
+from detector.scoring import Detector
+
+__all__ = ["FitHistory", "fit_tables", "write_model"]
+
+log = get_logger(__name__)
+_RESIDUAL_FLOOR = 1e-2  # in standardised units: a perfectly predictable feature is not infinitely sensitive
+_LOG_STD_FLOOR = 0.1
+
+
+@dataclass
+class FitHistory:
+    """Per-epoch losses and the held-out scores used for calibration (for the report)."""
+
+    train_loss: list[float]
+    val_loss: list[float]
+    heldout_scores: np.ndarray
+    best_epoch: int
+
+
+@dataclass(frozen=True)
+class _Series:
+    entity: str
+    values: np.ndarray  # (rows, features), raw units
+    timestamps: list[float]
+    split: int  # rows before this index train, the rest are held out
+
+
+def fit_tables(
+    tables: Sequence[Table], model_settings: ModelSettings, fit: FitSettings, scoring: ScoringSettings, progress: bool = True
+) -> tuple[FittedModel, FitHistory]:
+    """Fit and calibrate a model on ``tables`` (same features); returns the model and its history."""
+    features = _common_features(tables)
+    series = _split_series(tables, fit.holdout_fraction)
+    mean, scale = _feature_scaling(series)
+    torch.manual_seed(fit.seed)
+    np.random.seed(fit.seed)
+    network = StreamAutoencoder(len(features), model_settings.hidden_size, model_settings.num_layers, model_settings.cell, model_settings.bottleneck)
+    standardised = [(s.values - mean) / scale for s in series]
+    train_loss, val_loss, best_epoch = _train(network, standardised, series, fit, progress)
+    residual_scale = _residual_scale(network, standardised, series, scoring.warmup_steps)
+    draft = FittedModel(
+        network=network,
+        features=features,
+        feature_mean=mean,
+        feature_scale=scale,
+        residual_scale=residual_scale,
+        calibration=Calibration(0.0, 1.0, 1.0, 0),
+        scoring=scoring.model_dump(),
+        version="draft",
+    )
+    heldout = _heldout_scores(draft, series)
+    calibration = _calibrate(heldout, scoring)
+    info = {
+        "rows": int(sum(len(s.values) for s in series)),
+        "entities": len({s.entity for s in series}),
+        "epochs": len(train_loss),
+        "best_epoch": best_epoch,
+        "best_val_loss": val_loss[best_epoch],
+        "fit_settings": fit.model_dump(),
+        "model_settings": model_settings.model_dump(mode="json"),
+    }
+    model = replace(draft, calibration=calibration, version=version_id(network, features), info=info)
+    return model, FitHistory(train_loss, val_loss, heldout, best_epoch)
+
+
+def write_model(model: FittedModel, history: FitHistory, directory: Path, report: bool = True) -> Path:
+    """Save the model and, if asked, the PNG report next to it."""
+    save_model(model, directory)
+    if report:
+        from detector.report import write_report
+
+        write_report(model, history, directory / "report.png")
+    return directory
+
+
+def _common_features(tables: Sequence[Table]) -> list[str]:
+    features = tables[0].features
+    for table in tables[1:]:
+        if table.features != features:
+            raise DataError("<inputs>", f"files have different feature columns: {features} vs {table.features}")
+    return features
+
+
+def _split_series(tables: Sequence[Table], holdout_fraction: float) -> list[_Series]:
+    series = []
+    for table in tables:
+        entities = table.entities or ["default"] * len(table.timestamps)
+        for entity in dict.fromkeys(entities):
+            rows = [i for i, e in enumerate(entities) if e == entity]
+            values = table.values[rows]
+            split = max(1, min(len(rows) - 1, math.floor(len(rows) * (1 - holdout_fraction))))
+            if len(rows) < 4:
+                raise DataError("<inputs>", f"entity {entity!r} has {len(rows)} rows; at least 4 are needed to fit")
+            series.append(_Series(entity, values, [table.timestamps[i] for i in rows], split))
+    return series
+
+
+def _feature_scaling(series: Sequence[_Series]) -> tuple[np.ndarray, np.ndarray]:
+    train = np.concatenate([s.values[: s.split] for s in series])
+    scale = train.std(axis=0)
+    return train.mean(axis=0), np.where(scale > 1e-8, scale, 1.0)
+
+
+def _train(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Series], fit: FitSettings, progress: bool) -> tuple[list[float], list[float], int]:
+    optimiser = torch.optim.Adam(network.parameters(), lr=fit.learning_rate)
+    streams, mask = _streams([d[: s.split] for d, s in zip(data, series)], fit.streams, fit.window)
+    best, best_state, best_epoch, train_losses, val_losses = math.inf, None, 0, [], []
+    bar = tqdm(range(fit.max_epochs), desc="fit", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        network.train()
+        train_losses.append(_train_epoch(network, optimiser, streams, mask, fit))
+        val_losses.append(_validation_loss(network, data, series))
+        bar.set_postfix(loss=f"{train_losses[-1]:.4f}", val=f"{val_losses[-1]:.4f}")
+        if val_losses[-1] < best - 1e-6:
+            best, best_state, best_epoch = val_losses[-1], copy.deepcopy(network.state_dict()), epoch
+        elif epoch - best_epoch >= fit.patience:
+            break
+    network.load_state_dict(best_state or network.state_dict())
+    network.eval()
+    log.info("fit.trained", epochs=len(train_losses), best_epoch=best_epoch, best_val_loss=round(best, 5))
+    return train_losses, val_losses, best_epoch
+
+
+def _streams(parts: list[np.ndarray], per_series: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each series into up to ``per_series`` contiguous streams; pad to one length with a mask."""
+    pieces = []
+    for part in parts:
+        count = max(1, min(per_series, len(part) // (4 * window)))
+        pieces.extend(np.array_split(part, count))
+    length = max(len(p) for p in pieces)
+    streams = np.zeros((len(pieces), length, parts[0].shape[1]), dtype=np.float32)
+    mask = np.zeros((len(pieces), length, 1), dtype=np.float32)
+    for i, piece in enumerate(pieces):
+        streams[i, : len(piece)], mask[i, : len(piece)] = piece, 1.0
+    return torch.from_numpy(streams), torch.from_numpy(mask)
+
+
+def _train_epoch(network: StreamAutoencoder, optimiser: torch.optim.Optimizer, streams: torch.Tensor, mask: torch.Tensor, fit: FitSettings) -> float:
+    state, total, weight = network.initial_state(streams.shape[0]), 0.0, 0.0
+    for start in range(0, streams.shape[1], fit.window):
+        x, m = streams[:, start : start + fit.window], mask[:, start : start + fit.window]
+        reconstruction, state = network(x, state.detach())
+        loss = (((reconstruction - x) ** 2) * m).sum() / (m.sum() * x.shape[2]).clamp(min=1.0)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), fit.clip_norm)
+        optimiser.step()
+        total, weight = total + float(loss.detach()) * float(m.sum()), weight + float(m.sum())
+    return total / max(weight, 1.0)
+
+
+def _reconstruct(network: StreamAutoencoder, values: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        x = torch.from_numpy(values.astype(np.float32)).unsqueeze(0)
+        reconstruction, _ = network(x, network.initial_state(1))
+    return reconstruction[0].double().numpy()
+
+
+def _validation_loss(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Series]) -> float:
+    network.eval()
+    errors = [((_reconstruct(network, d) - d)[s.split :] ** 2).mean(axis=1) for d, s in zip(data, series)]
+    return float(np.concatenate(errors).mean())
+
+
+def _residual_scale(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Series], warmup: int) -> np.ndarray:
+    residuals = [(_reconstruct(network, d) - d)[min(warmup, s.split - 1) : s.split] for d, s in zip(data, series)]
+    rms = np.sqrt((np.concatenate(residuals) ** 2).mean(axis=0))
+    return np.maximum(rms, _RESIDUAL_FLOOR)
+
+
+def _heldout_scores(model: FittedModel, series: list[_Series]) -> np.ndarray:
+    """Scores of the held-out tails, produced by the same step function the service uses."""
+    detector = Detector(model)
+    scores = []
+    for s in series:
+        observations = [Observation(s.entity, t, row.tolist()) for t, row in zip(s.timestamps, s.values)]
+        decisions = detector.process(observations)
+        start = max(s.split, model_warmup(model))
+        scores.extend(d.score for d in decisions[start:])
+    return np.asarray(scores)
+
+
+def model_warmup(model: FittedModel) -> int:
+    """Warm-up steps recorded in the model's scoring settings."""
+    return int(model.scoring.get("warmup_steps", 0))
+
+
+def _calibrate(scores: np.ndarray, scoring: ScoringSettings) -> Calibration:
+    """Fit a normal law to the held-out log scores, robustly and conservative in the tail."""
+    logs = np.log(scores + 1e-9)
+    median = float(np.median(logs))
+    mad_std = 1.4826 * float(np.median(np.abs(logs - median)))
+    tail_std = (float(np.quantile(logs, 0.99)) - median) / 2.326
+    log_std = max(mad_std, tail_std, _LOG_STD_FLOOR)
+    z_open = float(torch.special.ndtri(torch.tensor(scoring.open_probability, dtype=torch.float64)))
+    quantiles = {f"q{q}": float(np.quantile(scores, q / 100)) for q in (50, 90, 99, 100)}
+    return Calibration(median, log_std, float(math.exp(median + z_open * log_std)), int(len(scores)), quantiles)

@@ -1,0 +1,208 @@
+"""The stateful recurrent autoencoder and its on-disk artifact (MODEL_DIR).
+
+Each observation is one recurrent step. Before seeing ``x_t`` the decoder reconstructs it
+from the encoder state, which compresses everything the entity has shown so far; the gap
+between ``x_t`` and that reconstruction is the anomaly evidence. Then ``x_t`` updates the
+state. States of many entities are stepped in one call:
+
+>>> import torch
+>>> net = StreamAutoencoder(n_features=3, hidden_size=8, num_layers=2, cell="lstm", bottleneck=4)
+>>> state = net.initial_state(batch=5)              # (5, state_size) flat per-entity states
+>>> reconstruction, state = net.step(torch.zeros(5, 3), state)
+>>> tuple(reconstruction.shape), tuple(state.shape)
+((5, 3), (5, 32))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Architecture", "Calibration", "FittedModel", "ModelError", "StreamAutoencoder", "load_model", "save_model"]
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE, META_FILE, REPORT_FILE = "weights.pt", "model.json", "report.png"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Shape of the network; stored with the weights."""
+
+    n_features: int
+    hidden_size: int = 32
+    num_layers: int = 1
+    cell: Literal["lstm", "gru"] = "lstm"
+    bottleneck: int = 8
+
+
+class StreamAutoencoder(nn.Module):
+    """Recurrent encoder (LSTM or GRU, 1-2 layers) with a bottlenecked decoder.
+
+    A state is carried as one flat vector per entity (h and, for LSTM, c of every layer), so a
+    state store can hold all entities in one ``(entities, state_size)`` tensor.
+    """
+
+    def __init__(self, n_features: int, hidden_size: int, num_layers: int, cell: str, bottleneck: int):
+        super().__init__()
+        self.architecture = Architecture(n_features, hidden_size, num_layers, cell, bottleneck)  # type: ignore[arg-type]
+        recurrent = nn.LSTM if cell == "lstm" else nn.GRU
+        self.encoder = recurrent(n_features, hidden_size, num_layers, batch_first=True)
+        self.decoder = nn.Sequential(nn.Linear(hidden_size, bottleneck), nn.Tanh(), nn.Linear(bottleneck, n_features))
+
+    @classmethod
+    def build(cls, arch: Architecture) -> "StreamAutoencoder":
+        """A network with the given architecture (fresh weights)."""
+        return cls(arch.n_features, arch.hidden_size, arch.num_layers, arch.cell, arch.bottleneck)
+
+    @property
+    def state_size(self) -> int:
+        """Length of one entity's flat state vector."""
+        arch = self.architecture
+        return (2 if arch.cell == "lstm" else 1) * arch.num_layers * arch.hidden_size
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """Zero states for ``batch`` new entities."""
+        return torch.zeros(batch, self.state_size)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step for a batch: reconstruct ``x`` (batch, features) from ``state``, then absorb ``x``."""
+        recurrent_state = self._unflatten(state)
+        reconstruction = self.decoder(self._top_hidden(recurrent_state))
+        _, new_state = self.encoder(x.unsqueeze(1), recurrent_state)
+        return reconstruction, self._flatten(new_state)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct a whole window (batch, time, features); each step sees only the past.
+
+        Equivalent to calling :meth:`step` once per time step, but one fused call (training).
+        """
+        recurrent_state = self._unflatten(state)
+        outputs, new_state = self.encoder(x, recurrent_state)
+        before_each_step = torch.cat([self._top_hidden(recurrent_state).unsqueeze(1), outputs[:, :-1]], dim=1)
+        return self.decoder(before_each_step), self._flatten(new_state)
+
+    def _unflatten(self, flat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        arch = self.architecture
+        parts = flat.reshape(flat.shape[0], -1, arch.num_layers, arch.hidden_size).permute(1, 2, 0, 3).contiguous()
+        return (parts[0], parts[1]) if arch.cell == "lstm" else parts[0]
+
+    def _flatten(self, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack(state) if isinstance(state, tuple) else state.unsqueeze(0)
+        return stacked.permute(2, 0, 1, 3).reshape(stacked.shape[2], -1)
+
+    def _top_hidden(self, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        hidden = state[0] if isinstance(state, tuple) else state
+        return hidden[-1]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fit-time distribution of log scores on held-out normal data, and the alert threshold.
+
+    ``probability(score) = Phi((log(score) - log_mean) / log_std)``, a monotone map to [0, 1].
+    """
+
+    log_mean: float
+    log_std: float
+    threshold_score: float  # score at which the fit-time probability reaches the open threshold
+    heldout_scores: int
+    quantiles: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """Everything ``score`` and ``run`` need: network, scaling, calibration, settings."""
+
+    network: StreamAutoencoder
+    features: list[str]
+    feature_mean: np.ndarray
+    feature_scale: np.ndarray
+    residual_scale: np.ndarray
+    calibration: Calibration
+    scoring: dict[str, Any]
+    version: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelError(RuntimeError):
+    """A model directory that cannot be used; the message says why and what to do."""
+
+
+def save_model(model: FittedModel, directory: Path) -> Path:
+    """Write weights (a plain tensor dict) and ``model.json`` to ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.network.state_dict(), directory / WEIGHTS_FILE)
+    meta = {
+        "format": FORMAT_VERSION,
+        "version": model.version,
+        "features": model.features,
+        "architecture": asdict(model.network.architecture),
+        "feature_mean": model.feature_mean.tolist(),
+        "feature_scale": model.feature_scale.tolist(),
+        "residual_scale": model.residual_scale.tolist(),
+        "calibration": asdict(model.calibration),
+        "scoring": model.scoring,
+        "info": model.info,
+    }
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load_model(directory: Path | str, features: list[str] | None = None) -> FittedModel:
+    """Load a model safely (``weights_only=True``); refuse it if its features differ from ``features``."""
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    if features is not None and list(features) != meta["features"]:
+        raise ModelError(
+            f"feature schema mismatch: model {directory} was fitted on {meta['features']}, "
+            f"the data has {list(features)}; refit the model or fix the input"
+        )
+    try:
+        arch = Architecture(**meta["architecture"])
+        network = StreamAutoencoder.build(arch)
+        weights = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        network.load_state_dict(weights)
+        network.eval()
+        return FittedModel(
+            network=network,
+            features=list(meta["features"]),
+            feature_mean=np.asarray(meta["feature_mean"], dtype=np.float64),
+            feature_scale=np.asarray(meta["feature_scale"], dtype=np.float64),
+            residual_scale=np.asarray(meta["residual_scale"], dtype=np.float64),
+            calibration=Calibration(**meta["calibration"]),
+            scoring=dict(meta["scoring"]),
+            version=str(meta["version"]),
+            info=dict(meta.get("info", {})),
+        )
+    except ModelError:
+        raise
+    except Exception as error:  # any corruption: say which directory and what broke
+        raise ModelError(f"model {directory} is corrupt or incompatible: {type(error).__name__}: {error}") from None
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    if not (directory / META_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise ModelError(f"no model in {directory}: expected {META_FILE} and {WEIGHTS_FILE} (run `detector fit`)")
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"model {directory}: {META_FILE} is not valid JSON ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise ModelError(f"model {directory}: unsupported format {meta.get('format') if isinstance(meta, dict) else '?'} (want {FORMAT_VERSION})")
+    return meta
+
+
+def version_id(network: StreamAutoencoder, features: list[str]) -> str:
+    """A version id: UTC time of the fit and a digest of the weights and feature names."""
+    digest = hashlib.sha256(json.dumps(features).encode())
+    for tensor in network.state_dict().values():
+        digest.update(tensor.detach().numpy().tobytes())
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:10]}"

@@ -1,0 +1,261 @@
+"""Input contracts: CSV files for ``fit``/``score`` and JSON messages for ``run``.
+
+A CSV file has a header, a ``timestamp`` column (ISO 8601 or epoch seconds), an optional
+``entity`` column and numeric feature columns:
+
+>>> import io
+>>> table = parse_csv(io.StringIO("timestamp,entity,a\\n2026-01-01T00:00:00Z,p1,1.5\\n"), "demo.csv")
+>>> table.features, table.entities, table.values.tolist()
+(['a'], ['p1'], [[1.5]])
+
+A message is a JSON object:
+
+>>> fields = MessageFields()
+>>> obs = parse_message(b'{"entity": "p1", "timestamp": 1764032400, "values": {"a": 2}}', None, ["a"], fields)
+>>> obs.entity, obs.values
+('p1', [2.0])
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = [
+    "BadMessage",
+    "DataError",
+    "MessageFields",
+    "Observation",
+    "Table",
+    "parse_csv",
+    "parse_message",
+    "parse_timestamp",
+    "read_csv",
+]
+
+TIMESTAMP = "timestamp"
+ENTITY = "entity"
+DEFAULT_ENTITY = "default"
+_MS_THRESHOLD = 1e11  # epoch values above this are milliseconds (year 5138 in seconds)
+
+
+class DataError(ValueError):
+    """A bad input file; ``str()`` is the one-line message the CLI prints."""
+
+    def __init__(self, file: str, message: str, row: int | None = None, column: str | None = None):
+        where = f"{file}" + (f", row {row}" if row is not None else "") + (f", column {column!r}" if column else "")
+        super().__init__(f"{where}: {message}")
+        self.file, self.row, self.column = file, row, column
+
+
+@dataclass(frozen=True)
+class Table:
+    """A parsed CSV file: row order is stream order."""
+
+    timestamps: list[float]  # epoch seconds
+    raw_timestamps: list[str]
+    entities: list[str] | None  # None when the file has no entity column
+    features: list[str]
+    values: np.ndarray  # (rows, features) float64
+
+    def entity_of(self, row: int) -> str:
+        """Entity of ``row``; ``"default"`` for a file without an entity column."""
+        return self.entities[row] if self.entities is not None else DEFAULT_ENTITY
+
+
+def parse_timestamp(value: Any) -> float:
+    """Epoch seconds from ISO 8601 text or epoch seconds/milliseconds (number or numeric text).
+
+    >>> parse_timestamp("2026-11-25T01:00:00Z"), parse_timestamp(1764032400000)
+    (1764032400.0, 1764032400.0)
+    """
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be a number or ISO 8601 text")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            parsed = datetime.fromisoformat(value.strip())
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return parsed.timestamp()
+    else:
+        raise ValueError("timestamp must be a number or ISO 8601 text")
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("timestamp must be a finite, non-negative epoch")
+    return number / 1000.0 if number > _MS_THRESHOLD else number
+
+
+def read_csv(path: Path | str) -> Table:
+    """Read and validate a CSV file; raises :class:`DataError` naming file, row and column."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return parse_csv(handle, str(path))
+    except OSError as error:
+        raise DataError(str(path), f"cannot read file: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise DataError(str(path), "file is not UTF-8 text") from None
+
+
+def parse_csv(handle: IO[str], name: str) -> Table:
+    """Parse an open CSV stream (see module docstring for the contract)."""
+    reader = csv.reader(handle)
+    header = [column.strip() for column in next(reader, [])]
+    features = _check_header(header, name)
+    rows = list(reader)
+    if not rows:
+        raise DataError(name, "no data rows")
+    t_col, e_col = header.index(TIMESTAMP), header.index(ENTITY) if ENTITY in header else None
+    f_cols = [header.index(f) for f in features]
+    values = np.empty((len(rows), len(features)), dtype=np.float64)
+    timestamps, raw, entities = [], [], [] if e_col is not None else None
+    for number, row in enumerate(rows, start=2):  # row numbers as an editor shows them
+        if len(row) != len(header):
+            raise DataError(name, f"expected {len(header)} fields, found {len(row)}", number)
+        timestamps.append(_cell_timestamp(row[t_col], name, number))
+        raw.append(row[t_col])
+        if entities is not None:
+            entities.append(_cell_entity(row[e_col], name, number))
+        values[number - 2] = [_cell_number(row[c], name, number, header[c]) for c in f_cols]
+    return Table(timestamps, raw, entities, features, values)
+
+
+def _check_header(header: list[str], name: str) -> list[str]:
+    if not header or header == [""]:
+        raise DataError(name, "empty file (no header)")
+    if TIMESTAMP not in header:
+        raise DataError(name, "missing column", 1, TIMESTAMP)
+    duplicates = {c for c in header if header.count(c) > 1}
+    if duplicates:
+        raise DataError(name, "duplicate column", 1, sorted(duplicates)[0])
+    features = [c for c in header if c not in (TIMESTAMP, ENTITY)]
+    if not features:
+        raise DataError(name, "no feature column (every column but timestamp and entity is a feature)", 1)
+    return features
+
+
+def _cell_timestamp(text: str, name: str, row: int) -> float:
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise DataError(name, f"bad timestamp {text!r} (want ISO 8601 or epoch seconds)", row, TIMESTAMP) from None
+
+
+def _cell_entity(text: str, name: str, row: int) -> str:
+    if not text.strip():
+        raise DataError(name, "empty entity", row, ENTITY)
+    return text.strip()
+
+
+def _cell_number(text: str, name: str, row: int, column: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise DataError(name, f"non-numeric value {text!r}", row, column) from None
+    if not math.isfinite(number):
+        raise DataError(name, f"value {text!r} is not finite (NaN/inf)", row, column)
+    return number
+
+
+# --- JSON messages -------------------------------------------------------------------------
+
+
+class BadMessage(ValueError):
+    """A message that cannot be scored; ``reason`` is a small fixed vocabulary for metrics."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class MessageFields:
+    """Names of the JSON fields of a message (configurable under ``[stream]``)."""
+
+    entity: str = "entity"
+    timestamp: str = "timestamp"
+    values: str = "values"
+    max_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One validated observation of one entity."""
+
+    entity: str
+    timestamp: float  # epoch seconds
+    values: list[float]
+    source: Any = field(default=None, compare=False)  # where it came from (a Kafka record, a row)
+
+
+def parse_message(raw: bytes | None, key: bytes | None, features: Sequence[str], fields: MessageFields) -> Observation:
+    """Validate a raw message; raises :class:`BadMessage` with a reason for the dead-letter topic."""
+    if raw is None:
+        raise BadMessage("schema", "empty message (tombstone)")
+    if len(raw) > fields.max_bytes:
+        raise BadMessage("too_large", f"{len(raw)} bytes > {fields.max_bytes}")
+    document = _decode_json(raw)
+    if not isinstance(document, dict):
+        raise BadMessage("schema", f"expected a JSON object, got {type(document).__name__}")
+    entity = _message_entity(document.get(fields.entity), key, fields.entity)
+    try:
+        timestamp = parse_timestamp(document.get(fields.timestamp))
+    except (ValueError, TypeError, OverflowError) as error:
+        raise BadMessage("timestamp", f"field {fields.timestamp!r}: {error}") from None
+    values = _message_values(document.get(fields.values), features, fields.values)
+    return Observation(entity, timestamp, values)
+
+
+def _decode_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise BadMessage("not_json", str(error)[:200]) from None
+
+
+def _message_entity(value: Any, key: bytes | None, name: str) -> str:
+    if value is None and key:
+        try:
+            value = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadMessage("schema", "message key is not UTF-8") from None
+    if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).strip():
+        return str(value).strip()[:256]
+    raise BadMessage("schema", f"field {name!r} missing or not a non-empty string (and no message key)")
+
+
+def _message_values(document: Any, features: Sequence[str], name: str) -> list[float]:
+    if not isinstance(document, dict):
+        raise BadMessage("schema", f"field {name!r} must be a JSON object of feature values")
+    missing = [f for f in features if f not in document]
+    if missing:
+        raise BadMessage("missing_feature", f"missing {', '.join(missing[:5])}")
+    values = []
+    for feature in features:
+        value = document[feature]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadMessage("non_numeric", f"feature {feature!r} is {type(value).__name__}, not a number")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise BadMessage("non_finite", f"feature {feature!r} is not finite")
+        values.append(number)
+    return values
+
+
+def observations_from_table(table: Table) -> Iterable[Observation]:
+    """The rows of a table as observations, in file order (``source`` is the row index)."""
+    for row in range(len(table.timestamps)):
+        yield Observation(table.entity_of(row), table.timestamps[row], table.values[row].tolist(), row)

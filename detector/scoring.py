@@ -1,0 +1,176 @@
+"""The one scoring path: batched recurrent step -> score -> probability -> alert decision.
+
+``detector score`` (files) and ``detector run`` (Kafka) both call :meth:`Detector.process`,
+so a backtest means what production does.
+
+* score: root-mean-square of the per-feature reconstruction error, each feature's error
+  divided by its fit-time residual scale (about 1 on normal data; >= 0, higher is worse);
+* probability: the smaller of two calibrated probabilities of the log score, against the
+  fit-time held-out distribution and against the entity's own drifting baseline (an
+  exponentially weighted mean/variance with ``drift_halflife``), so a persistent change stops
+  alerting after a while and each entity is judged against its own history;
+* decision: an alert opens when probability >= 1 - false_alarm_rate (after warm-up) and closes
+  after ``close_after`` consecutive messages below ``close_probability`` (hysteresis).
+
+>>> from detector.testing import tiny_model
+>>> detector = Detector(tiny_model())
+>>> decision = detector.score_one("pump-1", [0.1, 0.2])
+>>> decision.score >= 0 and 0 <= decision.probability <= 1, decision.is_anomaly
+(True, False)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from detector.config import ScoringSettings
+from detector.model import FittedModel
+from detector.schema import Observation
+from detector.state import EntityStore
+
+__all__ = ["Decision", "Detector", "waves"]
+
+_MIN_VAR = 1e-4
+_TINY = 1e-9
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one observation."""
+
+    entity: str
+    timestamp: float
+    score: float
+    probability: float
+    is_anomaly: bool
+    event: Literal["open", "close"] | None = None  # an alert opened or closed on this message
+    top_features: list[tuple[str, float]] = field(default_factory=list)  # (feature, share of error)
+    source: Any = None
+
+
+class Detector:
+    """Scores observations of many entities, carrying each entity's state.
+
+    ``max_entities`` and ``ttl_s`` bound the store (see :class:`EntityStore`).
+    """
+
+    def __init__(self, model: FittedModel, max_entities: int = 1_000_000, ttl_s: float = math.inf):
+        self.model = model
+        self.settings = ScoringSettings(**model.scoring)
+        calibration = model.calibration
+        self.store = EntityStore(
+            model.network.state_size,
+            baseline=(calibration.log_mean, calibration.log_std**2),
+            max_entities=max_entities,
+            ttl_s=ttl_s,
+            n_features=len(model.features),
+        )
+        self._alpha = 1.0 - 2.0 ** (-1.0 / self.settings.drift_halflife)
+        self._beta = 1.0 - 2.0 ** (-1.0 / self.settings.smoothing_halflife)
+        self._smooth_norm = math.sqrt((2.0 - self._beta) / self._beta)  # unit variance under white noise
+        self._mean = model.feature_mean.astype(np.float32)
+        self._scale = model.feature_scale.astype(np.float32)
+
+    @property
+    def threshold(self) -> float:
+        """Probability at or above which an alert opens."""
+        return self.settings.open_probability
+
+    def score_one(self, entity: str, values: Sequence[float], timestamp: float = 0.0) -> Decision:
+        """Score a single observation (convenience around :meth:`process`)."""
+        return self.process([Observation(entity, timestamp, list(values))])[0]
+
+    def process(self, observations: Sequence[Observation], owner: int | Sequence[int] = 0, now: float | None = None) -> list[Decision]:
+        """Score ``observations`` in order; one batched step per wave of distinct entities."""
+        owners = np.broadcast_to(np.asarray(owner, dtype=np.int32), (len(observations),))
+        now = time.time() if now is None else now
+        decisions: list[Decision | None] = [None] * len(observations)
+        for wave in waves([o.entity for o in observations]):
+            batch = [observations[i] for i in wave]
+            for i, decision in zip(wave, self._step(batch, owners[wave], now)):
+                decisions[i] = decision
+        return decisions  # type: ignore[return-value]
+
+    def _step(self, batch: list[Observation], owners: np.ndarray, now: float) -> list[Decision]:
+        slots = self.store.slots_for([o.entity for o in batch], owners, now)
+        raw = np.asarray([o.values for o in batch], dtype=np.float32)
+        x = torch.from_numpy((raw - self._mean) / self._scale)
+        index = torch.from_numpy(slots)
+        with torch.inference_mode():
+            reconstruction, new_state = self.model.network.step(x, self.store.rnn[index])
+        self.store.rnn[index] = new_state
+        errors = (x - reconstruction).double().numpy() / self.model.residual_scale
+        scores = self._score(slots, errors)
+        probability, is_anomaly, events = self._decide(slots, scores)
+        self.store.fields["last_ts"][slots] = [o.timestamp for o in batch]
+        return [
+            Decision(o.entity, o.timestamp, float(s), float(p), bool(a), e, self._top(err) if a else [], o.source)
+            for o, s, p, a, e, err in zip(batch, scores, probability, is_anomaly, events, errors)
+        ]
+
+    def _score(self, slots: np.ndarray, errors: np.ndarray) -> np.ndarray:
+        """max(RMS of this error, RMS of the smoothed error): spikes and small persistent shifts."""
+        smoothed = self.store.fields["error_ewma"][slots]
+        smoothed += self._beta * (errors - smoothed)
+        self.store.fields["error_ewma"][slots] = smoothed
+        instant = np.sqrt(np.mean(errors**2, axis=1))
+        persistent = np.sqrt(np.mean((smoothed * self._smooth_norm) ** 2, axis=1))
+        return np.maximum(instant, persistent)
+
+    def _decide(self, slots: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        fields, settings, calibration = self.store.fields, self.settings, self.model.calibration
+        log_score = np.log(scores + _TINY)
+        mean, var, steps = fields["base_mean"][slots], fields["base_var"][slots], fields["steps"][slots]
+        p_fit = _normal_cdf((log_score - calibration.log_mean) / calibration.log_std)
+        p_entity = _normal_cdf((log_score - mean) / np.sqrt(var))
+        probability = np.minimum(p_fit, p_entity)
+        warm = steps >= settings.warmup_steps
+        self._update_baseline(slots, log_score, mean, var, warm)
+        was_open = fields["alert_open"][slots]
+        calm = np.where(probability < settings.close_probability, fields["calm"][slots] + 1, 0)
+        opening = ~was_open & warm & (probability >= settings.open_probability)
+        closing = was_open & (calm >= settings.close_after)
+        is_open = (was_open | opening) & ~closing
+        fields["alert_open"][slots], fields["calm"][slots], fields["steps"][slots] = is_open, np.where(is_open, calm, 0), steps + 1
+        events = [("open" if o else "close" if c else None) for o, c in zip(opening, closing)]
+        return probability, is_open, events
+
+    def _update_baseline(self, slots: np.ndarray, log_score: np.ndarray, mean: np.ndarray, var: np.ndarray, warm: np.ndarray) -> None:
+        """Exponentially weighted mean/variance of the log score (skipped during warm-up)."""
+        alpha = np.where(warm, self._alpha, 0.0)
+        delta = log_score - mean
+        self.store.fields["base_mean"][slots] = mean + alpha * delta
+        self.store.fields["base_var"][slots] = np.maximum((1 - alpha) * (var + alpha * delta**2), _MIN_VAR)
+
+    def _top(self, errors: np.ndarray) -> list[tuple[str, float]]:
+        squared = errors**2
+        shares = squared / max(float(squared.sum()), _TINY)
+        order = np.argsort(-shares)[: self.settings.top_features]
+        return [(self.model.features[i], round(float(shares[i]), 4)) for i in order]
+
+
+def waves(entities: Sequence[str]) -> list[np.ndarray]:
+    """Split positions into waves in which each entity appears at most once, keeping order.
+
+    >>> [w.tolist() for w in waves(["a", "b", "a", "a", "c"])]
+    [[0, 1, 4], [2], [3]]
+    """
+    seen: dict[str, int] = {}
+    rank = np.empty(len(entities), dtype=np.int64)
+    for i, entity in enumerate(entities):
+        rank[i] = seen.get(entity, 0)
+        seen[entity] = rank[i] + 1
+    order = np.argsort(rank, kind="stable")
+    boundaries = np.flatnonzero(np.diff(rank[order])) + 1
+    return np.split(order, boundaries) if len(entities) else []
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    return torch.special.ndtr(torch.from_numpy(np.asarray(z, dtype=np.float64))).numpy()

@@ -1,0 +1,184 @@
+"""Per-entity state store: recurrent states and scoring state in slot-indexed arrays.
+
+All entities live in one ``(capacity, state_size)`` tensor plus one numpy array per scoring
+field, so a micro-batch gathers its entities' states with one fancy index and scatters them
+back with another. An index maps entity -> slot, kept in least-recently-seen order for
+eviction by TTL or capacity.
+
+>>> store = EntityStore(state_size=4, baseline=(0.0, 1.0), max_entities=2)
+>>> store.slots_for(["a", "b"], owner=0, now=0.0).tolist()
+[0, 1]
+>>> _ = store.slots_for(["c"], owner=0, now=1.0)    # "a" is least recently seen: evicted
+>>> sorted(store.entities()), store.evictions
+(['b', 'c'], {'ttl': 0, 'capacity': 1})
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "EntityStore"]
+
+# Scoring state carried per entity next to the recurrent state.
+FIELDS: dict[str, type] = {
+    "base_mean": np.float64,  # running mean of the entity's log score (drift baseline)
+    "base_var": np.float64,  # running variance of the same
+    "steps": np.int64,  # observations scored
+    "alert_open": np.bool_,  # an alert is open (hysteresis)
+    "calm": np.int32,  # consecutive calm observations while open
+    "last_ts": np.float64,  # last message timestamp (epoch s), for out-of-order checks
+    "last_seen": np.float64,  # wall-clock time last seen, for TTL eviction
+    "owner": np.int32,  # partition (or other owner id) the entity's messages come from
+}
+# plus "error_ewma": (capacity, features) float64, the smoothed per-feature reconstruction error
+_CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] + ["error_ewma"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint blob that cannot be restored (corrupt or from another model)."""
+
+
+class EntityStore:
+    """Slot-indexed states of all tracked entities (see module docstring)."""
+
+    def __init__(
+        self,
+        state_size: int,
+        baseline: tuple[float, float],
+        max_entities: int = 1_000_000,
+        ttl_s: float = float("inf"),
+        capacity: int = 1024,
+        n_features: int = 1,
+    ):
+        self.state_size, self.baseline = state_size, baseline
+        self.max_entities, self.ttl_s = max_entities, ttl_s
+        self.rnn = torch.zeros(capacity, state_size)
+        self.fields = {name: np.zeros(capacity, dtype=kind) for name, kind in FIELDS.items()}
+        self.fields["error_ewma"] = np.zeros((capacity, n_features))  # smoothed per-feature error
+        self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self.evictions = {"ttl": 0, "capacity": 0}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def entities(self) -> list[str]:
+        """Tracked entities, least recently seen first."""
+        return list(self._index)
+
+    def slot_of(self, entity: str) -> int | None:
+        """The entity's slot, or None when it is not tracked."""
+        return self._index.get(entity)
+
+    def slots_for(self, entities: Sequence[str], owner: int | Sequence[int], now: float) -> np.ndarray:
+        """Slots of ``entities`` (distinct), creating fresh states for new ones; marks them seen."""
+        owners = np.broadcast_to(np.asarray(owner, dtype=np.int32), (len(entities),))
+        new = [e for e in entities if e not in self._index]
+        self._make_room(len(new), protect=set(entities))
+        for entity in new:
+            self._index[entity] = self._allocate()
+            self._reset(self._index[entity])
+        slots = np.fromiter((self._index[e] for e in entities), dtype=np.int64, count=len(entities))
+        for entity in entities:
+            self._index.move_to_end(entity)
+        self.fields["last_seen"][slots] = now
+        self.fields["owner"][slots] = owners
+        return slots
+
+    def evict_idle(self, now: float) -> int:
+        """Evict entities not seen for ``ttl_s`` seconds; returns how many."""
+        evicted = 0
+        while self._index:
+            entity, slot = next(iter(self._index.items()))
+            if now - self.fields["last_seen"][slot] < self.ttl_s:
+                break
+            self._remove(entity)
+            evicted += 1
+        self.evictions["ttl"] += evicted
+        return evicted
+
+    def drop_owner(self, owner: int) -> int:
+        """Forget every entity of ``owner`` (a revoked partition); returns how many."""
+        gone = [e for e, s in self._index.items() if self.fields["owner"][s] == owner]
+        for entity in gone:
+            self._remove(entity)
+        return len(gone)
+
+    def export(self, owner: int, tag: str = "") -> bytes:
+        """Serialise the states of ``owner``'s entities (tensors and strings only, no pickle)."""
+        entities = [e for e, s in self._index.items() if self.fields["owner"][s] == owner]
+        slots = torch.as_tensor([self._index[e] for e in entities], dtype=torch.long)
+        payload = {
+            "tag": tag,
+            "entities": entities,
+            "rnn": self.rnn[slots].clone(),
+            **{name: torch.from_numpy(self.fields[name][slots.numpy()].copy()) for name in _CHECKPOINTED},
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        return buffer.getvalue()
+
+    def restore(self, blob: bytes, owner: int, now: float, tag: str = "") -> int:
+        """Load states written by :meth:`export` for ``owner``; raises :class:`CheckpointError`."""
+        payload = _load_payload(blob, self.state_size, tag)
+        entities: list[str] = payload["entities"]
+        slots = self.slots_for(entities, owner, now)
+        self.rnn[torch.from_numpy(slots)] = payload["rnn"]
+        for name in _CHECKPOINTED:
+            self.fields[name][slots] = payload[name].numpy()
+        return len(entities)
+
+    def _make_room(self, incoming: int, protect: set[str]) -> None:
+        excess = len(self._index) + incoming - self.max_entities
+        if excess <= 0:
+            return
+        victims: list[str] = []
+        for entity in self._index:  # least recently seen first
+            if entity not in protect:
+                victims.append(entity)
+                if len(victims) == excess:
+                    break
+        for entity in victims:
+            self._remove(entity)
+        self.evictions["capacity"] += len(victims)
+
+    def _allocate(self) -> int:
+        if not self._free:
+            self._grow()
+        return self._free.pop()
+
+    def _grow(self) -> None:
+        old = self.rnn.shape[0]
+        self.rnn = torch.cat([self.rnn, torch.zeros(old, self.state_size)])
+        for name, array in self.fields.items():
+            self.fields[name] = np.concatenate([array, np.zeros_like(array)])
+        self._free.extend(range(2 * old - 1, old - 1, -1))
+
+    def _reset(self, slot: int) -> None:
+        self.rnn[slot] = 0.0
+        for array in self.fields.values():
+            array[slot] = 0
+        self.fields["base_mean"][slot], self.fields["base_var"][slot] = self.baseline
+        self.fields["last_ts"][slot] = -np.inf
+
+    def _remove(self, entity: str) -> None:
+        self._free.append(self._index.pop(entity))
+
+
+def _load_payload(blob: bytes, state_size: int, tag: str) -> dict:
+    try:
+        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        entities, rnn = payload["entities"], payload["rnn"]
+        sizes_ok = all(len(payload[name]) == len(entities) for name in _CHECKPOINTED)
+    except Exception as error:
+        raise CheckpointError(f"corrupt checkpoint: {type(error).__name__}: {error}") from None
+    if payload.get("tag", "") != tag:
+        raise CheckpointError(f"checkpoint is for {payload.get('tag')!r}, not {tag!r}")
+    if rnn.ndim != 2 or rnn.shape[1] != state_size or rnn.shape[0] != len(entities) or not sizes_ok:
+        raise CheckpointError(f"checkpoint shapes do not match this model (state size {state_size})")
+    return payload
