@@ -11,7 +11,7 @@ A CSV file has a header, a ``timestamp`` column (ISO 8601 or epoch seconds), an 
 A message is a JSON object:
 
 >>> fields = MessageFields()
->>> obs = parse_message(b'{"entity": "p1", "timestamp": 1764032400, "values": {"a": 2}}', None, ["a"], fields)
+>>> obs = parse_message(b'{"entity": "p1", "timestamp": 1795568400, "values": {"a": 2}}', None, ["a"], fields)
 >>> obs.entity, obs.values
 ('p1', [2.0])
 """
@@ -74,8 +74,8 @@ class Table:
 def parse_timestamp(value: Any) -> float:
     """Epoch seconds from ISO 8601 text or epoch seconds/milliseconds (number or numeric text).
 
-    >>> parse_timestamp("2026-11-25T01:00:00Z"), parse_timestamp(1764032400000)
-    (1764032400.0, 1764032400.0)
+    >>> parse_timestamp("2026-11-25T01:00:00Z"), parse_timestamp(1795568400000)
+    (1795568400.0, 1795568400.0)
     """
     if isinstance(value, bool):
         raise ValueError("timestamp must be a number or ISO 8601 text")

@@ -1,0 +1,78 @@
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from detector.model import ModelError, StreamAutoencoder, load_model, save_model
+from detector.testing import tiny_model
+
+
+@pytest.mark.parametrize(("cell", "layers"), [("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2)])
+def test_fused_window_equals_step_by_step(cell, layers):
+    torch.manual_seed(0)
+    net = StreamAutoencoder(3, hidden_size=6, num_layers=layers, cell=cell, bottleneck=2).eval()
+    x = torch.randn(4, 9, 3)
+    state0 = torch.randn(4, net.state_size) * 0.1
+    fused, fused_state = net(x, state0)
+    state, steps = state0, []
+    for t in range(9):
+        recon, state = net.step(x[:, t], state)
+        steps.append(recon)
+    assert torch.allclose(fused, torch.stack(steps, dim=1), atol=1e-6)
+    assert torch.allclose(fused_state, state, atol=1e-6)
+
+
+def test_batched_step_equals_single_steps():
+    net = tiny_model().network
+    x, state = torch.randn(5, 2), torch.randn(5, net.state_size)
+    batched, batched_state = net.step(x, state)
+    for i in range(5):
+        single, single_state = net.step(x[i : i + 1], state[i : i + 1])
+        assert torch.allclose(single, batched[i : i + 1], atol=1e-6)
+        assert torch.allclose(single_state, batched_state[i : i + 1], atol=1e-6)
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = tiny_model()
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m", features=["a", "b"])
+    assert loaded.version == model.version and loaded.features == ["a", "b"]
+    x = torch.ones(1, 2)
+    state = loaded.network.initial_state(1)
+    assert torch.equal(loaded.network.step(x, state)[0], model.network.step(x, state)[0])
+    np.testing.assert_array_equal(loaded.residual_scale, model.residual_scale)
+
+
+def test_feature_mismatch_is_refused(tmp_path):
+    save_model(tiny_model(), tmp_path / "m")
+    with pytest.raises(ModelError, match="feature schema mismatch.*'a', 'b'.*'a', 'c'"):
+        load_model(tmp_path / "m", features=["a", "c"])
+
+
+def test_missing_and_corrupt_models_are_clear_errors(tmp_path):
+    with pytest.raises(ModelError, match="no model in"):
+        load_model(tmp_path / "nothing")
+    save_model(tiny_model(), tmp_path / "m")
+    (tmp_path / "m" / "weights.pt").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "model.json").write_text("{")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_model(tmp_path / "m")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+def test_arbitrary_pickle_is_not_executed(tmp_path, capsys):
+    save_model(tiny_model(), tmp_path / "m")
+    buffer = io.BytesIO()
+    torch.save({"payload": _Exploit()}, buffer, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    (tmp_path / "m" / "weights.pt").write_bytes(buffer.getvalue())
+    with pytest.raises(ModelError):
+        load_model(tmp_path / "m")
+    assert "pickle code ran" not in capsys.readouterr().out

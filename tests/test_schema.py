@@ -1,0 +1,108 @@
+import json
+
+import pytest
+
+from detector.cli import main
+from detector.schema import BadMessage, DataError, MessageFields, parse_message, parse_timestamp, read_csv
+
+FEATURES = ["temperature", "pressure"]
+
+
+@pytest.mark.parametrize(
+    ("text", "row", "column", "words"),
+    [
+        ("", None, None, "empty file"),
+        ("time,a\n1,2\n", 1, "timestamp", "missing column"),
+        ("timestamp,a\n1,2\n2,abc\n", 3, "a", "non-numeric"),
+        ("timestamp,a\n1,nan\n", 2, "a", "not finite"),
+        ("timestamp,a\n1,inf\n", 2, "a", "not finite"),
+        ("timestamp,a\n", None, None, "no data rows"),
+        ("timestamp,a\nyesterday,1\n", 2, "timestamp", "bad timestamp"),
+        ("timestamp,a\n1,2,3\n", 2, None, "expected 2 fields"),
+        ("timestamp,entity\n1,x\n", 1, None, "no feature column"),
+    ],
+)
+def test_bad_files_name_file_row_and_column(tmp_path, text, row, column, words):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as caught:
+        read_csv(path)
+    error = caught.value
+    assert (error.row, error.column) == (row, column)
+    assert words in str(error) and "bad.csv" in str(error)
+
+
+def test_cli_bad_file_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_text("timestamp,a\n1,2\n2,oops\n")
+    code = main(["fit", "--data", str(path), "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.splitlines() == [err] and "bad.csv, row 3, column 'a'" in err
+
+
+def test_missing_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="cannot read"):
+        read_csv(tmp_path / "absent.csv")
+
+
+def test_good_file_with_entities_and_iso_and_epoch_times(tmp_path):
+    path = tmp_path / "ok.csv"
+    path.write_text("timestamp,entity,a,b\n2026-11-25T01:00:00Z,p1,1,2\n1795568460,p2,3,4.5\n")
+    table = read_csv(path)
+    assert table.features == ["a", "b"]
+    assert table.entities == ["p1", "p2"]
+    assert table.timestamps == [1795568400.0, 1795568460.0]
+    assert table.values.tolist() == [[1.0, 2.0], [3.0, 4.5]]
+
+
+def test_timestamps_in_seconds_milliseconds_and_iso_agree():
+    assert parse_timestamp(1795568400) == parse_timestamp(1795568400000) == parse_timestamp("2026-11-25T01:00:00+00:00")
+    assert parse_timestamp("2026-11-25 01:00:00") == 1795568400.0  # naive means UTC
+
+
+def _message(**overrides):
+    document = {"entity": "pump-7", "timestamp": "2026-11-25T01:00:00Z", "values": {"temperature": 71.2, "pressure": 1.1}}
+    document.update(overrides)
+    return json.dumps(document).encode()
+
+
+def test_valid_message_and_key_fallback():
+    obs = parse_message(_message(), None, FEATURES, MessageFields())
+    assert (obs.entity, obs.timestamp, obs.values) == ("pump-7", 1795568400.0, [71.2, 1.1])
+    keyed = json.dumps({"timestamp": 1795568400000, "values": {"temperature": 1, "pressure": 2}}).encode()
+    assert parse_message(keyed, b"card-9", FEATURES, MessageFields()).entity == "card-9"
+
+
+def test_configurable_field_names():
+    fields = MessageFields(entity="id", timestamp="ts", values="v")
+    raw = json.dumps({"id": "s1", "ts": 5, "v": {"temperature": 1, "pressure": 2}}).encode()
+    assert parse_message(raw, None, FEATURES, fields).entity == "s1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe not json", "not_json"),
+        (b"{truncated", "not_json"),
+        (b"[1, 2]", "schema"),
+        (None, "schema"),
+        (_message(entity=None), "schema"),
+        (_message(values=[1, 2]), "schema"),
+        (_message(values={"temperature": 1}), "missing_feature"),
+        (_message(values={"temperature": "hot", "pressure": 1}), "non_numeric"),
+        (_message(values={"temperature": True, "pressure": 1}), "non_numeric"),
+        (_message(values={"temperature": None, "pressure": 1}), "non_numeric"),
+        (b'{"entity": "a", "timestamp": 1, "values": {"temperature": NaN, "pressure": 1}}', "non_finite"),
+        (b'{"entity": "a", "timestamp": 1, "values": {"temperature": 1e999, "pressure": 1}}', "non_finite"),
+        (_message(values={"temperature": 10**400, "pressure": 1}), "non_finite"),
+        (_message(timestamp="soon"), "timestamp"),
+        (_message(timestamp=None), "timestamp"),
+        (_message(timestamp=-5), "timestamp"),
+        (b"{" + b'"x":' * 0 + b'"pad": "' + b"a" * 70000 + b'"}', "too_large"),
+    ],
+)
+def test_bad_messages_have_reasons(raw, reason):
+    with pytest.raises(BadMessage) as caught:
+        parse_message(raw, None, FEATURES, MessageFields())
+    assert caught.value.reason == reason

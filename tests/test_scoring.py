@@ -1,0 +1,111 @@
+"""The scoring engine: one step function, whatever the batching; calibrated, drifting, hysteretic."""
+
+import numpy as np
+import pytest
+
+from detector.config import FitSettings, ModelSettings, ScoringSettings
+from detector.fit import fit_tables
+from detector.schema import Observation, observations_from_table, read_csv
+from detector.scoring import Detector, waves
+from detector.testing import tiny_model
+
+from support import QUICK_FIT, synthetic_csv
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    path = synthetic_csv(tmp_path_factory.mktemp("data") / "train.csv", entities=4, rows=400, seed=1)
+    model, _ = fit_tables([read_csv(path)], ModelSettings(hidden_size=16), FitSettings(**QUICK_FIT), ScoringSettings(), progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    path = synthetic_csv(tmp_path_factory.mktemp("data") / "stream.csv", entities=6, rows=120, seed=2, shift_at=80, shift=3.0)
+    return list(observations_from_table(read_csv(path)))
+
+
+def _scores(decisions):
+    return np.array([[d.score, d.probability, d.is_anomaly] for d in decisions], dtype=float)
+
+
+def test_one_at_a_time_equals_whole_file_equals_interleaved_batches(fitted, stream):
+    whole = _scores(Detector(fitted).process(stream))
+    single = Detector(fitted)
+    one_by_one = _scores([single.process([o])[0] for o in stream])
+    np.testing.assert_allclose(one_by_one, whole, atol=1e-5)
+    chunked = Detector(fitted)
+    rng = np.random.default_rng(0)
+    cuts = np.sort(rng.choice(np.arange(1, len(stream)), size=40, replace=False))
+    parts = [chunked.process(list(part)) for part in np.split(np.array(stream, dtype=object), cuts)]
+    np.testing.assert_allclose(_scores([d for part in parts for d in part]), whole, atol=1e-5)
+
+
+def test_each_entity_alone_equals_interleaved(fitted, stream):
+    together = Detector(fitted).process(stream)
+    for entity in {o.entity for o in stream}:
+        alone = Detector(fitted).process([o for o in stream if o.entity == entity])
+        mine = [d for d in together if d.entity == entity]
+        np.testing.assert_allclose(_scores(alone), _scores(mine), atol=1e-5)
+
+
+def test_scores_and_probabilities_are_in_range_and_shift_is_seen(fitted, stream):
+    decisions = Detector(fitted).process(stream)
+    scores = np.array([d.score for d in decisions])
+    probabilities = np.array([d.probability for d in decisions])
+    assert (scores >= 0).all() and ((probabilities >= 0) & (probabilities <= 1)).all()
+    times = np.array([o.timestamp for o in stream]) - stream[0].timestamp
+    assert np.median(scores[times >= 80]) > 3 * np.median(scores[(times >= 20) & (times < 80)])
+    opened = {d.entity for d in decisions if d.event == "open"}
+    assert opened == {o.entity for o in stream}, "every entity's level shift raises an alert"
+
+
+def test_probability_is_monotone_in_score(fitted, stream):
+    detector = Detector(fitted)
+    history = [o for o in stream if o.entity == "pump-0"][:60]
+    clones = [f"clone-{i}" for i in range(25)]
+    for obs in history:  # 25 entities with the very same history, hence the same state
+        detector.process([Observation(c, obs.timestamp, obs.values) for c in clones])
+    last = history[-1]
+    probes = [Observation(c, last.timestamp + 1, [v + 0.3 * i for v in last.values]) for i, c in enumerate(clones)]
+    decisions = detector.process(probes)
+    order = np.argsort([d.score for d in decisions])
+    probabilities = np.array([d.probability for d in decisions])[order]
+    assert (np.diff(probabilities) >= -1e-12).all()
+    assert probabilities[-1] > probabilities[0]
+
+
+def test_waves_keep_per_entity_order():
+    entities = ["a", "b", "a", "c", "a", "b"]
+    result = waves(entities)
+    assert [w.tolist() for w in result] == [[0, 1, 3], [2, 5], [4]]
+    assert waves([]) == []
+
+
+def test_persistent_change_stops_alerting_and_is_one_alert(fitted, tmp_path):
+    horizon = 6000
+    path = synthetic_csv(tmp_path / "drift.csv", entities=1, rows=horizon, seed=3, shift_at=300, shift=2.0)
+    decisions = Detector(fitted).process(list(observations_from_table(read_csv(path))))
+    events = [(i, d.event) for i, d in enumerate(decisions) if d.event]
+    flags = np.array([d.is_anomaly for d in decisions])
+    assert events and events[0][1] == "open" and 300 <= events[0][0] < 320, "the shift is detected promptly"
+    closes = [i for i, e in events if e == "close"]
+    assert closes, "a persistent change must stop alerting"
+    assert not flags[-1000:].any(), "no alert long after the change has become the new normal"
+    assert len([e for e in events if e[1] == "open"]) <= 3
+
+
+def test_warm_up_never_alerts_and_score_one_works():
+    detector = Detector(tiny_model(warmup_steps=5))
+    decisions = [detector.score_one("new", [50.0, -50.0], timestamp=t) for t in range(5)]
+    assert not any(d.is_anomaly for d in decisions)
+    assert all(d.score > 5 for d in decisions)
+
+
+def test_alert_names_top_features(fitted, stream):
+    decisions = Detector(fitted).process(stream)
+    opened = [d for d in decisions if d.event == "open"]
+    assert opened and all(1 <= len(d.top_features) <= 3 for d in opened)
+    for d in opened:
+        shares = [share for _, share in d.top_features]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-9
