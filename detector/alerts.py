@@ -1,0 +1,122 @@
+"""Alert and dead-letter records, and a publisher that knows when the broker has them.
+
+An alert is published when an entity's alert opens and when it closes (hysteresis lives in
+:mod:`detector.scoring`), keyed by entity:
+
+>>> from detector.scoring import Decision
+>>> record = alert_record(Decision("pump-7", 1795568400.0, 9.5, 0.9995, True, "open", [("temperature", 0.8)]),
+...                       threshold=0.999, model_version="v1", source=Source("sensors", 3, 1200))
+>>> record["state"], record["entity"], record["source"]["offset"], record["top_features"][0]["feature"]
+('open', 'pump-7', 1200, 'temperature')
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from kafka import KafkaProducer
+
+from detector.scoring import Decision
+
+__all__ = ["Publisher", "Source", "alert_record", "dead_letter_record", "score_record"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a message came from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def alert_record(decision: Decision, threshold: float, model_version: str, source: Source) -> dict[str, Any]:
+    """The JSON body of an alert (state ``open`` or ``close``)."""
+    return {
+        "type": "anomaly_alert",
+        "state": decision.event,
+        "entity": decision.entity,
+        "timestamp": _iso(decision.timestamp),
+        "score": round(decision.score, 6),
+        "probability": round(decision.probability, 6),
+        "threshold": threshold,
+        "model_version": model_version,
+        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "top_features": [{"feature": f, "share": s} for f, s in decision.top_features],
+        "decided_at": _iso(time.time()),
+    }
+
+
+def score_record(decision: Decision, source: Source) -> dict[str, Any]:
+    """The JSON body of a per-message decision (published only when ``scores_topic`` is set)."""
+    return {
+        "entity": decision.entity,
+        "timestamp": decision.timestamp,
+        "score": decision.score,
+        "probability": decision.probability,
+        "is_anomaly": int(decision.is_anomaly),
+        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+    }
+
+
+def dead_letter_record(raw: bytes | None, reason: str, detail: str, source: Source) -> dict[str, Any]:
+    """The JSON body of a dead letter: original bytes (base64), reason and source position."""
+    return {
+        "type": "dead_letter",
+        "reason": reason,
+        "detail": detail[:500],
+        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "original_base64": base64.b64encode(raw).decode() if raw is not None else None,
+        "received_at": _iso(time.time()),
+    }
+
+
+class Publisher:
+    """Sends JSON records and waits for the broker's acknowledgement of all of them.
+
+    Records whose delivery failed are kept and sent again by :meth:`retry_failed`, so the
+    caller can hold its offsets back until everything it produced is acknowledged.
+    """
+
+    def __init__(self, producer: KafkaProducer):
+        self.producer = producer
+        self._pending: list[tuple[str, bytes | None, bytes, Any]] = []
+        self._failed: list[tuple[str, bytes | None, bytes]] = []
+
+    def send(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
+        """Queue a record (asynchronous)."""
+        self._send(topic, key.encode() if key else None, json.dumps(record, separators=(",", ":")).encode())
+
+    def _send(self, topic: str, key: bytes | None, body: bytes) -> None:
+        self._pending.append((topic, key, body, self.producer.send(topic, key=key, value=body)))
+
+    def confirm(self, timeout_s: float) -> None:
+        """Block until every queued record is acknowledged; raises the first delivery error."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self.producer.flush(timeout=timeout_s)
+        first_error: Exception | None = None
+        for topic, key, body, future in pending:
+            try:
+                future.get(timeout=0.1 if future.is_done else timeout_s)
+            except Exception as error:  # KafkaError, timeouts: keep the record for a retry
+                self._failed.append((topic, key, body))
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+
+    def retry_failed(self) -> int:
+        """Queue the records whose delivery failed again; returns how many."""
+        failed, self._failed = self._failed, []
+        for topic, key, body in failed:
+            self._send(topic, key, body)
+        return len(failed)

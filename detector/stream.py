@@ -1,0 +1,454 @@
+"""``detector run``: the consumer-group member that scores every message and publishes alerts.
+
+One loop iteration: poll a micro-batch (up to ``batch_max_messages`` or ``batch_max_ms``) ->
+validate (bad input to the dead-letter topic) -> one batched step per wave of distinct
+entities (:class:`detector.scoring.Detector`) -> publish alerts -> wait for the broker's
+acknowledgements -> commit the offsets. States are checkpointed per partition to Kafka every
+``checkpoint_interval_s``, on revoke and on shutdown, each checkpoint tied to the offset it covers.
+
+Delivery is at-least-once. Duplicates (alerts or dead letters published twice) can appear only
+for messages processed after the last successful commit when the process dies or loses its
+partitions: they are processed again by whoever owns the partition next. A restored state is
+exact: the new owner replays from the checkpoint's offset to the committed offset updating
+states only (publishing nothing), then carries on.
+
+>>> service = Service(settings, load_model(settings.model.path))   # doctest: +SKIP
+>>> service.run()   # until SIGTERM/SIGINT or service.stop()       # doctest: +SKIP
+0
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from detector import __version__
+from detector.alerts import Publisher, Source, alert_record, dead_letter_record, score_record
+from detector.checkpoints import CheckpointStore
+from detector.config import KafkaSettings, Settings
+from detector.logs import get_logger
+from detector.metrics import Health, Metrics, serve
+from detector.model import FittedModel, load_model
+from detector.schema import BadMessage, MessageFields, Observation, parse_message
+from detector.scoring import Decision, Detector
+from detector.state import CheckpointError
+
+__all__ = ["Service", "kafka_client_config", "run_service"]
+
+log = get_logger(__name__)
+_DEAD_LETTER_LOG_EVERY_S = 10.0
+
+
+def kafka_client_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection and security settings shared by every client of the service."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers.split(","),
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        config.update(ssl_cafile=_str(kafka.ssl_cafile), ssl_certfile=_str(kafka.ssl_certfile), ssl_keyfile=_str(kafka.ssl_keyfile))
+        if kafka.ssl_password:
+            config["ssl_password"] = kafka.ssl_password.get_secret_value()
+    if kafka.security_protocol.startswith("SASL"):
+        config.update(sasl_mechanism=kafka.sasl_mechanism, sasl_plain_username=kafka.sasl_username)
+        config["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    return config
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+@dataclass
+class _Pending:
+    """A polled record waiting to be processed."""
+
+    tp: TopicPartition
+    record: Any
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self.service.on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.service.on_assigned(list(assigned))
+
+
+class Service:
+    """The streaming service; ``run()`` blocks until :meth:`stop` or a signal."""
+
+    def __init__(self, settings: Settings, model: FittedModel, metrics: Metrics | None = None):
+        self.settings, self.model = settings, model
+        self.metrics = metrics or Metrics()
+        self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
+        self.detector = Detector(model, max_entities=settings.stream.max_entities, ttl_s=settings.stream.entity_ttl_s)
+        self.fields = MessageFields(settings.stream.entity_field, settings.stream.timestamp_field, settings.stream.values_field, settings.stream.max_message_bytes)
+        self._stop = threading.Event()
+        self._pending: list[_Pending] = []
+        self._owners: dict[TopicPartition, int] = {}
+        self._assigned: set[TopicPartition] = set()
+        self._next_offset: dict[TopicPartition, int] = {}
+        self._replay_until: dict[TopicPartition, int] = {}
+        self._awaiting_restore: set[TopicPartition] = set()
+        self._checkpointed: dict[TopicPartition, int] = {}  # offset of each partition's last checkpoint
+        self._last_checkpoint = time.monotonic()
+        self._last_dead_letter_log = 0.0
+        self._evictions_seen = {"ttl": 0, "capacity": 0}
+        self._connections_seen: float | None = None
+        self.consumer: KafkaConsumer | None = None
+        self.producer: KafkaProducer | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish the batch in hand, commit, checkpoint and return."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Consume until stopped; returns the process exit code (0 on a clean shutdown)."""
+        self._connect()
+        log.info("service.start", version=__version__, model_version=self.model.version, topics=self.settings.kafka.input_topics, group=self.settings.kafka.group_id)
+        try:
+            while not self._stop.is_set():
+                self._pending.extend(self._poll())
+                self._restore_assigned()
+                self._process_pending()
+                self._housekeeping()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _connect(self) -> None:
+        kafka, common = self.settings.kafka, kafka_client_config(self.settings.kafka)
+        self.producer = KafkaProducer(**common, acks="all", linger_ms=5, retries=5, max_request_size=2 * 1024 * 1024)
+        self.publisher = Publisher(self.producer)
+        self.checkpoints = CheckpointStore(self.producer, kafka.checkpoint_topic, kafka.group_id, common)
+        self.consumer = KafkaConsumer(
+            **common,
+            group_id=kafka.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            max_poll_interval_ms=kafka.max_poll_interval_ms,
+            max_poll_records=kafka.max_poll_records,
+        )
+        self.consumer.subscribe(kafka.input_topics, listener=_Rebalance(self))
+        self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
+        self.metrics.set_build_info(__version__)
+        self.health.set_ready(False, "waiting for partition assignment")
+
+    def _shutdown(self) -> None:
+        log.info("service.stopping", pending=len(self._pending), partitions=len(self._assigned))
+        self.health.set_ready(False, "shutting down")
+        try:
+            self._process_pending()
+            self._checkpoint(self._assigned, reason="shutdown")
+        except KafkaError as error:
+            log.error("service.shutdown_incomplete", error=repr(error), note="uncommitted messages will be replayed")
+        finally:
+            if self.consumer is not None:
+                self.consumer.close(autocommit=False)
+            if self.producer is not None:
+                self.producer.close(timeout=5)
+        log.info("service.stopped")
+
+    # --- polling and processing ----------------------------------------------------------
+
+    def _poll(self) -> list[_Pending]:
+        """Up to ``batch_max_messages`` records or ``batch_max_ms`` of waiting, whichever first."""
+        stream = self.settings.stream
+        deadline = time.monotonic() + stream.batch_max_ms / 1000
+        records: list[_Pending] = []
+        while len(records) + len(self._pending) < stream.batch_max_messages and not self._stop.is_set():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            polled = self.consumer.poll(timeout_ms=remaining_ms, max_records=stream.batch_max_messages - len(records) - len(self._pending))  # type: ignore[union-attr]
+            for tp, batch in polled.items():
+                records.extend(_Pending(tp, r) for r in batch if tp in self._assigned)
+        return records
+
+    def _process_pending(self) -> None:
+        """Score, publish, confirm, commit the records in hand (also called on revoke)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        observations, dead = self._validate(pending)
+        started = time.perf_counter()
+        owners = [self._owners[p.tp] for p, _ in observations]
+        decisions = self.detector.process([o for _, o in observations], owner=owners)
+        self.metrics.observe_batch(len(observations), time.perf_counter() - started)
+        self._publish_alerts(observations, decisions)
+        self._publish_dead_letters(dead)
+        self._confirm()
+        for p in pending:
+            self._next_offset[p.tp] = max(self._next_offset.get(p.tp, 0), p.record.offset + 1)
+        self._commit({p.tp for p in pending})
+        self._record_outcomes(observations, decisions)
+
+    def _validate(self, pending: list[_Pending]) -> tuple[list[tuple[_Pending, Observation]], list[tuple[_Pending, BadMessage]]]:
+        valid, dead = [], []
+        last_ts: dict[str, float] = {}
+        for p in pending:
+            try:
+                obs = parse_message(p.record.value, p.record.key, self.model.features, self.fields)
+                self._check_order(obs, last_ts)
+            except BadMessage as error:
+                dead.append((p, error))
+                continue
+            last_ts[obs.entity] = obs.timestamp
+            valid.append((p, obs))
+        return valid, dead
+
+    def _check_order(self, obs: Observation, last_ts: dict[str, float]) -> None:
+        if not self.settings.stream.reject_out_of_order:
+            return
+        slot = self.detector.store.slot_of(obs.entity)
+        previous = last_ts.get(obs.entity, self.detector.store.fields["last_ts"][slot] if slot is not None else float("-inf"))
+        if obs.timestamp < previous:
+            raise BadMessage("stale_timestamp", f"timestamp {obs.timestamp} older than the entity's last {previous}")
+
+    def _replaying(self, p: _Pending) -> bool:
+        return p.record.offset < self._replay_until.get(p.tp, -1)
+
+    def _publish_alerts(self, observations: list[tuple[_Pending, Observation]], decisions: list[Decision]) -> None:
+        scores_topic = self.settings.kafka.scores_topic
+        for (p, _), decision in zip(observations, decisions):
+            if scores_topic and not self._replaying(p):
+                self.publisher.send(scores_topic, decision.entity, score_record(decision, Source(p.tp.topic, p.tp.partition, p.record.offset)))
+            if decision.event and not self._replaying(p):
+                source = Source(p.tp.topic, p.tp.partition, p.record.offset)
+                self.publisher.send(self.settings.kafka.alert_topic, decision.entity, alert_record(decision, self.detector.threshold, self.model.version, source))
+                self.metrics.alert(decision.event)
+
+    def _publish_dead_letters(self, dead: list[tuple[_Pending, BadMessage]]) -> None:
+        for p, error in dead:
+            if self._replaying(p):
+                continue
+            source = Source(p.tp.topic, p.tp.partition, p.record.offset)
+            key = p.record.key.decode("utf-8", "replace") if p.record.key else None
+            self.publisher.send(self.settings.kafka.dead_letter_topic, key, dead_letter_record(p.record.value, error.reason, error.detail, source))
+            self.metrics.dead_letter(error.reason)
+        if dead and time.monotonic() - self._last_dead_letter_log > _DEAD_LETTER_LOG_EVERY_S:
+            self._last_dead_letter_log = time.monotonic()
+            p, error = dead[-1]
+            log.warning("stream.dead_letters", count=len(dead), example_reason=error.reason, example_detail=error.detail[:200], topic=p.tp.topic, partition=p.tp.partition, offset=p.record.offset)
+
+    def _confirm(self) -> None:
+        """Wait for the broker to acknowledge; retry until it does or we are told to stop."""
+        delay = 0.5
+        while True:
+            try:
+                self.publisher.confirm(timeout_s=self.settings.kafka.request_timeout_ms / 1000)
+                return
+            except Exception as error:
+                self.metrics.publish_failed()
+                log.error("stream.publish_failed", error=repr(error), retry_in_s=delay)
+                if self._stop.is_set():
+                    raise KafkaError(f"alerts not acknowledged at shutdown: {error!r}") from error
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                self.publisher.retry_failed()
+
+    def _commit(self, partitions: Iterable[TopicPartition]) -> None:
+        offsets = {tp: OffsetAndMetadata(self._next_offset[tp], "", -1) for tp in partitions if tp in self._assigned}
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets)  # type: ignore[union-attr]
+        except (CommitFailedError, KafkaError) as error:
+            self.metrics.commit_failed()
+            log.warning("stream.commit_failed", error=repr(error), partitions=len(offsets), note="messages since the last commit will be replayed")
+
+    def _record_outcomes(self, observations: list[tuple[_Pending, Observation]], decisions: list[Decision]) -> None:
+        now = time.time()
+        live = [d for (p, _), d in zip(observations, decisions) if not self._replaying(p)]
+        self.metrics.messages("scored", len(live))
+        for decision in live:
+            self.metrics.observe_score(decision.score, decision.probability)
+            self.metrics.observe_end_to_end(now - decision.timestamp)
+        for tp in [tp for tp, until in self._replay_until.items() if self._next_offset.get(tp, 0) >= until]:
+            del self._replay_until[tp]
+            log.info("state.replay_done", topic=tp.topic, partition=tp.partition, offset=self._next_offset[tp])
+
+    # --- housekeeping, checkpoints, rebalances -------------------------------------------
+
+    def _housekeeping(self) -> None:
+        self.health.beat()
+        self.detector.store.evict_idle(time.time())
+        for reason, total in self.detector.store.evictions.items():
+            if total > self._evictions_seen[reason]:
+                self.metrics.eviction(reason, total - self._evictions_seen[reason])
+                self._evictions_seen[reason] = total
+        self.metrics.set_entities(len(self.detector.store))
+        for tp in self._assigned:
+            highwater = self.consumer.highwater(tp)  # type: ignore[union-attr]
+            if highwater is not None:
+                self.metrics.set_lag(tp.topic, tp.partition, max(highwater - self._next_offset.get(tp, 0), 0))
+        self._count_reconnects()
+        if time.monotonic() - self._last_checkpoint >= self.settings.stream.checkpoint_interval_s:
+            self._checkpoint(self._assigned, reason="periodic")
+
+    def _count_reconnects(self) -> None:
+        created = 0.0
+        for client in (self.consumer, self.producer):
+            for group, values in (client.metrics() or {}).items():  # type: ignore[union-attr]
+                created += float(values.get("connection-creation-total", 0.0)) if isinstance(values, dict) else 0.0
+        if self._connections_seen is not None and created > self._connections_seen:
+            self.metrics.broker_reconnected()
+            log.warning("stream.broker_reconnected", connections_created=created - self._connections_seen)
+        self._connections_seen = max(created, self._connections_seen or 0.0)
+
+    def _checkpoint(self, partitions: Iterable[TopicPartition], reason: str) -> None:
+        self._last_checkpoint = time.monotonic()
+        for tp in list(partitions):
+            if tp not in self._next_offset or self._checkpointed.get(tp) == self._next_offset[tp]:
+                continue  # nothing processed since the last checkpoint
+            started = time.perf_counter()
+            try:
+                blob = self.detector.store.export(self._owners[tp], tag=self.model.version)
+                self.checkpoints.write(tp.topic, tp.partition, self._next_offset[tp], self.model.version, blob)
+            except KafkaError as error:
+                self.metrics.checkpoint_failed()
+                log.error("state.checkpoint_failed", topic=tp.topic, partition=tp.partition, error=repr(error))
+                continue
+            duration = time.perf_counter() - started
+            self._checkpointed[tp] = self._next_offset[tp]
+            self.metrics.checkpoint_succeeded(duration)
+            log.info("state.checkpoint", reason=reason, topic=tp.topic, partition=tp.partition, offset=self._next_offset[tp], bytes=len(blob), seconds=round(duration, 3))
+
+    # kafka-python runs rebalance callbacks inside its network loop, where no blocking consumer
+    # call (commit, committed) may run. Every processed batch is committed before the next
+    # poll, so on revoke only the checkpoint (producer) remains; restores run after the poll.
+
+    def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Checkpoint the revoked partitions (all their work is committed) and drop their states."""
+        log.info("partitions.revoked", partitions=[f"{tp.topic}/{tp.partition}" for tp in revoked])
+        self._checkpoint([tp for tp in revoked if tp in self._assigned], reason="revoke")
+        for tp in revoked:
+            self._forget(tp)
+            self._awaiting_restore.discard(tp)
+        self.metrics.set_partitions_assigned(len(self._assigned))
+
+    def _forget(self, tp: TopicPartition) -> None:
+        if tp in self._owners:
+            self.detector.store.drop_owner(self._owners[tp])
+        self._assigned.discard(tp)
+        self._next_offset.pop(tp, None)
+        self._replay_until.pop(tp, None)
+        self._checkpointed.pop(tp, None)
+        self.metrics.forget_partition(tp.topic, tp.partition)
+
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Hold new partitions (paused) until their states are restored after this poll."""
+        log.info("partitions.assigned", partitions=[f"{tp.topic}/{tp.partition}" for tp in assigned])
+        fresh = [tp for tp in assigned if tp not in self._assigned]
+        if fresh:
+            self.consumer.pause(*fresh)  # type: ignore[union-attr]
+            self._awaiting_restore.update(fresh)
+            self.health.set_ready(False, "restoring checkpoints")
+
+    def _restore_assigned(self) -> None:
+        """Restore each newly assigned partition's states from its checkpoint before scoring it."""
+        if not self._awaiting_restore:
+            return
+        fresh, self._awaiting_restore = sorted(self._awaiting_restore), set()
+        try:
+            found = self.checkpoints.read_latest([(tp.topic, tp.partition) for tp in fresh])
+        except (KafkaError, TimeoutError, ValueError) as error:
+            self.metrics.restore_fallback("missing")
+            log.error("state.restore_failed", error=repr(error), note="starting these partitions with fresh states")
+            found = {}
+        for tp in fresh:
+            self._owners.setdefault(tp, len(self._owners) + 1)
+            self._restore(tp, found.get((tp.topic, tp.partition)))
+            self._assigned.add(tp)
+        self.consumer.resume(*fresh)  # type: ignore[union-attr]
+        self.metrics.set_partitions_assigned(len(self._assigned))
+        self.health.set_ready(True, "")
+
+    def _restore(self, tp: TopicPartition, checkpoint: Any) -> None:
+        committed = self.consumer.committed(tp)  # type: ignore[union-attr]
+        restored = checkpoint is not None and self._load(tp, checkpoint)
+        if restored:
+            self._checkpointed[tp] = checkpoint.next_offset
+            self.consumer.seek(tp, checkpoint.next_offset)  # type: ignore[union-attr]
+            self._next_offset[tp] = checkpoint.next_offset
+            if committed is not None and committed > checkpoint.next_offset:
+                self._replay_until[tp] = committed
+        else:
+            self._start_fresh(tp, committed, had_checkpoint=checkpoint is not None)
+        log.info("state.restore", topic=tp.topic, partition=tp.partition, from_checkpoint=bool(restored), position=self._next_offset.get(tp), committed=committed, replay_until=self._replay_until.get(tp))
+
+    def _start_fresh(self, tp: TopicPartition, committed: int | None, had_checkpoint: bool) -> None:
+        """No usable checkpoint: fresh states from the committed offset (or the partition start).
+
+        A checkpoint of the fresh state is written at once, so a crash before the first periodic
+        checkpoint still restores exactly (replaying from here). Committed offsets without any
+        checkpoint mean the states before them are gone: counted and logged as a fallback.
+        """
+        if committed is None:
+            position = self.consumer.beginning_offsets([tp])[tp]  # type: ignore[union-attr]
+        else:
+            position = committed
+            if not had_checkpoint:
+                self.metrics.restore_fallback("missing")
+                log.warning("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason="no checkpoint; entity states start fresh", committed=committed)
+        self.consumer.seek(tp, position)  # type: ignore[union-attr]
+        self._next_offset[tp] = position
+        self._checkpoint([tp], reason="initial")
+
+    def _load(self, tp: TopicPartition, checkpoint: Any) -> bool:
+        if checkpoint.model_version != self.model.version:
+            self.metrics.restore_fallback("schema_mismatch")
+            log.warning("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason="checkpoint from model " + checkpoint.model_version)
+            return False
+        try:
+            count = self.detector.store.restore(checkpoint.blob, self._owners[tp], time.time(), tag=self.model.version)
+        except CheckpointError as error:
+            self.metrics.restore_fallback("corrupt")
+            log.error("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason=str(error))
+            return False
+        log.info("state.restored", topic=tp.topic, partition=tp.partition, entities=count, offset=checkpoint.next_offset)
+        return True
+
+
+def run_service(settings: Settings) -> int:
+    """Load the model, serve metrics, install signal handlers and run until told to stop."""
+    model = load_model(settings.model.path)
+    service = Service(settings, model)
+    server = serve(service.metrics, service.health, settings.metrics.host, settings.metrics.port)
+    log.info("metrics.serving", url=server.url)
+    signal.signal(signal.SIGTERM, service.stop)
+    signal.signal(signal.SIGINT, service.stop)
+    watchdog = threading.Thread(target=_exit_after_grace, args=(service, settings.stream.shutdown_grace_s), daemon=True)
+    watchdog.start()
+    try:
+        return service.run()
+    finally:
+        server.close()
+
+
+def _exit_after_grace(service: Service, grace_s: float) -> None:
+    """Hard exit if a clean shutdown takes longer than the grace period (messages will replay)."""
+    service._stop.wait()
+    time.sleep(grace_s)
+    log.error("service.grace_exceeded", grace_s=grace_s, note="exiting; uncommitted messages will be replayed")
+    import os
+
+    os._exit(1)

@@ -1,0 +1,126 @@
+"""Run `detector run` as a real subprocess against the test broker, and read what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from detector.demo import Message
+
+FAST_GROUP = {"DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000", "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
+
+
+@dataclass
+class Topics:
+    """The topics of one service deployment under test."""
+
+    input: str
+    alerts: str
+    dead_letters: str
+    checkpoints: str
+    scores: str
+    group: str = field(default_factory=lambda: f"g-{uuid.uuid4().hex[:8]}")
+
+
+def make_topics(topic_factory: Callable[..., str], partitions: int = 4) -> Topics:
+    return Topics(topic_factory(partitions), topic_factory(1), topic_factory(1), topic_factory(1), topic_factory(1))
+
+
+def service_env(bootstrap: str, topics: Topics, model_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        **FAST_GROUP,
+        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "DETECTOR_KAFKA__INPUT_TOPICS": json.dumps([topics.input]),
+        "DETECTOR_KAFKA__ALERT_TOPIC": topics.alerts,
+        "DETECTOR_KAFKA__DEAD_LETTER_TOPIC": topics.dead_letters,
+        "DETECTOR_KAFKA__CHECKPOINT_TOPIC": topics.checkpoints,
+        "DETECTOR_KAFKA__SCORES_TOPIC": topics.scores,
+        "DETECTOR_KAFKA__GROUP_ID": topics.group,
+        "DETECTOR_MODEL__PATH": str(model_dir),
+        "DETECTOR_METRICS__PORT": "0",
+        "DETECTOR_LOG__FORMAT": "json",
+    }
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """`python -m detector.cli run` with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self.process = subprocess.Popen([sys.executable, "-m", "detector.cli", "run"], env=env, stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def log_events(self) -> list[dict]:
+        events = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                events.append(json.loads(line))
+        return events
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[Message | tuple[bytes | None, bytes | None]]) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+    count = 0
+    for m in messages:
+        key, value = (m.entity.encode(), m.to_json()) if isinstance(m, Message) else m
+        producer.send(topic, key=key, value=value)
+        count += 1
+    producer.flush()
+    producer.close()
+    return count
+
+
+class TopicReader:
+    """Incrementally reads a whole topic (all partitions) from the beginning, without a group."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+        partitions = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or {0})]
+        self.consumer.assign(partitions)
+        self.consumer.seek_to_beginning(*partitions)
+        self.records: list[dict] = []
+
+    def read(self, timeout_s: float = 1.0) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for batch in self.consumer.poll(timeout_ms=200).values():
+                self.records.extend(json.loads(r.value) for r in batch)
+        return self.records
+
+    def wait_for(self, condition: Callable[[list[dict]], bool], timeout_s: float, alive: Callable[[], bool] = lambda: True) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition(self.read(0.5)):
+                return self.records
+            assert alive(), "the service process died"
+        raise AssertionError(f"condition not met within {timeout_s} s ({len(self.records)} records)")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def offsets_seen(records: list[dict]) -> set[tuple[int, int]]:
+    return {(r["source"]["partition"], r["source"]["offset"]) for r in records}

@@ -1,0 +1,186 @@
+"""`detector run` against a real broker: scoring, alerts, dead letters, restarts, takeovers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from detector.config import FitSettings, ModelSettings, ScoringSettings
+from detector.demo import Message, generate_history, generate_stream
+from detector.fit import fit_tables, write_model
+from detector.schema import Observation, Table
+from detector.scoring import Detector
+
+from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
+
+pytestmark = pytest.mark.kafka
+
+
+def _table(messages: list[Message]) -> Table:
+    return Table([m.timestamp for m in messages], [str(m.timestamp) for m in messages], [m.entity for m in messages], list(__import__("detector.demo", fromlist=["FEATURES"]).FEATURES), np.array([m.values for m in messages]))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("model")
+    model, history = fit_tables([_table(generate_history(entities=10, rows=300))], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False)
+    write_model(model, history, directory, report=False)
+    return directory
+
+
+def _offline(model_dir, messages: list[Message]) -> dict[tuple[str, float], tuple[float, float, int]]:
+    from detector.model import load_model
+
+    decisions = Detector(load_model(model_dir)).process([Observation(m.entity, m.timestamp, m.values) for m in messages])
+    return {(d.entity, d.timestamp): (d.score, d.probability, int(d.is_anomaly)) for d in decisions}
+
+
+def _assert_scores_match(records: list[dict], expected: dict) -> None:
+    assert records
+    for r in records:
+        score, probability, flag = expected[(r["entity"], r["timestamp"])]
+        assert r["score"] == pytest.approx(score, abs=1e-5), r
+        assert r["probability"] == pytest.approx(probability, abs=1e-5), r
+        assert r["is_anomaly"] == flag, r
+
+
+def test_thousand_entities_alerts_and_false_alarm_rate(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+    anomalous = {f"pump-{e}" for e in range(0, 1000, 10)}
+    stream = generate_stream(1000, 50, anomalous, anomaly_at=0.7)
+    topics = make_topics(topic_factory)
+    produce(kafka_bootstrap, topics.input, stream)
+    service = ServiceProcess(service_env(kafka_bootstrap, topics, model_dir), tmp_path / "service.log")
+    scores = TopicReader(kafka_bootstrap, topics.scores)
+    try:
+        scores.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=240, alive=service.alive)
+        time.sleep(1)
+        assert service.terminate() == 0
+    finally:
+        if service.alive():
+            service.kill()
+    alerts = TopicReader(kafka_bootstrap, topics.alerts).read(2.0)
+    opened = [a for a in alerts if a["state"] == "open"]
+    assert anomalous <= {a["entity"] for a in opened}, "every injected anomaly raises an alert"
+    for alert in opened[:5]:
+        assert {"entity", "timestamp", "score", "probability", "threshold", "model_version", "source", "top_features"} <= set(alert)
+    clean_opens = sum(a["entity"] not in anomalous for a in opened)
+    clean_messages = sum(m.entity not in anomalous for m in stream)
+    rate = float(json.loads((model_dir / "model.json").read_text())["scoring"]["false_alarm_rate"])
+    print(f"clean opens {clean_opens} over {clean_messages} messages (calibrated rate {rate})")
+    assert clean_opens <= max(3 * rate * clean_messages, 5)
+    per_entity = {}
+    for a in alerts:
+        per_entity.setdefault(a["entity"], []).append(a["state"])
+    assert all(states.count("open") <= 2 for states in per_entity.values()), "hysteresis: one anomaly is one alert"
+
+
+def test_service_scores_equal_offline_score(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+    stream = generate_stream(30, 40, {"pump-3"}, seed=5)
+    topics = make_topics(topic_factory, partitions=3)
+    produce(kafka_bootstrap, topics.input, stream)
+    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__BATCH_MAX_MESSAGES="37")
+    service = ServiceProcess(env, tmp_path / "service.log")
+    reader = TopicReader(kafka_bootstrap, topics.scores)
+    try:
+        records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=120, alive=service.alive)
+    finally:
+        service.terminate()
+    assert len(records) == len(stream), "each message scored exactly once in a clean run"
+    _assert_scores_match(records, _offline(model_dir, stream))
+
+
+def test_kill_9_and_restart_loses_nothing_and_restores_exact_states(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+    stream = generate_stream(60, 80, {"pump-1", "pump-7"}, seed=6)
+    topics = make_topics(topic_factory)
+    produce(kafka_bootstrap, topics.input, stream)
+    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__BATCH_MAX_MESSAGES="40", DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.3")
+    reader = TopicReader(kafka_bootstrap, topics.scores)
+    first = ServiceProcess(env, tmp_path / "first.log")
+    reader.wait_for(lambda r: len(r) >= len(stream) // 3, timeout_s=120, alive=first.alive)
+    first.kill()
+    killed_at = len(reader.read(1.0))
+    assert killed_at < len(stream), "the kill happened mid-stream"
+    second = ServiceProcess(env, tmp_path / "second.log")
+    try:
+        records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=120, alive=second.alive)
+    finally:
+        second.terminate()
+    assert len(offsets_seen(records)) == len(stream), "every message processed"
+    restored = [e for e in second.log_events() if e["event"] == "state.restored"]
+    assert restored, "the restart restored checkpoints"
+    _assert_scores_match(records, _offline(model_dir, stream))
+    print(f"kill after {killed_at} scores; {len(records) - len(stream)} duplicates")
+
+
+def test_second_instance_takes_over_partitions_with_their_states(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+    first_half = generate_stream(40, 60, {"pump-2"}, seed=7)
+    topics = make_topics(topic_factory)
+    env = service_env(kafka_bootstrap, topics, model_dir)
+    a, b = ServiceProcess(env, tmp_path / "a.log"), ServiceProcess(env, tmp_path / "b.log")
+    reader = TopicReader(kafka_bootstrap, topics.scores)
+    try:
+        time.sleep(8)  # both join the group
+        early = [m for m in first_half if m.timestamp < first_half[0].timestamp + 30 * 60]
+        late = [m for m in first_half if m not in early]
+        produce(kafka_bootstrap, topics.input, early)
+        reader.wait_for(lambda r: len(offsets_seen(r)) >= len(early), timeout_s=120, alive=a.alive)
+        b_assigned = [e for e in b.log_events() if e["event"] == "partitions.assigned" and e["partitions"]]
+        assert b_assigned, "both instances own partitions"
+        assert b.terminate() == 0
+        produce(kafka_bootstrap, topics.input, late)
+        records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(first_half), timeout_s=120, alive=a.alive)
+    finally:
+        for process in (a, b):
+            if process.alive():
+                process.terminate()
+    taken_over = [e for e in a.log_events() if e["event"] == "state.restored"]
+    assert taken_over, "the remaining instance restored the stopped one's states"
+    _assert_scores_match(records, _offline(model_dir, first_half))
+
+
+def _malformed(entity: str, timestamp: float) -> list[tuple[bytes | None, bytes | None, str]]:
+    good = {"temperature": 1, "pressure": 1, "vibration": 1, "current": 1, "voltage": 1, "flow": 1, "rpm": 1, "humidity": 1}
+    body = lambda **kw: json.dumps({"entity": entity, "timestamp": timestamp, "values": good, **kw}).encode()  # noqa: E731
+    return [
+        (entity.encode(), b"\x00\xff binary", "not_json"),
+        (entity.encode(), b'{"entity": "x", ', "not_json"),
+        (entity.encode(), b"[1, 2, 3]", "schema"),
+        (entity.encode(), None, "schema"),
+        (entity.encode(), body(values={"temperature": 1}), "missing_feature"),
+        (entity.encode(), body(values={**good, "rpm": "fast"}), "non_numeric"),
+        (entity.encode(), body(values={**good, "rpm": None}), "non_numeric"),
+        (entity.encode(), body().replace(b'"rpm": 1', b'"rpm": NaN'), "non_finite"),
+        (entity.encode(), body().replace(b'"rpm": 1', b'"rpm": Infinity'), "non_finite"),
+        (entity.encode(), body(timestamp="not a time"), "timestamp"),
+        (entity.encode(), body(timestamp=timestamp - 86400), "stale_timestamp"),
+        (entity.encode(), body(padding="x" * 70000), "too_large"),
+        (entity.encode(), body(values="hot"), "schema"),
+    ]
+
+
+def test_malformed_messages_go_to_dead_letters_and_valid_ones_are_scored(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+    stream = generate_stream(20, 30, (), seed=8)
+    topics = make_topics(topic_factory, partitions=2)
+    mixed, expected_reasons = [], []
+    for i, message in enumerate(stream):
+        mixed.append((message.entity.encode(), message.to_json()))
+        if i % 40 == 20:
+            for key, value, reason in _malformed(message.entity, message.timestamp):
+                mixed.append((key, value))
+                expected_reasons.append(reason)
+    produce(kafka_bootstrap, topics.input, mixed)
+    service = ServiceProcess(service_env(kafka_bootstrap, topics, model_dir), tmp_path / "service.log")
+    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters)
+    try:
+        scores.wait_for(lambda r: len(r) >= len(stream), timeout_s=120, alive=service.alive)
+        letters = dead.wait_for(lambda r: len(r) >= len(expected_reasons), timeout_s=60, alive=service.alive)
+        assert service.alive()
+    finally:
+        assert service.terminate() == 0
+    assert sorted(l["reason"] for l in letters) == sorted(expected_reasons)
+    assert all(l["source"]["topic"] == topics.input and "offset" in l["source"] and l["detail"] for l in letters)
+    assert len(scores.records) == len(stream)
+    _assert_scores_match(scores.records, _offline(model_dir, stream))
