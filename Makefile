@@ -32,3 +32,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .demo
+
+.PHONY: docs evaluate
+docs: $(STAMP)
+	$(PY) -m detector.docs
+
+evaluate: $(STAMP)
+	$(PY) -m detector.cli evaluate --skab ../shared/data/skab --nab ../shared/data/nab --out evaluation.json

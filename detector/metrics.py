@@ -496,3 +496,18 @@ def serve(metrics: Metrics, health: Health, host: str = "0.0.0.0", port: int = 9
     thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     return MetricsServer(httpd, thread)
+
+
+def metrics_table() -> str:
+    """A Markdown table of every ``detector_*`` metric (the README embeds it; a test keeps them equal)."""
+    metrics = Metrics(process_metrics=False)
+    metrics.set_lag("topic", 0, 0)
+    metrics.set_model_info("v", "lstm", 1)
+    metrics.set_build_info("v")
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for family in metrics.registry.collect():
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+        labels = sorted({k for s in family.samples for k in s.labels if k != "le"})
+        shown = ", ".join(f"`{label}`" for label in labels) or "-"
+        rows.append(f"| `{family.name}{suffix}` | {family.type} | {shown} | {family.documentation} |")
+    return "\n".join(rows)
