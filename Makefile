@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP) prometheus-tools
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/faults
+
+# Fault injection (kills, broker outage, rebalance storm, fuzzing, soak); CI runs it after `make test`.
+.PHONY: faults
+faults: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/faults
 
 # promtool (Debian package `prometheus`) for tests/test_deploy.py.
 .PHONY: prometheus-tools

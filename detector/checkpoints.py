@@ -38,6 +38,7 @@ class Checkpoint:
     model_version: str
     written_at: float
     blob: bytes
+    corrupt: str = ""  # why the checkpoint cannot be used, if it cannot
 
 
 class CheckpointStore:
@@ -75,10 +76,14 @@ class CheckpointStore:
         manifests, chunks = self._scan(set(wanted), timeout_s)
         found = {}
         for key, manifest in manifests.items():
+            topic, partition = wanted[key]
+            if "error" in manifest:
+                found[(topic, partition)] = Checkpoint(topic, partition, 0, "", 0.0, b"", corrupt=manifest["error"])
+                continue
             parts = [chunks.get(f"{key}/{manifest['id']}/{i}") for i in range(manifest["chunks"])]
             if any(part is None for part in parts):
-                continue  # incomplete (should not happen: chunks are written first)
-            topic, partition = wanted[key]
+                found[(topic, partition)] = Checkpoint(topic, partition, 0, "", 0.0, b"", corrupt="chunks missing")
+                continue
             self._previous_chunks[(topic, partition)] = [f"{key}/{manifest['id']}/{i}" for i in range(manifest["chunks"])]
             found[(topic, partition)] = Checkpoint(topic, partition, int(manifest["next_offset"]), str(manifest["model_version"]), float(manifest["written_at"]), b"".join(parts))  # type: ignore[arg-type]
         return found
@@ -97,7 +102,7 @@ class CheckpointStore:
             for record in _read_to_end(consumer, partitions, timeout_s):
                 key = record.key.decode() if record.key else ""
                 if key in keys and record.value is not None:
-                    manifests[key] = json.loads(record.value)
+                    manifests[key] = _manifest(record.value)
                 elif key.rsplit("/", 2)[0] in keys:
                     if record.value is None:
                         chunks.pop(key, None)
@@ -106,6 +111,16 @@ class CheckpointStore:
             return manifests, chunks
         finally:
             consumer.close()
+
+
+def _manifest(value: bytes) -> dict[str, Any]:
+    """A parsed manifest, or ``{"error": ...}`` when it is not one."""
+    try:
+        manifest = json.loads(value)
+        int(manifest["next_offset"]), int(manifest["chunks"]), str(manifest["id"]), str(manifest["model_version"])
+        return manifest
+    except (ValueError, KeyError, TypeError) as error:
+        return {"error": f"unreadable manifest: {type(error).__name__}"}
 
 
 def _read_to_end(consumer: KafkaConsumer, partitions: list[TopicPartition], timeout_s: float) -> Iterable[Any]:

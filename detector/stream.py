@@ -414,6 +414,10 @@ class Service:
         self._checkpoint([tp], reason="initial")
 
     def _load(self, tp: TopicPartition, checkpoint: Any) -> bool:
+        if checkpoint.corrupt:
+            self.metrics.restore_fallback("corrupt")
+            log.error("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason=checkpoint.corrupt)
+            return False
         if checkpoint.model_version != self.model.version:
             self.metrics.restore_fallback("schema_mismatch")
             log.warning("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason="checkpoint from model " + checkpoint.model_version)

@@ -1,0 +1,278 @@
+"""Fault injection against the bundled broker: kills, broker outage, rebalance storm, bad input,
+corrupted model and checkpoints. Every message is accounted for. Run with `make faults`."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from kafka import KafkaProducer
+
+from detector.broker import free_port, start_broker
+from detector.demo import FEATURES, Message, generate_history, generate_stream
+from detector.fit import fit_tables, write_model
+from detector.config import FitSettings, ModelSettings, ScoringSettings
+from detector.model import load_model
+from detector.schema import BadMessage, MessageFields, Observation, Table, parse_message
+from detector.scoring import Detector
+
+from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
+
+import numpy as np
+
+pytestmark = [pytest.mark.kafka, pytest.mark.faults]
+FIGURES: dict[str, object] = {}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("model")
+    history = generate_history(entities=10, rows=300)
+    table = Table([m.timestamp for m in history], [str(m.timestamp) for m in history], [m.entity for m in history], FEATURES, np.array([m.values for m in history]))
+    model, fit_history = fit_tables([table], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False)
+    write_model(model, fit_history, directory, report=False)
+    return directory
+
+
+def _offline(model_dir, messages):
+    decisions = Detector(load_model(model_dir)).process([Observation(m.entity, m.timestamp, m.values) for m in messages])
+    return {(d.entity, d.timestamp): d for d in decisions}
+
+
+def _check_scores(records, expected):
+    for r in records:
+        d = expected[(r["entity"], r["timestamp"])]
+        assert r["score"] == pytest.approx(d.score, abs=1e-5) and r["is_anomaly"] == int(d.is_anomaly), r
+
+
+def _alert_events(expected):
+    """(entity, state, ISO timestamp) of every alert event the uninterrupted run makes."""
+    from datetime import datetime, timezone
+
+    iso = lambda t: datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")  # noqa: E731
+    return {(d.entity, d.event, iso(d.timestamp)) for d in expected.values() if d.event}
+
+
+def test_repeated_kill_9_loses_nothing(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+    stream = generate_stream(80, 120, {f"pump-{e}" for e in range(0, 80, 8)}, seed=11)
+    topics = make_topics(topic_factory)
+    produce(kafka_bootstrap, topics.input, stream)
+    batch = 50
+    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__BATCH_MAX_MESSAGES=str(batch), DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.5")
+    reader = TopicReader(kafka_bootstrap, topics.scores)
+    rng, kills, duplicates_per_kill = random.Random(5), 0, []
+    while kills < 6:
+        service = ServiceProcess(env, tmp_path / f"run{kills}.log")
+        before = len(reader.read(0.2))
+        target = before + rng.randint(200, 1200)
+        reader.wait_for(lambda r: len(r) >= min(target, len(stream)), timeout_s=120, alive=service.alive)
+        service.kill()
+        kills += 1
+        if len(offsets_seen(reader.read(0.5))) >= len(stream):
+            break
+    final = ServiceProcess(env, tmp_path / "final.log")
+    try:
+        records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=180, alive=final.alive)
+        time.sleep(1)
+        records = reader.read(0.5)
+    finally:
+        assert final.terminate() == 0
+    duplicates = len(records) - len(offsets_seen(records))
+    FIGURES["kill9"] = {"messages": len(stream), "kills": kills, "duplicates": duplicates, "lost": len(stream) - len(offsets_seen(records))}
+    print("kill -9 figures:", FIGURES["kill9"])
+    assert kills >= 5
+    assert len(offsets_seen(records)) == len(stream), "every message scored at least once"
+    assert duplicates <= kills * batch * 4, "duplicates bounded by one batch per partition per kill"
+    expected = _offline(model_dir, stream)
+    _check_scores(records, expected)
+    alerts = TopicReader(kafka_bootstrap, topics.alerts).read(2.0)
+    published = {(a["entity"], a["state"], a["timestamp"]) for a in alerts}
+    wanted = _alert_events(expected)
+    assert wanted and wanted <= published, "no alert lost"
+    FIGURES["kill9"]["alerts"] = len(wanted)
+
+
+def test_broker_outage_20s(model_dir, tmp_path):
+    with start_broker() as broker:
+        from detector.broker import create_topics
+
+        names = {k: f"outage-{k}" for k in ("in", "alerts", "dead", "ckpt", "scores")}
+        create_topics(broker.bootstrap_servers, [names["in"]], 4)
+        create_topics(broker.bootstrap_servers, [names[k] for k in ("alerts", "dead", "ckpt", "scores")], 1)
+        from service_harness import Topics
+
+        topics = Topics(names["in"], names["alerts"], names["dead"], names["ckpt"], names["scores"])
+        stream = generate_stream(50, 60, {"pump-4"}, seed=12)
+        half = len(stream) // 2
+        produce(broker.bootstrap_servers, topics.input, stream[:half])
+        port = free_port()
+        env = service_env(broker.bootstrap_servers, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1", DETECTOR_METRICS__STALL_AFTER_S="5")
+        service = ServiceProcess(env, tmp_path / "service.log")
+        reader = TopicReader(broker.bootstrap_servers, topics.scores)
+        try:
+            reader.wait_for(lambda r: len(offsets_seen(r)) >= half, timeout_s=120, alive=service.alive)
+            reader.consumer.close()
+            broker.pause()
+            health_during = []
+            for _ in range(20):
+                time.sleep(1)
+                health_during.append(_status(f"http://127.0.0.1:{port}/healthz"))
+                assert service.alive(), "the service survives the outage"
+            broker.resume()
+            produce(broker.bootstrap_servers, topics.input, stream[half:])
+            reader = TopicReader(broker.bootstrap_servers, topics.scores)
+            records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=180, alive=service.alive)
+            time.sleep(2)
+            health_after = _status(f"http://127.0.0.1:{port}/healthz")
+        finally:
+            code = service.terminate()
+        FIGURES["outage"] = {"messages": len(stream), "lost": len(stream) - len(offsets_seen(records)), "healthz_during": sorted(set(health_during)), "healthz_after": health_after}
+        print("outage figures:", FIGURES["outage"])
+        assert code == 0
+        assert len(offsets_seen(records)) == len(stream)
+        assert health_after == 200
+        _check_scores(records, _offline(model_dir, stream))
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return -1
+
+
+def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+    stream = generate_stream(60, 100, {"pump-5", "pump-33"}, seed=13)
+    topics = make_topics(topic_factory, partitions=6)
+    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="1")
+    anchor = ServiceProcess(env, tmp_path / "anchor.log")
+    stop = threading.Event()
+
+    def trickle():
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+        for i, m in enumerate(stream):
+            producer.send(topics.input, key=m.entity.encode(), value=m.to_json())
+            if i % 200 == 0:
+                producer.flush()
+                time.sleep(0.4)
+        producer.flush()
+        producer.close()
+
+    feeder = threading.Thread(target=trickle)
+    feeder.start()
+    churn, rng = 0, random.Random(3)
+    try:
+        while feeder.is_alive() and churn < 8:
+            guest = ServiceProcess(env, tmp_path / f"guest{churn}.log")
+            time.sleep(rng.uniform(3, 6))
+            guest.kill() if churn % 3 == 2 else guest.terminate()
+            churn += 1
+        feeder.join()
+        reader = TopicReader(kafka_bootstrap, topics.scores)
+        records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=180, alive=anchor.alive)
+    finally:
+        anchor.terminate()
+    FIGURES["rebalance"] = {"messages": len(stream), "membership_changes": churn * 2, "duplicates": len(records) - len(offsets_seen(records)), "lost": len(stream) - len(offsets_seen(records))}
+    print("rebalance figures:", FIGURES["rebalance"])
+    assert len(offsets_seen(records)) == len(stream)
+    _check_scores(records, _offline(model_dir, stream))
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_feature_values = st.fixed_dictionaries({}, optional={f: st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3), st.none(), st.booleans(), st.integers(min_value=-10**400, max_value=10**400)) for f in FEATURES})
+_shaped = st.fixed_dictionaries({}, optional={"entity": st.one_of(st.text(max_size=5), st.integers(), st.none()), "timestamp": st.one_of(st.integers(min_value=-10, max_value=10**14), st.text(max_size=25), st.floats()), "values": st.one_of(_feature_values, _json_values)})
+_bad_bytes = st.one_of(st.binary(max_size=64), _json_values.map(lambda v: json.dumps(v).encode()), _shaped.map(lambda v: json.dumps(v).encode()))
+
+
+@given(value=_bad_bytes)
+@settings(max_examples=400, deadline=None)
+def test_parser_rejects_or_accepts_never_crashes(value):
+    try:
+        obs = parse_message(value, None, FEATURES, MessageFields())
+    except BadMessage as error:
+        assert error.reason in {"not_json", "schema", "missing_feature", "non_numeric", "non_finite", "too_large", "timestamp"}
+    else:
+        assert len(obs.values) == len(FEATURES) and all(np.isfinite(obs.values)) and obs.entity
+
+
+@given(messages=st.lists(_bad_bytes, min_size=150, max_size=150))
+@settings(max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+def test_fuzzed_messages_in_a_live_stream(messages, kafka_bootstrap, topic_factory, model_dir, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    valid = generate_stream(10, 30, (), seed=14)
+    topics = make_topics(topic_factory, partitions=2)
+    mixed, verdicts = [], []
+    for i, m in enumerate(valid):
+        mixed.append((m.entity.encode(), m.to_json()))
+        if i < len(messages):
+            mixed.append((m.entity.encode(), messages[i]))
+            try:
+                obs = parse_message(messages[i], m.entity.encode(), FEATURES, MessageFields())
+                verdicts.append("ok" if obs.timestamp >= m.timestamp else "stale_timestamp")
+            except BadMessage as error:
+                verdicts.append(error.reason)
+    produce(kafka_bootstrap, topics.input, mixed)
+    service = ServiceProcess(service_env(kafka_bootstrap, topics, model_dir), tmp_path / "service.log")
+    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters)
+    bad = [v for v in verdicts if v != "ok"]
+    try:
+        dead.wait_for(lambda r: len(r) >= len(bad), timeout_s=120, alive=service.alive)
+        scores.wait_for(lambda r: len(r) + len(dead.records) >= len(mixed), timeout_s=120, alive=service.alive)
+        assert service.alive()
+    finally:
+        assert service.terminate() == 0
+    FIGURES["fuzz"] = {"messages": len(mixed), "dead_letters": len(dead.records), "scored": len(scores.records)}
+    assert len(scores.records) + len(dead.records) == len(mixed), "every message scored or dead-lettered"
+    assert all(letter["reason"] and letter["detail"] for letter in dead.records)
+
+
+def test_corrupt_or_mismatched_model_is_a_clear_error(model_dir, tmp_path, kafka_bootstrap, topic_factory):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "weights.pt").write_bytes(b"not a model")
+    topics = make_topics(topic_factory)
+    result = subprocess.run([sys.executable, "-m", "detector.cli", "run"], env=service_env(kafka_bootstrap, topics, broken), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "corrupt" in result.stderr and "broken" in result.stderr
+    meta = json.loads((model_dir / "model.json").read_text())
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(model_dir, mismatched)
+    meta["architecture"]["hidden_size"] = 5
+    (mismatched / "model.json").write_text(json.dumps(meta))
+    result = subprocess.run([sys.executable, "-m", "detector.cli", "run"], env=service_env(kafka_bootstrap, topics, mismatched), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "incompatible" in result.stderr
+
+
+def test_corrupt_checkpoint_falls_back_to_fresh_state(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+    stream = generate_stream(20, 40, (), seed=15)
+    topics = make_topics(topic_factory, partitions=2)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer.send(topics.checkpoints, key=f"{topics.group}/{topics.input}/0".encode(), value=b"{garbage")
+    manifest = {"id": "x", "chunks": 1, "next_offset": 0, "model_version": load_model(model_dir).version, "written_at": 0}
+    producer.send(topics.checkpoints, key=f"{topics.group}/{topics.input}/1/x/0".encode(), value=b"\x00\x01 not torch")
+    producer.send(topics.checkpoints, key=f"{topics.group}/{topics.input}/1".encode(), value=json.dumps(manifest).encode())
+    producer.flush()
+    produce(kafka_bootstrap, topics.input, stream)
+    port = free_port()
+    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1")
+    service = ServiceProcess(env, tmp_path / "service.log")
+    try:
+        TopicReader(kafka_bootstrap, topics.scores).wait_for(lambda r: len(r) >= len(stream), timeout_s=120, alive=service.alive)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        assert service.terminate() == 0
+    assert 'detector_state_restore_fallbacks_total{reason="corrupt"} 2.0' in metrics
+    fallbacks = [e for e in service.log_events() if e["event"] == "state.restore_fallback"]
+    assert len(fallbacks) == 2 and all(e["level"] == "error" for e in fallbacks)
