@@ -38,3 +38,21 @@ def topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Calla
         return name
 
     return make
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A model fitted once per session on generated sensor history (the demo's generator)."""
+    import numpy as np
+
+    from detector.config import FitSettings, ModelSettings, ScoringSettings
+    from detector.demo import FEATURES, generate_history
+    from detector.fit import fit_tables, write_model
+    from detector.schema import Table
+
+    history = generate_history(entities=10, rows=300)
+    table = Table([m.timestamp for m in history], [str(m.timestamp) for m in history], [m.entity for m in history], FEATURES, np.array([m.values for m in history]))
+    model, fit_history = fit_tables([table], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False)
+    directory = tmp_path_factory.mktemp("model")
+    write_model(model, fit_history, directory, report=False)
+    return directory

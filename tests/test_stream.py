@@ -5,30 +5,15 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
 
-from detector.config import FitSettings, ModelSettings, ScoringSettings
-from detector.demo import Message, generate_history, generate_stream
-from detector.fit import fit_tables, write_model
-from detector.schema import Observation, Table
+from detector.demo import Message, generate_stream
+from detector.schema import Observation
 from detector.scoring import Detector
 
 from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
 
 pytestmark = pytest.mark.kafka
-
-
-def _table(messages: list[Message]) -> Table:
-    return Table([m.timestamp for m in messages], [str(m.timestamp) for m in messages], [m.entity for m in messages], list(__import__("detector.demo", fromlist=["FEATURES"]).FEATURES), np.array([m.values for m in messages]))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("model")
-    model, history = fit_tables([_table(generate_history(entities=10, rows=300))], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False)
-    write_model(model, history, directory, report=False)
-    return directory
 
 
 def _offline(model_dir, messages: list[Message]) -> dict[tuple[str, float], tuple[float, float, int]]:

@@ -17,11 +17,9 @@ from hypothesis import strategies as st
 from kafka import KafkaProducer
 
 from detector.broker import free_port, start_broker
-from detector.demo import FEATURES, Message, generate_history, generate_stream
-from detector.fit import fit_tables, write_model
-from detector.config import FitSettings, ModelSettings, ScoringSettings
+from detector.demo import FEATURES, generate_stream
 from detector.model import load_model
-from detector.schema import BadMessage, MessageFields, Observation, Table, parse_message
+from detector.schema import BadMessage, MessageFields, Observation, parse_message
 from detector.scoring import Detector
 
 from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
@@ -30,16 +28,6 @@ import numpy as np
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 FIGURES: dict[str, object] = {}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("model")
-    history = generate_history(entities=10, rows=300)
-    table = Table([m.timestamp for m in history], [str(m.timestamp) for m in history], [m.entity for m in history], FEATURES, np.array([m.values for m in history]))
-    model, fit_history = fit_tables([table], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False)
-    write_model(model, fit_history, directory, report=False)
-    return directory
 
 
 def _offline(model_dir, messages):
