@@ -100,17 +100,24 @@ class Publisher:
         self._pending.append((topic, key, body, self.producer.send(topic, key=key, value=body)))
 
     def confirm(self, timeout_s: float) -> None:
-        """Block until every queued record is acknowledged; raises the first delivery error."""
+        """Block until every queued record is acknowledged; raises the first delivery error.
+
+        On a timeout every record stays queued (the producer still holds it), so the next
+        ``confirm`` waits for it again; records whose delivery failed are kept for
+        :meth:`retry_failed`. Nothing leaves the queue unacknowledged.
+        """
+        if not self._pending:
+            return
+        self.producer.flush(timeout=timeout_s)  # raises KafkaTimeoutError, keeping the queue
         pending, self._pending = self._pending, []
-        if pending:
-            self.producer.flush(timeout=timeout_s)
-        first_error: Exception | None = None
+        first_error: BaseException | None = None
         for topic, key, body, future in pending:
-            try:
-                future.get(timeout=0.1 if future.is_done else timeout_s)
-            except Exception as error:  # KafkaError, timeouts: keep the record for a retry
+            if not future.is_done:
+                self._pending.append((topic, key, body, future))
+                first_error = first_error or TimeoutError("record not acknowledged yet")
+            elif future.failed():
                 self._failed.append((topic, key, body))
-                first_error = first_error or error
+                first_error = first_error or future.exception
         if first_error is not None:
             raise first_error
 

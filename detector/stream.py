@@ -338,7 +338,8 @@ class Service:
 
     def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Checkpoint the revoked partitions (all their work is committed) and drop their states."""
-        log.info("partitions.revoked", partitions=[f"{tp.topic}/{tp.partition}" for tp in revoked])
+        if revoked:
+            log.info("partitions.revoked", partitions=[f"{tp.topic}/{tp.partition}" for tp in revoked])
         self._checkpoint([tp for tp in revoked if tp in self._assigned], reason="revoke")
         for tp in revoked:
             self._forget(tp)
