@@ -57,7 +57,8 @@ class ScoringSettings(_Section):
     close_probability: float = Field(0.9, gt=0, lt=1, description="An open alert closes once probability stays below this ...")
     close_after: int = Field(10, ge=1, description="... for this many consecutive messages (hysteresis).")
     smoothing_halflife: float = Field(4.0, gt=0, description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.")
-    drift_halflife: float = Field(400.0, gt=1, description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting after a few half-lives.")
+    drift_halflife: float = Field(1000.0, gt=1, description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within about one to three half-lives (longer for larger changes, see baseline_clip).")
+    baseline_clip: float = Field(3.0, gt=1, description="Deviations of the log score beyond this many baseline standard deviations are clipped when updating the entity baseline: outliers barely move it and a persistent change is absorbed in a time growing with the logarithm of its size.")
     warmup_steps: int = Field(10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up.")
     top_features: int = Field(3, ge=1, description="Features named in an alert as the largest contributors to the error.")
 
@@ -74,6 +75,7 @@ class KafkaSettings(_Section):
     input_topics: list[str] = Field(["sensors"], min_length=1, description="Topics to consume.")
     alert_topic: str = Field("detector-alerts", description="Where alerts are published (JSON, keyed by entity).")
     dead_letter_topic: str = Field("detector-dead-letters", description="Where unscorable messages go, with a reason.")
+    scores_topic: str | None = Field(None, description="If set, every decision (score, probability, is_anomaly, source) is published here too.")
     checkpoint_topic: str = Field("detector-checkpoints", description="Compacted topic holding per-partition state checkpoints.")
     group_id: str = Field("detector", description="Consumer group.")
     client_id: str = Field("detector", description="Client id sent to the broker.")

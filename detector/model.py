@@ -10,7 +10,7 @@ state. States of many entities are stepped in one call:
 >>> state = net.initial_state(batch=5)              # (5, state_size) flat per-entity states
 >>> reconstruction, state = net.step(torch.zeros(5, 3), state)
 >>> tuple(reconstruction.shape), tuple(state.shape)
-((5, 3), (5, 32))
+((5, 3), (5, 35))
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ __all__ = ["Architecture", "Calibration", "FittedModel", "ModelError", "StreamAu
 # thread, over 60 s on two busy ones); scale out with processes instead.
 torch.set_num_threads(int(os.environ.get("DETECTOR_TORCH_THREADS", "1")))
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_INPUT_CLIP = 5.0  # standardised units
 WEIGHTS_FILE, META_FILE, REPORT_FILE = "weights.pt", "model.json", "report.png"
 
 
@@ -51,16 +52,20 @@ class Architecture:
 class StreamAutoencoder(nn.Module):
     """Recurrent encoder (LSTM or GRU, 1-2 layers) with a bottlenecked decoder.
 
-    A state is carried as one flat vector per entity (h and, for LSTM, c of every layer), so a
-    state store can hold all entities in one ``(entities, state_size)`` tensor.
+    A state is carried as one flat vector per entity (h and, for LSTM, c of every layer, then the
+    last observation), so a state store can hold all entities in one ``(entities, state_size)``
+    tensor. The encoder sees each observation's level (clipped) and its change since the last one;
+    the reconstruction adds a learned per-feature share of the last value to the decoder's output,
+    so slowly wandering features are followed beyond the range seen in training.
     """
 
     def __init__(self, n_features: int, hidden_size: int, num_layers: int, cell: str, bottleneck: int):
         super().__init__()
         self.architecture = Architecture(n_features, hidden_size, num_layers, cell, bottleneck)  # type: ignore[arg-type]
         recurrent = nn.LSTM if cell == "lstm" else nn.GRU
-        self.encoder = recurrent(n_features, hidden_size, num_layers, batch_first=True)
+        self.encoder = recurrent(2 * n_features, hidden_size, num_layers, batch_first=True)
         self.decoder = nn.Sequential(nn.Linear(hidden_size, bottleneck), nn.Tanh(), nn.Linear(bottleneck, n_features))
+        self.persistence = nn.Parameter(torch.ones(n_features))  # per-feature weight of the last value (learned)
 
     @classmethod
     def build(cls, arch: Architecture) -> "StreamAutoencoder":
@@ -69,7 +74,11 @@ class StreamAutoencoder(nn.Module):
 
     @property
     def state_size(self) -> int:
-        """Length of one entity's flat state vector."""
+        """Length of one entity's flat state vector: recurrent state plus the last observation."""
+        return self._recurrent_size + self.architecture.n_features
+
+    @property
+    def _recurrent_size(self) -> int:
         arch = self.architecture
         return (2 if arch.cell == "lstm" else 1) * arch.num_layers * arch.hidden_size
 
@@ -79,20 +88,29 @@ class StreamAutoencoder(nn.Module):
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step for a batch: reconstruct ``x`` (batch, features) from ``state``, then absorb ``x``."""
-        recurrent_state = self._unflatten(state)
-        reconstruction = self.decoder(self._top_hidden(recurrent_state))
-        _, new_state = self.encoder(x.unsqueeze(1), recurrent_state)
-        return reconstruction, self._flatten(new_state)
+        recurrent_state, last = self._unflatten(state[:, : self._recurrent_size]), state[:, self._recurrent_size :]
+        reconstruction = self._decode(self._top_hidden(recurrent_state), last)
+        _, new_state = self.encoder(self._inputs(x, last).unsqueeze(1), recurrent_state)
+        return reconstruction, torch.cat([self._flatten(new_state), x], dim=1)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct a whole window (batch, time, features); each step sees only the past.
 
         Equivalent to calling :meth:`step` once per time step, but one fused call (training).
         """
-        recurrent_state = self._unflatten(state)
-        outputs, new_state = self.encoder(x, recurrent_state)
+        recurrent_state, last = self._unflatten(state[:, : self._recurrent_size]), state[:, self._recurrent_size :]
+        previous = torch.cat([last.unsqueeze(1), x[:, :-1]], dim=1)
+        outputs, new_state = self.encoder(self._inputs(x, previous), recurrent_state)
         before_each_step = torch.cat([self._top_hidden(recurrent_state).unsqueeze(1), outputs[:, :-1]], dim=1)
-        return self.decoder(before_each_step), self._flatten(new_state)
+        return self._decode(before_each_step, previous), torch.cat([self._flatten(new_state), x[:, -1]], dim=1)
+
+    def _inputs(self, x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Encoder input: the level, clipped so out-of-range values cannot saturate it, and the change."""
+        return torch.cat([x.clamp(-_INPUT_CLIP, _INPUT_CLIP), (x - previous).clamp(-_INPUT_CLIP, _INPUT_CLIP)], dim=-1)
+
+    def _decode(self, hidden: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Reconstruction: the decoder's output plus a learned share of each feature's last value."""
+        return self.decoder(hidden) + self.persistence * previous
 
     def _unflatten(self, flat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         arch = self.architecture

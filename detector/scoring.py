@@ -7,8 +7,9 @@ so a backtest means what production does.
   divided by its fit-time residual scale (about 1 on normal data; >= 0, higher is worse);
 * probability: the smaller of two calibrated probabilities of the log score, against the
   fit-time held-out distribution and against the entity's own drifting baseline (an
-  exponentially weighted mean/variance with ``drift_halflife``), so a persistent change stops
-  alerting after a while and each entity is judged against its own history;
+  exponentially weighted mean/variance with ``drift_halflife``, fed deviations clipped to
+  ``baseline_clip`` standard deviations), so a persistent change stops alerting after a while
+  (a time growing with the logarithm of its size) and each entity is judged against its own history;
 * decision: an alert opens when probability >= 1 - false_alarm_rate (after warm-up) and closes
   after ``close_after`` consecutive messages below ``close_probability`` (hysteresis).
 
@@ -37,7 +38,7 @@ from detector.state import EntityStore
 
 __all__ = ["Decision", "Detector", "waves"]
 
-_MIN_VAR = 1e-4
+_MIN_VAR = 1e-2  # floor of the baseline variance of the log score (std 0.1, as the calibration's)
 _TINY = 1e-9
 
 
@@ -143,9 +144,16 @@ class Detector:
         return probability, is_open, events
 
     def _update_baseline(self, slots: np.ndarray, log_score: np.ndarray, mean: np.ndarray, var: np.ndarray, warm: np.ndarray) -> None:
-        """Exponentially weighted mean/variance of the log score (skipped during warm-up)."""
+        """Exponentially weighted mean/variance of the log score, fed deviations clipped to
+        ``baseline_clip`` standard deviations (skipped during warm-up).
+
+        Clipping makes the baseline robust: an outlier barely moves it, and a persistent change is
+        absorbed gradually -- the variance grows geometrically while deviations are clipped, so the
+        time to absorb a change grows only with the logarithm of its size.
+        """
         alpha = np.where(warm, self._alpha, 0.0)
-        delta = log_score - mean
+        bound = self.settings.baseline_clip * np.sqrt(var)
+        delta = np.clip(log_score - mean, -bound, bound)
         self.store.fields["base_mean"][slots] = mean + alpha * delta
         self.store.fields["base_var"][slots] = np.maximum((1 - alpha) * (var + alpha * delta**2), _MIN_VAR)
 
