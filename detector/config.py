@@ -59,6 +59,9 @@ class ScoringSettings(_Section):
     smoothing_halflife: float = Field(4.0, gt=0, description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.")
     drift_halflife: float = Field(1000.0, gt=1, description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within about one to three half-lives (longer for larger changes, see baseline_clip).")
     baseline_clip: float = Field(3.0, gt=1, description="Deviations of the log score beyond this many baseline standard deviations are clipped when updating the entity baseline: outliers barely move it and a persistent change is absorbed in a time growing with the logarithm of its size.")
+    likelihood_short_halflife: float = Field(3.0, gt=0, description="Half-life (messages) of the short-term average of the log score whose likelihood is the reported probability and opens alerts (Numenta-style anomaly likelihood).")
+    likelihood_long_halflife: float = Field(500.0, gt=1, description="Half-life (messages) of each entity's long-term, unclipped mean/variance of the log score against which the short-term average is judged.")
+    likelihood_short_scaled: bool = Field(False, description="Judge the short-term average against its own (narrower) spread under white noise rather than one message's spread.")
     warmup_steps: int = Field(10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up.")
     top_features: int = Field(3, ge=1, description="Features named in an alert as the largest contributors to the error.")
 
@@ -91,6 +94,7 @@ class KafkaSettings(_Section):
     heartbeat_interval_ms: int = Field(2000, ge=100, description="Consumer heartbeat interval.")
     max_poll_interval_ms: int = Field(300000, ge=1000, description="Longest allowed gap between polls.")
     max_poll_records: int = Field(2000, ge=1, description="Upper bound on messages per poll (bounds work per poll).")
+    fetch_max_wait_ms: int = Field(20, ge=0, le=10000, description="Longest the broker may hold a fetch waiting for data (lower: less latency, more requests when idle).")
     request_timeout_ms: int = Field(30000, ge=1000, description="Broker request timeout.")
 
     @model_validator(mode="after")

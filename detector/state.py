@@ -28,6 +28,9 @@ __all__ = ["CheckpointError", "EntityStore"]
 FIELDS: dict[str, type] = {
     "base_mean": np.float64,  # running mean of the entity's log score (drift baseline)
     "base_var": np.float64,  # running variance of the same
+    "fast_mean": np.float64,  # short-term average of the log score (anomaly likelihood)
+    "long_mean": np.float64,  # long-term, unclipped mean of the log score (anomaly likelihood)
+    "long_var": np.float64,  # long-term, unclipped variance of the same
     "steps": np.int64,  # observations scored
     "alert_open": np.bool_,  # an alert is open (hysteresis)
     "calm": np.int32,  # consecutive calm observations while open
@@ -54,9 +57,11 @@ class EntityStore:
         ttl_s: float = float("inf"),
         capacity: int = 1024,
         n_features: int = 1,
+        start_state: torch.Tensor | None = None,
     ):
         self.state_size, self.baseline = state_size, baseline
         self.max_entities, self.ttl_s = max_entities, ttl_s
+        self.start_state = start_state if start_state is not None else torch.zeros(state_size)
         self.rnn = torch.zeros(capacity, state_size)
         self.fields = {name: np.zeros(capacity, dtype=kind) for name, kind in FIELDS.items()}
         self.fields["error_ewma"] = np.zeros((capacity, n_features))  # smoothed per-feature error
@@ -153,14 +158,16 @@ class EntityStore:
         return self._free.pop()
 
     def _grow(self) -> None:
+        """Double the capacity, but never beyond ``max_entities`` slots once that is reached."""
         old = self.rnn.shape[0]
-        self.rnn = torch.cat([self.rnn, torch.zeros(old, self.state_size)])
+        extra = min(old, self.max_entities - old) if self.max_entities > old else old
+        self.rnn = torch.cat([self.rnn, torch.zeros(extra, self.state_size)])
         for name, array in self.fields.items():
-            self.fields[name] = np.concatenate([array, np.zeros_like(array)])
-        self._free.extend(range(2 * old - 1, old - 1, -1))
+            self.fields[name] = np.concatenate([array, np.zeros((extra, *array.shape[1:]), dtype=array.dtype)])
+        self._free.extend(range(old + extra - 1, old - 1, -1))
 
     def _reset(self, slot: int) -> None:
-        self.rnn[slot] = 0.0
+        self.rnn[slot] = self.start_state
         for array in self.fields.values():
             array[slot] = 0
         self.fields["base_mean"][slot], self.fields["base_var"][slot] = self.baseline

@@ -146,6 +146,7 @@ class Service:
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_interval_ms=kafka.max_poll_interval_ms,
             max_poll_records=kafka.max_poll_records,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         )
         self.consumer.subscribe(kafka.input_topics, listener=_Rebalance(self))
         self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
@@ -157,6 +158,7 @@ class Service:
         self.health.set_ready(False, "shutting down")
         try:
             self._process_pending()
+            self._commit(self._assigned, wait=True)
             self._checkpoint(self._assigned, reason="shutdown")
         except KafkaError as error:
             log.error("service.shutdown_incomplete", error=repr(error), note="uncommitted messages will be replayed")
@@ -265,15 +267,29 @@ class Service:
                 delay = min(delay * 2, 10.0)
                 self.publisher.retry_failed()
 
-    def _commit(self, partitions: Iterable[TopicPartition]) -> None:
-        offsets = {tp: OffsetAndMetadata(self._next_offset[tp], "", -1) for tp in partitions if tp in self._assigned}
+    def _commit(self, partitions: Iterable[TopicPartition], wait: bool = False) -> None:
+        """Commit processed offsets (their alerts are acknowledged already).
+
+        Asynchronous in the loop (a lost commit only means replay); synchronous on shutdown.
+        """
+        offsets = {tp: OffsetAndMetadata(self._next_offset[tp], "", -1) for tp in partitions if tp in self._assigned and tp in self._next_offset}
         if not offsets:
             return
         try:
-            self.consumer.commit(offsets)  # type: ignore[union-attr]
+            if wait:
+                self.consumer.commit(offsets)  # type: ignore[union-attr]
+            else:
+                self.consumer.commit_async(offsets, callback=self._committed)  # type: ignore[union-attr]
         except (CommitFailedError, KafkaError) as error:
-            self.metrics.commit_failed()
-            log.warning("stream.commit_failed", error=repr(error), partitions=len(offsets), note="messages since the last commit will be replayed")
+            self._commit_failed(error, len(offsets))
+
+    def _committed(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, BaseException):
+            self._commit_failed(response, len(offsets))
+
+    def _commit_failed(self, error: BaseException, partitions: int) -> None:
+        self.metrics.commit_failed()
+        log.warning("stream.commit_failed", error=repr(error), partitions=partitions, note="messages since the last commit will be replayed")
 
     def _record_outcomes(self, observations: list[tuple[_Pending, Observation]], decisions: list[Decision]) -> None:
         now = time.time()
