@@ -59,7 +59,7 @@ class ScoringSettings(_Section):
     smoothing_halflife: float = Field(4.0, gt=0, description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.")
     drift_halflife: float = Field(1000.0, gt=1, description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within about one to three half-lives (longer for larger changes, see baseline_clip).")
     baseline_clip: float = Field(3.0, gt=1, description="Deviations of the log score beyond this many baseline standard deviations are clipped when updating the entity baseline: outliers barely move it and a persistent change is absorbed in a time growing with the logarithm of its size.")
-    likelihood_short_halflife: float = Field(3.0, gt=0, description="Half-life (messages) of the short-term average of the log score whose likelihood is the reported probability and opens alerts (Numenta-style anomaly likelihood).")
+    likelihood_short_halflife: float = Field(1.0, gt=0, description="Half-life (messages) of the short-term average of the log score whose likelihood is the reported probability and opens alerts (Numenta-style anomaly likelihood).")
     likelihood_long_halflife: float = Field(500.0, gt=1, description="Half-life (messages) of each entity's long-term, unclipped mean/variance of the log score against which the short-term average is judged.")
     likelihood_short_scaled: bool = Field(False, description="Judge the short-term average against its own (narrower) spread under white noise rather than one message's spread.")
     warmup_steps: int = Field(10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up.")

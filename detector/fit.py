@@ -65,6 +65,7 @@ def fit_tables(
     network = StreamAutoencoder(len(features), model_settings.hidden_size, model_settings.num_layers, model_settings.cell, model_settings.bottleneck)
     standardised = [(s.values - mean) / scale for s in series]
     train_loss, val_loss, best_epoch = _train(network, standardised, series, fit, progress)
+    network.start_state.copy_(_average_state(network, standardised, series, scoring.warmup_steps))
     residual_scale = _residual_scale(network, standardised, series, scoring.warmup_steps)
     draft = FittedModel(
         network=network,
@@ -188,6 +189,20 @@ def _validation_loss(network: StreamAutoencoder, data: list[np.ndarray], series:
     network.eval()
     errors = [((_reconstruct(network, d) - d)[s.split :] ** 2).mean(axis=1) for d, s in zip(data, series)]
     return float(np.concatenate(errors).mean())
+
+
+def _average_state(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Series], warmup: int) -> torch.Tensor:
+    """Mean state over the training rows (after warm-up): where new entities start."""
+    total, count = torch.zeros(network.state_size), 0
+    with torch.inference_mode():
+        for values, s in zip(data, series):
+            state = network.initial_state(1)
+            x = torch.from_numpy(values[: s.split].astype(np.float32))
+            for t in range(len(x)):
+                _, state = network.step(x[t : t + 1], state)
+                if t >= warmup:
+                    total, count = total + state[0], count + 1
+    return total / max(count, 1)
 
 
 def _residual_scale(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Series], warmup: int) -> np.ndarray:

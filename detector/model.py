@@ -33,7 +33,7 @@ __all__ = ["Architecture", "Calibration", "FittedModel", "ModelError", "StreamAu
 # thread, over 60 s on two busy ones); scale out with processes instead.
 torch.set_num_threads(int(os.environ.get("DETECTOR_TORCH_THREADS", "1")))
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _INPUT_CLIP = 5.0  # standardised units
 WEIGHTS_FILE, META_FILE, REPORT_FILE = "weights.pt", "model.json", "report.png"
 
@@ -66,6 +66,9 @@ class StreamAutoencoder(nn.Module):
         self.encoder = recurrent(2 * n_features, hidden_size, num_layers, batch_first=True)
         self.decoder = nn.Sequential(nn.Linear(hidden_size, bottleneck), nn.Tanh(), nn.Linear(bottleneck, n_features))
         self.persistence = nn.Parameter(torch.ones(n_features))  # per-feature weight of the last value (learned)
+        # Where a new entity starts: the average state of the fit data (set by `fit`), not zeros,
+        # so that a fresh entity is judged fairly after a short warm-up.
+        self.register_buffer("start_state", torch.zeros(self.state_size))
 
     @classmethod
     def build(cls, arch: Architecture) -> "StreamAutoencoder":
@@ -83,8 +86,8 @@ class StreamAutoencoder(nn.Module):
         return (2 if arch.cell == "lstm" else 1) * arch.num_layers * arch.hidden_size
 
     def initial_state(self, batch: int) -> torch.Tensor:
-        """Zero states for ``batch`` new entities."""
-        return torch.zeros(batch, self.state_size)
+        """Start states for ``batch`` new entities (the fit data's average state)."""
+        return self.start_state.expand(batch, -1).clone()
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step for a batch: reconstruct ``x`` (batch, features) from ``state``, then absorb ``x``."""

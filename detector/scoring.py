@@ -5,13 +5,18 @@ so a backtest means what production does.
 
 * score: root-mean-square of the per-feature reconstruction error, each feature's error
   divided by its fit-time residual scale (about 1 on normal data; >= 0, higher is worse);
-* probability: the smaller of two calibrated probabilities of the log score, against the
-  fit-time held-out distribution and against the entity's own drifting baseline (an
-  exponentially weighted mean/variance with ``drift_halflife``, fed deviations clipped to
-  ``baseline_clip`` standard deviations), so a persistent change stops alerting after a while
-  (a time growing with the logarithm of its size) and each entity is judged against its own history;
+* probability: a Numenta-style anomaly likelihood -- a short-term average of the log score
+  (half-life ``likelihood_short_halflife``) judged against the entity's long-term, unclipped
+  mean/variance of it (``likelihood_long_halflife``) and against the fit-time held-out
+  distribution (the smaller of the two); it spikes when a change starts and decays as the entity's
+  statistics adapt;
 * decision: an alert opens when probability >= 1 - false_alarm_rate (after warm-up) and closes
-  after ``close_after`` consecutive messages below ``close_probability`` (hysteresis).
+  after ``close_after`` consecutive messages whose slow probability is below ``close_probability``
+  (hysteresis). The slow probability judges the log score against the fit-time distribution and the
+  entity's robust drifting baseline (an exponentially weighted mean/variance with
+  ``drift_halflife``, fed deviations clipped to ``baseline_clip`` standard deviations), so an alert
+  stays open while a change lasts but a persistent change stops alerting after a while (a time
+  growing with the logarithm of its size).
 
 >>> from detector.testing import tiny_model
 >>> detector = Detector(tiny_model())
@@ -72,10 +77,15 @@ class Detector:
             max_entities=max_entities,
             ttl_s=ttl_s,
             n_features=len(model.features),
+            start_state=model.network.initial_state(1)[0],
         )
         self._alpha = 1.0 - 2.0 ** (-1.0 / self.settings.drift_halflife)
         self._beta = 1.0 - 2.0 ** (-1.0 / self.settings.smoothing_halflife)
         self._smooth_norm = math.sqrt((2.0 - self._beta) / self._beta)  # unit variance under white noise
+        self._gamma = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_short_halflife)
+        self._delta = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_long_halflife)
+        # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
+        self._short_scale = math.sqrt(self._gamma / (2.0 - self._gamma)) if self.settings.likelihood_short_scaled else 1.0
         self._mean = model.feature_mean.astype(np.float32)
         self._scale = model.feature_scale.astype(np.float32)
 
@@ -108,6 +118,8 @@ class Detector:
             reconstruction, new_state = self.model.network.step(x, self.store.rnn[index])
         self.store.rnn[index] = new_state
         errors = (x - reconstruction).double().numpy() / self.model.residual_scale
+        warming = slots[self.store.fields["steps"][slots] < self.settings.warmup_steps]
+        self.store.fields["error_ewma"][warming] = 0.0  # smoothing starts after the warm-up transient
         scores = self._score(slots, errors)
         probability, is_anomaly, events = self._decide(slots, scores)
         self.store.fields["last_ts"][slots] = [o.timestamp for o in batch]
@@ -126,22 +138,46 @@ class Detector:
         return np.maximum(instant, persistent)
 
     def _decide(self, slots: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Open on the fast likelihood (reported as ``probability``), close on the slow baseline."""
         fields, settings, calibration = self.store.fields, self.settings, self.model.calibration
         log_score = np.log(scores + _TINY)
-        mean, var, steps = fields["base_mean"][slots], fields["base_var"][slots], fields["steps"][slots]
+        steps = fields["steps"][slots]
+        probability = self._likelihood(slots, log_score, steps)
+        mean, var = fields["base_mean"][slots], fields["base_var"][slots]
         p_fit = _normal_cdf((log_score - calibration.log_mean) / calibration.log_std)
-        p_entity = _normal_cdf((log_score - mean) / np.sqrt(var))
-        probability = np.minimum(p_fit, p_entity)
+        p_slow = np.minimum(p_fit, _normal_cdf((log_score - mean) / np.sqrt(var)))
         warm = steps >= settings.warmup_steps
         self._update_baseline(slots, log_score, mean, var, warm)
         was_open = fields["alert_open"][slots]
-        calm = np.where(probability < settings.close_probability, fields["calm"][slots] + 1, 0)
+        calm = np.where(p_slow < settings.close_probability, fields["calm"][slots] + 1, 0)
         opening = ~was_open & warm & (probability >= settings.open_probability)
         closing = was_open & (calm >= settings.close_after)
         is_open = (was_open | opening) & ~closing
         fields["alert_open"][slots], fields["calm"][slots], fields["steps"][slots] = is_open, np.where(is_open, calm, 0), steps + 1
         events = [("open" if o else "close" if c else None) for o, c in zip(opening, closing)]
         return probability, is_open, events
+
+    def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Numenta-style anomaly likelihood: a short-term average of the log score judged against
+        the entity's longer-term (unclipped) mean and variance of it, and against the fit-time
+        distribution; spikes when a change starts and decays as the long-term statistics adapt.
+
+        Monotone in the score for a given entity state (the short average moves with it).
+        """
+        fields, calibration = self.store.fields, self.model.calibration
+        new = steps == 0  # first message of an entity: start from the calibration
+        fast = np.where(new, log_score, fields["fast_mean"][slots])
+        mean = np.where(new, calibration.log_mean, fields["long_mean"][slots])
+        var = np.where(new, calibration.log_std**2, fields["long_var"][slots])
+        fast = fast + self._gamma * (log_score - fast)
+        spread = np.sqrt(var) * self._short_scale
+        p_entity = _normal_cdf((fast - mean) / spread)
+        p_fit = _normal_cdf((fast - calibration.log_mean) / (calibration.log_std * self._short_scale))
+        delta = log_score - mean
+        fields["fast_mean"][slots] = fast
+        fields["long_mean"][slots] = mean + self._delta * delta
+        fields["long_var"][slots] = np.maximum((1 - self._delta) * (var + self._delta * delta**2), _MIN_VAR)
+        return np.minimum(p_fit, p_entity)
 
     def _update_baseline(self, slots: np.ndarray, log_score: np.ndarray, mean: np.ndarray, var: np.ndarray, warm: np.ndarray) -> None:
         """Exponentially weighted mean/variance of the log score, fed deviations clipped to

@@ -97,7 +97,7 @@ def test_persistent_change_stops_alerting_and_is_one_alert(fitted, tmp_path):
 
 def test_warm_up_never_alerts_and_score_one_works():
     detector = Detector(tiny_model(warmup_steps=5))
-    decisions = [detector.score_one("new", [50.0, -50.0], timestamp=t) for t in range(5)]
+    decisions = [detector.score_one("new", [50.0 * (-1) ** t, -50.0 * (-1) ** t], timestamp=t) for t in range(5)]
     assert not any(d.is_anomaly for d in decisions)
     assert all(d.score > 5 for d in decisions)
 
