@@ -218,7 +218,7 @@ def parse_message(raw: bytes | None, key: bytes | None, features: Sequence[str],
 
 def _decode_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))  # str: skips json's encoding detection
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise BadMessage("not_json", str(error)[:200]) from None
 

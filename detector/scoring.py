@@ -123,9 +123,10 @@ class Detector:
         scores = self._score(slots, errors)
         probability, is_anomaly, events = self._decide(slots, scores)
         self.store.fields["last_ts"][slots] = [o.timestamp for o in batch]
+        tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
         return [
-            Decision(o.entity, o.timestamp, float(s), float(p), bool(a), e, self._top(err) if a else [], o.source)
-            for o, s, p, a, e, err in zip(batch, scores, probability, is_anomaly, events, errors)
+            Decision(o.entity, o.timestamp, s, p, a, e, tops.get(i, []), o.source)
+            for i, (o, s, p, a, e) in enumerate(zip(batch, scores.tolist(), probability.tolist(), is_anomaly.tolist(), events))
         ]
 
     def _score(self, slots: np.ndarray, errors: np.ndarray) -> np.ndarray:
