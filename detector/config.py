@@ -94,7 +94,7 @@ class KafkaSettings(_Section):
     heartbeat_interval_ms: int = Field(2000, ge=100, description="Consumer heartbeat interval.")
     max_poll_interval_ms: int = Field(300000, ge=1000, description="Longest allowed gap between polls.")
     max_poll_records: int = Field(2000, ge=1, description="Upper bound on messages per poll (bounds work per poll).")
-    fetch_max_wait_ms: int = Field(20, ge=0, le=10000, description="Longest the broker may hold a fetch waiting for data (lower: less latency, more requests when idle).")
+    fetch_max_wait_ms: int = Field(10, ge=0, le=10000, description="Longest the broker may hold a fetch waiting for data (lower: less latency, more requests when idle).")
     request_timeout_ms: int = Field(30000, ge=1000, description="Broker request timeout.")
 
     @model_validator(mode="after")
@@ -111,7 +111,7 @@ class StreamSettings(_Section):
     timestamp_field: str = Field("timestamp", description="JSON field with ISO 8601 or epoch s/ms time.")
     values_field: str = Field("values", description="JSON object field holding the features.")
     batch_max_messages: int = Field(1000, ge=1, description="Micro-batch size cap.")
-    batch_max_ms: int = Field(50, ge=1, description="Micro-batch time cap (milliseconds).")
+    batch_max_ms: int = Field(10, ge=1, description="Longest wait (milliseconds) for the first messages of a micro-batch; what is already fetched is then taken without waiting.")
     max_message_bytes: int = Field(65536, ge=64, description="Larger messages are dead-lettered.")
     reject_out_of_order: bool = Field(True, description="Dead-letter a message older than its entity's last one.")
     max_entities: int = Field(1_000_000, ge=1, description="Tracked entities; least recently seen are evicted beyond it.")

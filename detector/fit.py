@@ -212,15 +212,16 @@ def _residual_scale(network: StreamAutoencoder, data: list[np.ndarray], series: 
 
 
 def _heldout_scores(model: FittedModel, series: list[_Series]) -> np.ndarray:
-    """Scores of the held-out tails, produced by the same step function the service uses."""
-    detector = Detector(model)
-    scores = []
-    for s in series:
-        observations = [Observation(s.entity, t, row.tolist()) for t, row in zip(s.timestamps, s.values)]
-        decisions = detector.process(observations)
-        start = max(s.split, model_warmup(model))
-        scores.extend(d.score for d in decisions[start:])
-    return np.asarray(scores)
+    """Scores of the held-out tails, produced by the same step function the service uses.
+
+    All series are interleaved in time (each under its own key), so one batched step serves
+    every series at once.
+    """
+    keyed = [(i, t, Observation(f"{i}/{s.entity}", s.timestamps[t], s.values[t].tolist())) for i, s in enumerate(series) for t in range(len(s.values))]
+    keyed.sort(key=lambda item: item[1])  # stable: series order within a time step
+    decisions = Detector(model).process([obs for _, _, obs in keyed])
+    warmup = model_warmup(model)
+    return np.asarray([d.score for (i, t, _), d in zip(keyed, decisions) if t >= max(series[i].split, warmup)])
 
 
 def model_warmup(model: FittedModel) -> int:

@@ -172,15 +172,18 @@ class Service:
     # --- polling and processing ----------------------------------------------------------
 
     def _poll(self) -> list[_Pending]:
-        """Up to ``batch_max_messages`` records or ``batch_max_ms`` of waiting, whichever first."""
+        """Up to ``batch_max_messages`` records: wait at most ``batch_max_ms`` for the first ones,
+        then take what is already fetched without waiting (no added latency once caught up)."""
         stream = self.settings.stream
         deadline = time.monotonic() + stream.batch_max_ms / 1000
         records: list[_Pending] = []
         while len(records) + len(self._pending) < stream.batch_max_messages and not self._stop.is_set():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
+            remaining_ms = 0 if records else int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 and not records:
                 break
             polled = self.consumer.poll(timeout_ms=remaining_ms, max_records=stream.batch_max_messages - len(records) - len(self._pending))  # type: ignore[union-attr]
+            if not polled and records:
+                break
             for tp, batch in polled.items():
                 records.extend(_Pending(tp, r) for r in batch if tp in self._assigned)
         return records
