@@ -50,7 +50,7 @@ def _alert_events(expected):
 
 
 def test_repeated_kill_9_loses_nothing(kafka_bootstrap, topic_factory, model_dir, tmp_path):
-    stream = generate_stream(80, 120, {f"pump-{e}" for e in range(0, 80, 8)}, seed=11)
+    stream = generate_stream(80, 400, {f"pump-{e}" for e in range(0, 80, 8)}, seed=11)
     topics = make_topics(topic_factory)
     produce(kafka_bootstrap, topics.input, stream)
     batch = 50
@@ -60,7 +60,7 @@ def test_repeated_kill_9_loses_nothing(kafka_bootstrap, topic_factory, model_dir
     while kills < 6:
         service = ServiceProcess(env, tmp_path / f"run{kills}.log")
         before = len(reader.read(0.2))
-        target = before + rng.randint(200, 1200)
+        target = before + rng.randint(100, 600)
         reader.wait_for(lambda r: len(r) >= min(target, len(stream)), timeout_s=120, alive=service.alive)
         service.kill()
         kills += 1
@@ -78,7 +78,7 @@ def test_repeated_kill_9_loses_nothing(kafka_bootstrap, topic_factory, model_dir
     print("kill -9 figures:", FIGURES["kill9"])
     assert kills >= 5
     assert len(offsets_seen(records)) == len(stream), "every message scored at least once"
-    assert duplicates <= kills * batch * 4, "duplicates bounded by one batch per partition per kill"
+    assert duplicates <= kills * batch, "duplicates bounded by one batch per kill"
     expected = _offline(model_dir, stream)
     _check_scores(records, expected)
     alerts = TopicReader(kafka_bootstrap, topics.alerts).read(2.0)
@@ -109,10 +109,11 @@ def test_broker_outage_20s(model_dir, tmp_path):
             reader.wait_for(lambda r: len(offsets_seen(r)) >= half, timeout_s=120, alive=service.alive)
             reader.consumer.close()
             broker.pause()
-            health_during = []
+            health_during, ready_during = [], []
             for _ in range(20):
                 time.sleep(1)
                 health_during.append(_status(f"http://127.0.0.1:{port}/healthz"))
+                ready_during.append(_status(f"http://127.0.0.1:{port}/readyz"))
                 assert service.alive(), "the service survives the outage"
             broker.resume()
             produce(broker.bootstrap_servers, topics.input, stream[half:])
@@ -120,13 +121,15 @@ def test_broker_outage_20s(model_dir, tmp_path):
             records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=180, alive=service.alive)
             time.sleep(2)
             health_after = _status(f"http://127.0.0.1:{port}/healthz")
+            ready_after = _status(f"http://127.0.0.1:{port}/readyz")
         finally:
             code = service.terminate()
-        FIGURES["outage"] = {"messages": len(stream), "lost": len(stream) - len(offsets_seen(records)), "healthz_during": sorted(set(health_during)), "healthz_after": health_after}
+        FIGURES["outage"] = {"messages": len(stream), "lost": len(stream) - len(offsets_seen(records)), "healthz_during": sorted(set(health_during)), "readyz_during": sorted(set(ready_during)), "healthz_after": health_after, "readyz_after": ready_after}
         print("outage figures:", FIGURES["outage"])
         assert code == 0
         assert len(offsets_seen(records)) == len(stream)
-        assert health_after == 200
+        assert health_after == 200 and ready_after == 200
+        assert 503 in ready_during[-10:], "/readyz reflects the broker outage"
         _check_scores(records, _offline(model_dir, stream))
 
 
