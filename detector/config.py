@@ -92,7 +92,7 @@ class KafkaSettings(_Section):
     sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     session_timeout_ms: int = Field(10000, ge=1000, description="Consumer-group session timeout.")
     heartbeat_interval_ms: int = Field(2000, ge=100, description="Consumer heartbeat interval.")
-    max_poll_interval_ms: int = Field(300000, ge=1000, description="Longest allowed gap between polls.")
+    max_poll_interval_ms: int = Field(60000, ge=1000, description="Longest allowed gap between polls; also how long a rebalance waits for a member that died mid-join.")
     max_poll_records: int = Field(2000, ge=1, description="Upper bound on messages per poll (bounds work per poll).")
     fetch_max_wait_ms: int = Field(10, ge=0, le=10000, description="Longest the broker may hold a fetch waiting for data (lower: less latency, more requests when idle).")
     request_timeout_ms: int = Field(30000, ge=1000, description="Broker request timeout.")

@@ -19,6 +19,7 @@ states only (publishing nothing), then carries on.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -490,6 +491,4 @@ def _exit_after_grace(service: Service, grace_s: float) -> None:
     service._stop.wait()
     time.sleep(grace_s)
     log.error("service.grace_exceeded", grace_s=grace_s, note="exiting; uncommitted messages will be replayed")
-    import os
-
     os._exit(1)

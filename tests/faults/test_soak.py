@@ -44,6 +44,7 @@ def _feed(bootstrap: str, topic: str, stop: threading.Event, sent: list[int]) ->
     producer.close()
 
 
+@pytest.mark.timeout(int(SOAK_SECONDS) + 300)
 def test_soak_memory_flat_under_entity_churn(kafka_bootstrap, topic_factory, model_dir, tmp_path):
     topics = make_topics(topic_factory)
     port = free_port()
