@@ -2,10 +2,10 @@
 
 Part 1, offline (no broker): the workload of throughput.py -- 10,000 entities x 20 messages of
 8 features, as the JSON bytes the service receives (--quick: 2,000 x 10) -- is validated with
-detector.schema.parse_message and stepped with Detector.process in batches of 1,000, as
+detector.schema.MessageDecoder (the service's validator) and stepped with Detector.process in batches of 1,000, as
 Service._process_pending does. Printed:
 
-* a stage breakdown measured without a profiler, by wrapping the stages (parse_message,
+* a stage breakdown measured without a profiler, by wrapping the stages (MessageDecoder,
   waves, EntityStore.slots_for, the network step, _score, _decide, _top; the rest of
   Detector._step is building inputs and Decision objects);
 * pyinstrument's flat self-time list and call tree (cProfile's if pyinstrument is missing);
@@ -76,16 +76,16 @@ def workload(entities: int, per_entity: int) -> list[tuple[bytes, bytes]]:
 
 def hot_path(model, raw: list[tuple[bytes, bytes]], detector=None) -> tuple[float, float, int]:
     """parse + process in batches of BATCH; returns (parse seconds, process seconds, anomalous decisions)."""
-    from detector.schema import MessageFields, parse_message
+    from detector.schema import MessageDecoder, MessageFields
     from detector.scoring import Detector
 
     detector = detector or Detector(model)
-    fields = MessageFields()
+    decode = MessageDecoder(model.features, MessageFields())
     parse_s = process_s = 0.0
     anomalous = 0
     for first in range(0, len(raw), BATCH):
         started = time.perf_counter()
-        observations = [parse_message(value, key, model.features, fields) for key, value in raw[first : first + BATCH]]
+        observations = [decode(value, key) for key, value in raw[first : first + BATCH]]
         middle = time.perf_counter()
         decisions = detector.process(observations, owner=0)
         process_s += time.perf_counter() - middle
@@ -121,7 +121,7 @@ def stage_breakdown(model, raw: list[tuple[bytes, bytes]]) -> dict:
         inner = sum(v for k, v in stages.items() if k != "Detector._step")
         stages["Detector._step: rest (inputs, state gather/scatter, Decision objects)"] = stages.pop("Detector._step") - (inner - stages.get("waves", 0.0))
     stages["Detector.process: rest"] = process_s - sum(v for k, v in stages.items())
-    stages["parse_message (json + validation)"] = parse_s
+    stages["MessageDecoder (json + validation)"] = parse_s
     return {"stages": stages, "total": parse_s + process_s, "anomalous": anomalous, "messages": len(raw), "calls": dict(watch.calls)}
 
 
@@ -168,11 +168,11 @@ def batch_sizes(model, raw: list[tuple[bytes, bytes]], sizes: list[int], repeats
     Sizes are run interleaved, ``repeats`` times, and the best rate of each is kept (the least
     disturbed by whatever else runs on the machine).
     """
-    from detector.schema import MessageFields, parse_message
+    from detector.schema import MessageDecoder, MessageFields
     from detector.scoring import Detector
 
-    fields = MessageFields()
-    observations = [parse_message(value, key, model.features, fields) for key, value in raw[:100_000]]
+    decode = MessageDecoder(model.features, MessageFields())
+    observations = [decode(value, key) for key, value in raw[:100_000]]
     entities = len({o.entity for o in observations})
     rates: dict[int, float] = {size: 0.0 for size in sizes}
     for _ in range(repeats):
@@ -265,7 +265,7 @@ def main() -> int:
 
     b = stage_breakdown(model, raw)
     total, n = b["total"], b["messages"]
-    say(f"\n-- part 1: parse_message + Detector.process, no profiler: {n / total:,.0f} msg/s, {1e6 * total / n:.1f} us/msg; "
+    say(f"\n-- part 1: MessageDecoder + Detector.process, no profiler: {n / total:,.0f} msg/s, {1e6 * total / n:.1f} us/msg; "
         f"{b['anomalous']:,} of {n:,} decisions anomalous ({100 * b['anomalous'] / n:.1f}%)")
     ordered = sorted(b["stages"].items(), key=lambda kv: -kv[1])
     for name, seconds in ordered:
@@ -274,7 +274,7 @@ def main() -> int:
     sizes = batch_sizes(model, raw, [100, 1000, 5000])
     say("  Detector.process by batch size (entities already tracked): " + ", ".join(f"{k:,}: {v:,.0f} msg/s" for k, v in sizes.items()))
 
-    rows = [Row("profile", "parse_message + Detector.process (offline)", f"{n / total:,.0f} msg/s", "", "",
+    rows = [Row("profile", "MessageDecoder + Detector.process (offline)", f"{n / total:,.0f} msg/s", "", "",
                 f"{1e6 * total / n:.1f} us/msg; {100 * b['anomalous'] / n:.0f}% of decisions anomalous")]
     for name, seconds in ordered[:6]:
         rows.append(Row("profile", f"share: {name}", f"{100 * seconds / total:.1f}%", "", "", f"{1e6 * seconds / n:.1f} us/msg"))

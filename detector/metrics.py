@@ -43,6 +43,8 @@ import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
+from numpy.typing import ArrayLike
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -54,6 +56,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "ALERT_KINDS",
@@ -90,6 +95,50 @@ STEP_DURATION_BUCKETS = (
 )
 END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CHECKPOINT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram that takes a whole batch of observations in one call.
+
+    ``prometheus_client.Histogram.observe`` costs about a microsecond per value; the service
+    observes three values per message, so it records each batch with one numpy pass instead.
+    Exposed exactly like a ``Histogram`` (``_bucket``/``_count``/``_sum``/``_created``).
+
+    >>> h = BatchHistogram("demo_seconds", "Demo.", buckets=(0.1, 1.0))
+    >>> h.observe([0.05, 0.1, 0.5, 5.0])
+    >>> [(s.name, s.labels.get("le"), s.value) for s in next(iter(h.collect())).samples][:4]
+    [('demo_seconds_bucket', '0.1', 2), ('demo_seconds_bucket', '1.0', 3), ('demo_seconds_bucket', '+Inf', 4), ('demo_seconds_count', None, 4)]
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry | None = None) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = np.asarray(sorted(float(b) for b in buckets if b != float("inf")))
+        self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)  # last: above every bound
+        self._sum = 0.0
+        self._created = time.time()
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def observe(self, values: ArrayLike) -> None:
+        """Record one value or an array of values (NaN is ignored)."""
+        array = np.asarray(values, dtype=np.float64).ravel()
+        array = array[~np.isnan(array)]
+        counts = np.bincount(np.searchsorted(self._bounds, array, side="left"), minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(array.sum())
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts).tolist(), self._sum
+        buckets = [(floatToGoString(b), c) for b, c in zip(self._bounds.tolist(), cumulative)] + [("+Inf", cumulative[-1])]
+        family = HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+        family.add_sample(f"{self.name}_created", {}, self._created)
+        yield family
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
 
 
 def _check(value: str, allowed: Iterable[str], what: str) -> str:
@@ -151,10 +200,10 @@ class Metrics:
             ["reason"], registry=r)
         self.alerts_total = Counter(
             "detector_alerts_total", "Alerts published, by kind (open/close).", ["kind"], registry=r)
-        self.anomaly_score = Histogram(
+        self.anomaly_score = BatchHistogram(
             "detector_anomaly_score", "Anomaly score of scored messages.",
             buckets=SCORE_BUCKETS, registry=r)
-        self.anomaly_probability = Histogram(
+        self.anomaly_probability = BatchHistogram(
             "detector_anomaly_probability", "Anomaly probability of scored messages.",
             buckets=PROBABILITY_BUCKETS, registry=r)
         self.batch_size = Histogram(
@@ -163,7 +212,7 @@ class Metrics:
         self.step_duration = Histogram(
             "detector_step_duration_seconds", "Latency of one batched model step.",
             buckets=STEP_DURATION_BUCKETS, registry=r)
-        self.end_to_end_latency = Histogram(
+        self.end_to_end_latency = BatchHistogram(
             "detector_end_to_end_latency_seconds",
             "Time from the message timestamp to the scoring decision.",
             buckets=END_TO_END_BUCKETS, registry=r)
@@ -243,8 +292,8 @@ class Metrics:
         """Count ``n`` published alerts of ``kind`` ("open" or "close")."""
         self.alerts_total.labels(kind=_check(kind, ALERT_KINDS, "kind")).inc(n)
 
-    def observe_score(self, score: float, probability: float | None = None) -> None:
-        """Record one message's anomaly score (and probability, when known)."""
+    def observe_score(self, score: ArrayLike, probability: ArrayLike | None = None) -> None:
+        """Record the anomaly scores (and probabilities, when known) of one or many messages."""
         self.anomaly_score.observe(score)
         if probability is not None:
             self.anomaly_probability.observe(probability)
@@ -254,9 +303,9 @@ class Metrics:
         self.batch_size.observe(size)
         self.step_duration.observe(step_seconds)
 
-    def observe_end_to_end(self, seconds: float) -> None:
-        """Record message-timestamp-to-decision latency (negative clock skew clamps to 0)."""
-        self.end_to_end_latency.observe(max(0.0, seconds))
+    def observe_end_to_end(self, seconds: ArrayLike) -> None:
+        """Record message-timestamp-to-decision latencies, one or many (negative clock skew clamps to 0)."""
+        self.end_to_end_latency.observe(np.maximum(np.asarray(seconds, dtype=np.float64), 0.0))
 
     def progress(self, at: float | None = None) -> None:
         """Mark a processing-loop iteration (Unix time, default now)."""

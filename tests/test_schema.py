@@ -1,9 +1,11 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.cli import main
-from detector.schema import BadMessage, DataError, MessageFields, parse_message, parse_timestamp, read_csv
+from detector.schema import BadMessage, DataError, MessageDecoder, MessageFields, parse_message, parse_timestamp, read_csv
 
 FEATURES = ["temperature", "pressure"]
 
@@ -67,17 +69,32 @@ def _message(**overrides):
     return json.dumps(document).encode()
 
 
-def test_valid_message_and_key_fallback():
-    obs = parse_message(_message(), None, FEATURES, MessageFields())
+def _slow(fields=MessageFields()):
+    return lambda raw, key: parse_message(raw, key, FEATURES, fields)
+
+
+def _fast(fields=MessageFields()):
+    return MessageDecoder(FEATURES, fields)
+
+
+PARSERS = pytest.mark.parametrize("make_parser", [_slow, _fast], ids=["parse_message", "MessageDecoder"])
+
+
+@PARSERS
+def test_valid_message_and_key_fallback(make_parser):
+    parse = make_parser()
+    obs = parse(_message(), None)
     assert (obs.entity, obs.timestamp, obs.values) == ("pump-7", 1795568400.0, [71.2, 1.1])
     keyed = json.dumps({"timestamp": 1795568400000, "values": {"temperature": 1, "pressure": 2}}).encode()
-    assert parse_message(keyed, b"card-9", FEATURES, MessageFields()).entity == "card-9"
+    assert parse(keyed, b"card-9").entity == "card-9"
+    assert parse(_message(entity=42), None).entity == "42"
 
 
-def test_configurable_field_names():
+@PARSERS
+def test_configurable_field_names(make_parser):
     fields = MessageFields(entity="id", timestamp="ts", values="v")
     raw = json.dumps({"id": "s1", "ts": 5, "v": {"temperature": 1, "pressure": 2}}).encode()
-    assert parse_message(raw, None, FEATURES, fields).entity == "s1"
+    assert make_parser(fields)(raw, None).entity == "s1"
 
 
 @pytest.mark.parametrize(
@@ -102,7 +119,34 @@ def test_configurable_field_names():
         (b"{" + b'"x":' * 0 + b'"pad": "' + b"a" * 70000 + b'"}', "too_large"),
     ],
 )
-def test_bad_messages_have_reasons(raw, reason):
+@PARSERS
+def test_bad_messages_have_reasons(make_parser, raw, reason):
     with pytest.raises(BadMessage) as caught:
-        parse_message(raw, None, FEATURES, MessageFields())
+        make_parser()(raw, None)
     assert caught.value.reason == reason
+
+
+_JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=8))
+_FEATURE_VALUE = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=-(10**30), max_value=10**30), _JSON_LEAF)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    entity=st.one_of(st.text(max_size=6), st.integers(), _JSON_LEAF),
+    timestamp=st.one_of(st.floats(min_value=0, max_value=4e12), st.integers(min_value=-5, max_value=4 * 10**12), _JSON_LEAF),
+    values=st.one_of(st.dictionaries(st.sampled_from([*FEATURES, "extra"]), _FEATURE_VALUE, max_size=3), _JSON_LEAF),
+    drop=st.sets(st.sampled_from(["entity", "timestamp", "values"])),
+    key=st.one_of(st.none(), st.binary(max_size=4)),
+)
+def test_fast_decoder_agrees_with_parse_message(entity, timestamp, values, drop, key):
+    """Whatever the message, MessageDecoder returns what parse_message returns or raises the same reason."""
+    document = {name: value for name, value in (("entity", entity), ("timestamp", timestamp), ("values", values)) if name not in drop}
+    raw = json.dumps(document).encode()
+    outcomes = []
+    for parse in (_slow(), _fast()):
+        try:
+            obs = parse(raw, key)
+            outcomes.append((obs.entity, obs.timestamp, obs.values))
+        except BadMessage as error:
+            outcomes.append(error.reason)
+    assert outcomes[0] == outcomes[1]
