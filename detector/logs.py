@@ -34,6 +34,22 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _route_library_logs(_LEVELS[level], renderer)
+
+
+def _route_library_logs(level: int, renderer: Any) -> None:
+    """Render stdlib ``logging`` records (kafka-python's joins, rebalances, connection errors) as
+    the same JSON lines, at the same minimum level, instead of losing them or printing plain text."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, structlog.processors.TimeStamper(fmt="iso", utc=True)],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
 
 
 def get_logger(name: str) -> Any:

@@ -19,7 +19,7 @@ from kafka import KafkaProducer
 from detector.broker import free_port, start_broker
 from detector.demo import FEATURES, generate_stream
 from detector.model import load_model
-from detector.schema import BadMessage, MessageFields, Observation, parse_message
+from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation, parse_message
 from detector.scoring import Detector
 
 from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
@@ -158,7 +158,7 @@ def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory
             producer.send(topics.input, key=m.entity.encode(), value=m.to_json())
             if i % 200 == 0:
                 producer.flush()
-                time.sleep(0.4)
+                time.sleep(1.5)  # ~45 s of traffic: room for 8 joins and 8 leaves
         producer.flush()
         producer.close()
 
@@ -191,12 +191,21 @@ _bad_bytes = st.one_of(st.binary(max_size=64), _json_values.map(lambda v: json.d
 @given(value=_bad_bytes)
 @settings(max_examples=400, deadline=None)
 def test_parser_rejects_or_accepts_never_crashes(value):
-    try:
-        obs = parse_message(value, None, FEATURES, MessageFields())
-    except BadMessage as error:
-        assert error.reason in {"not_json", "schema", "missing_feature", "non_numeric", "non_finite", "too_large", "timestamp"}
-    else:
-        assert len(obs.values) == len(FEATURES) and all(np.isfinite(obs.values)) and obs.entity
+    """Both validators (parse_message and the service's MessageDecoder) reach the same verdict."""
+    verdicts = []
+    for parse in (lambda raw: parse_message(raw, None, FEATURES, MessageFields()), lambda raw: DECODE(raw, None)):
+        try:
+            obs = parse(value)
+        except BadMessage as error:
+            assert error.reason in {"not_json", "schema", "missing_feature", "non_numeric", "non_finite", "too_large", "timestamp"}
+            verdicts.append(error.reason)
+        else:
+            assert len(obs.values) == len(FEATURES) and all(np.isfinite(obs.values)) and obs.entity
+            verdicts.append((obs.entity, obs.timestamp, obs.values))
+    assert verdicts[0] == verdicts[1]
+
+
+DECODE = MessageDecoder(FEATURES, MessageFields())
 
 
 @given(messages=st.lists(_bad_bytes, min_size=150, max_size=150))

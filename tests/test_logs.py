@@ -1,0 +1,33 @@
+"""Logs are JSON lines, one event per line, including what libraries (kafka-python) log."""
+
+import json
+import subprocess
+import sys
+
+
+def _run(level: str) -> list[dict]:
+    code = (
+        "import logging\n"
+        "from detector.logs import configure_logging, get_logger\n"
+        f"configure_logging({level!r}, 'json')\n"
+        "get_logger('detector.test').info('service.start', version='1')\n"
+        "logging.getLogger('kafka.coordinator').info('Successfully joined group %s', 'g1')\n"
+        "logging.getLogger('kafka.conn').debug('socket detail')\n"
+        "logging.getLogger('kafka.conn').warning('Connection failed: %s', 'ECONNRESET')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [json.loads(line) for line in done.stderr.splitlines()]
+
+
+def test_own_and_library_events_are_json_lines_at_the_configured_level():
+    events = _run("info")
+    assert [(e["logger"], e["event"], e["level"]) for e in events] == [
+        ("detector.test", "service.start", "info"),
+        ("kafka.coordinator", "Successfully joined group g1", "info"),
+        ("kafka.conn", "Connection failed: ECONNRESET", "warning"),
+    ]
+    assert all("timestamp" in e for e in events)
+
+
+def test_library_debug_lines_only_at_debug_level():
+    assert "socket detail" in [e["event"] for e in _run("debug")]
