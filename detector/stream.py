@@ -111,6 +111,7 @@ class Service:
         self._awaiting_restore: set[TopicPartition] = set()
         self._epoch = 0  # bumped by every rebalance callback
         self._broker_lost = False
+        self._in_group = False  # a join completed (partitions assigned, maybe none) and no rejoin began since
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of each partition's last checkpoint
         self._last_checkpoint = time.monotonic()
         self._last_housekeeping = float("-inf")
@@ -165,6 +166,7 @@ class Service:
         log.info("service.stopping", pending=len(self._pending), partitions=len(self._assigned))
         self.health.set_ready(False, "shutting down")
         try:
+            self._finish_join()
             self._process_pending()
             self._commit(self._assigned)
             self._checkpoint(self._assigned, reason="shutdown")
@@ -176,6 +178,20 @@ class Service:
             if self.producer is not None:
                 self.producer.close(timeout=5)
         log.info("service.stopped")
+
+    def _finish_join(self) -> None:
+        """Let a group join in progress complete before leaving (bounded by a third of the grace).
+
+        A member that leaves while its JoinGroup is pending can stay behind as a ghost: the
+        bundled Tansu broker kept electing such a member group leader, generation after
+        generation, so no member ever got partitions (found by the rebalance-storm test).
+        Records polled here are neither processed nor committed: the next owner gets them.
+        """
+        deadline = time.monotonic() + self.settings.stream.shutdown_grace_s / 3
+        while self.consumer is not None and not self._in_group and time.monotonic() < deadline:
+            self.consumer.poll(timeout_ms=100)
+        if not self._in_group:
+            log.warning("service.leaving_mid_join", note="the group join did not complete before shutdown")
 
     # --- polling and processing ----------------------------------------------------------
 
@@ -398,6 +414,7 @@ class Service:
     def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Checkpoint the revoked partitions (all their work is committed) and drop their states."""
         self._epoch += 1
+        self._in_group = False  # called as a (re)join begins
         if revoked:
             log.info("partitions.revoked", partitions=[f"{tp.topic}/{tp.partition}" for tp in revoked])
         self._checkpoint([tp for tp in revoked if tp in self._assigned], reason="revoke")
@@ -418,6 +435,7 @@ class Service:
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Hold new partitions (paused) until their states are restored after this poll."""
         self._epoch += 1
+        self._in_group = True
         log.info("partitions.assigned", partitions=[f"{tp.topic}/{tp.partition}" for tp in assigned])
         fresh = [tp for tp in assigned if tp not in self._assigned]
         if fresh:

@@ -143,8 +143,6 @@ def _status(url: str) -> int:
         return -1
 
 
-@pytest.mark.xfail(strict=False, reason="open: with more than a few joins and leaves in a row, the bundled Tansu broker's group "
-                   "never completes a rebalance (no member gets partitions for minutes); seen 2026-11-29, not yet diagnosed")
 def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory, model_dir, tmp_path):
     stream = generate_stream(60, 100, {"pump-5", "pump-33"}, seed=13)
     topics = make_topics(topic_factory, partitions=6)
@@ -169,7 +167,7 @@ def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory
         while feeder.is_alive() and churn < 8:
             guest = ServiceProcess(env, tmp_path / f"guest{churn}.log")
             time.sleep(rng.uniform(3, 6))
-            guest.terminate()  # leaves the group; kill -9 mid-join stalls Tansu's group (see the README)
+            guest.terminate()  # leaves the group, often while its first join is still in progress
             churn += 1
         feeder.join()
         reader = TopicReader(kafka_bootstrap, topics.scores)
