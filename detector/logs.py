@@ -40,16 +40,36 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 def _route_library_logs(level: int, renderer: Any) -> None:
     """Render stdlib ``logging`` records (kafka-python's joins, rebalances, connection errors) as
     the same JSON lines, at the same minimum level, instead of losing them or printing plain text."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, structlog.processors.TimeStamper(fmt="iso", utc=True)],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    handler.addFilter(_drop_close_noise)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # kafka-python narrates every connection at info; its warnings and errors are what matter
+    logging.getLogger("kafka").setLevel(level if level == logging.DEBUG else max(level, logging.WARNING))
+
+
+def _drop_close_noise(record: logging.LogRecord) -> bool:
+    """kafka-python 3 logs "Metadata refresh: failed Cancelled" at error level on every clean close."""
+    return not (record.name == "kafka.cluster" and record.getMessage() == "Metadata refresh: failed Cancelled")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler writing to whatever ``sys.stderr`` is when a record is emitted."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def get_logger(name: str) -> Any:

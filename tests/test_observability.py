@@ -355,7 +355,8 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
     per_partition = Counter(p for p, _ in seen)
     assert sum(per_partition.values()) == len(stream), "every input message was scored: nothing lost"
     assert seen == {(p, o) for p, count in per_partition.items() for o in range(count)}, "no offset skipped"
-    assert not [e for e in service.log_events() if e["level"] == "error"], "no request timed out: the loop just waited for the broker"
+    own_errors = [e for e in service.log_events() if e["level"] == "error" and e.get("logger", "").startswith("detector")]
+    assert not own_errors, "no request timed out: the loop just waited for the broker (kafka-python's own errors are logged too)"
 
 
 # --------------------------------------------------------------------------- 3. /readyz and lifecycle
