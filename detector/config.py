@@ -55,7 +55,7 @@ class ScoringSettings(_Section):
 
     false_alarm_rate: float = Field(1e-3, gt=0, lt=0.5, description="Target per-message false-alarm rate on normal data; opens an alert when probability >= 1 - rate.")
     close_probability: float = Field(0.9, gt=0, lt=1, description="An open alert closes once probability stays below this ...")
-    close_after: int = Field(10, ge=1, description="... for this many consecutive messages (hysteresis).")
+    close_after: int = Field(3, ge=1, description="... for this many consecutive messages (hysteresis; every alert lasts at least this long, so it is also the least cost of a false alarm).")
     smoothing_halflife: float = Field(4.0, gt=0, description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.")
     drift_halflife: float = Field(1000.0, gt=1, description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within about one to three half-lives (longer for larger changes, see baseline_clip) -- or of drift_halflife_s, whichever is shorter.")
     drift_halflife_s: float = Field(3600.0, gt=0, description="Half-life (seconds of the entity's own timestamps) of its score baseline: however slowly an entity reports, a persistent change stops alerting within a few of these (inf: messages only).")
