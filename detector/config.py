@@ -53,7 +53,7 @@ class FitSettings(_Section):
 class ScoringSettings(_Section):
     """How a score becomes a probability and an alert decision."""
 
-    false_alarm_rate: float = Field(1e-3, gt=0, lt=0.5, description="Target per-message false-alarm rate on normal data; opens an alert when probability >= 1 - rate.")
+    false_alarm_rate: float = Field(3e-3, gt=0, lt=0.5, description="Per-message rate at which the likelihood alone exceeds the opening level on normal data; opens an alert when probability >= 1 - rate. Alerts open less often than this, since only messages above the entity's recent peak escape the novelty discount.")
     close_probability: float = Field(0.9, gt=0, lt=1, description="An open alert closes once probability stays below this ...")
     close_after: int = Field(3, ge=1, description="... for this many consecutive messages (hysteresis; every alert lasts at least this long, so it is also the least cost of a false alarm).")
     smoothing_halflife: float = Field(4.0, gt=0, description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.")
