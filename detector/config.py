@@ -53,14 +53,17 @@ class FitSettings(_Section):
 class ScoringSettings(_Section):
     """How a score becomes a probability and an alert decision."""
 
-    false_alarm_rate: float = Field(1e-3, gt=0, lt=0.5, description="Target per-message false-alarm rate on normal data; opens an alert when probability >= 1 - rate.")
+    false_alarm_rate: float = Field(1e-3, gt=0, lt=0.5, description="Per-message rate at which the likelihood alone exceeds the opening level on normal data; opens an alert when probability >= 1 - rate. Alerts open less often than this, since only messages above the entity's recent peak escape the novelty discount.")
     close_probability: float = Field(0.9, gt=0, lt=1, description="An open alert closes once probability stays below this ...")
-    close_after: int = Field(10, ge=1, description="... for this many consecutive messages (hysteresis).")
+    close_after: int = Field(10, ge=1, description="... for this many consecutive messages (hysteresis; every alert lasts at least this long, so it is also the least cost of a false alarm).")
     smoothing_halflife: float = Field(4.0, gt=0, description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.")
-    drift_halflife: float = Field(1000.0, gt=1, description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within about one to three half-lives (longer for larger changes, see baseline_clip).")
+    drift_halflife: float = Field(1000.0, gt=1, description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within about one to three half-lives (longer for larger changes, see baseline_clip) -- or of drift_halflife_s, whichever is shorter.")
+    drift_halflife_s: float = Field(3600.0, gt=0, description="Half-life (seconds of the entity's own timestamps) of its score baseline: however slowly an entity reports, a persistent change stops alerting within a few of these (inf: messages only).")
     baseline_clip: float = Field(3.0, gt=1, description="Deviations of the log score beyond this many baseline standard deviations are clipped when updating the entity baseline: outliers barely move it and a persistent change is absorbed in a time growing with the logarithm of its size.")
     likelihood_short_halflife: float = Field(1.0, gt=0, description="Half-life (messages) of the short-term average of the log score whose likelihood is the reported probability and opens alerts (Numenta-style anomaly likelihood).")
     likelihood_long_halflife: float = Field(500.0, gt=1, description="Half-life (messages) of each entity's long-term, unclipped mean/variance of the log score against which the short-term average is judged.")
+    novelty_halflife: float = Field(1000.0, gt=0, description="Half-life (messages) of the decaying peak of each entity's likelihood z-score; an excursion counts as new only when it exceeds that recent peak.")
+    novelty_discount: float = Field(3.0, ge=0, description="Standard deviations taken off the likelihood z-score of a message that does not exceed the recent peak, so that one event is reported by its onset rather than by every message while it lasts (0 turns this off).")
     likelihood_short_scaled: bool = Field(False, description="Judge the short-term average against its own (narrower) spread under white noise rather than one message's spread.")
     warmup_steps: int = Field(10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up.")
     top_features: int = Field(3, ge=1, description="Features named in an alert as the largest contributors to the error.")

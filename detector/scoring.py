@@ -9,12 +9,15 @@ so a backtest means what production does.
   (half-life ``likelihood_short_halflife``) judged against the entity's long-term, unclipped
   mean/variance of it (``likelihood_long_halflife``) and against the fit-time held-out
   distribution (the smaller of the two); it spikes when a change starts and decays as the entity's
-  statistics adapt;
+  statistics adapt. Its z-score is discounted by ``novelty_discount`` unless it exceeds the entity's
+  decaying recent peak (``novelty_halflife``), so an event is reported by its onset, not by every
+  message while it lasts;
 * decision: an alert opens when probability >= 1 - false_alarm_rate (after warm-up) and closes
   after ``close_after`` consecutive messages whose slow probability is below ``close_probability``
   (hysteresis). The slow probability judges the log score against the fit-time distribution and the
   entity's robust drifting baseline (an exponentially weighted mean/variance with
-  ``drift_halflife``, fed deviations clipped to ``baseline_clip`` standard deviations), so an alert
+  ``drift_halflife`` messages or ``drift_halflife_s`` seconds, whichever is shorter, fed deviations
+  clipped to ``baseline_clip`` standard deviations), so an alert
   stays open while a change lasts but a persistent change stops alerting after a while (a time
   growing with the logarithm of its size).
 
@@ -112,6 +115,7 @@ class Detector:
         self._gamma = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_short_halflife)
         self._delta = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_long_halflife)
         # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
+        self._peak_decay = 2.0 ** (-1.0 / self.settings.novelty_halflife)
         self._short_scale = math.sqrt(self._gamma / (2.0 - self._gamma)) if self.settings.likelihood_short_scaled else 1.0
         self._mean = model.feature_mean.astype(np.float32)
         self._scale = model.feature_scale.astype(np.float32)
@@ -158,7 +162,7 @@ class Detector:
         warming = slots[self.store.fields["steps"][slots] < self.settings.warmup_steps]
         self.store.fields["error_ewma"][warming] = 0.0  # smoothing starts after the warm-up transient
         scores = self._score(slots, errors)
-        probability, is_anomaly, events = self._decide(slots, scores)
+        probability, is_anomaly, events = self._decide(slots, scores, np.asarray([o.timestamp for o in batch], dtype=np.float64))
         self.store.fields["last_ts"][slots] = [o.timestamp for o in batch]
         tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
         return scores, probability, is_anomaly, events, tops
@@ -172,7 +176,7 @@ class Detector:
         persistent = np.sqrt(np.mean((smoothed * self._smooth_norm) ** 2, axis=1))
         return np.maximum(instant, persistent)
 
-    def _decide(self, slots: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
+    def _decide(self, slots: np.ndarray, scores: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
         """Open on the fast likelihood (reported as ``probability``), close on the slow baseline."""
         fields, settings, calibration = self.store.fields, self.settings, self.model.calibration
         log_score = np.log(scores + _TINY)
@@ -182,7 +186,7 @@ class Detector:
         p_fit = _normal_cdf((log_score - calibration.log_mean) / calibration.log_std)
         p_slow = np.minimum(p_fit, _normal_cdf((log_score - mean) / np.sqrt(var)))
         warm = steps >= settings.warmup_steps
-        self._update_baseline(slots, log_score, mean, var, warm)
+        self._update_baseline(slots, log_score, mean, var, warm, self._drift_rate(slots, timestamps))
         was_open = fields["alert_open"][slots]
         calm = np.where(p_slow < settings.close_probability, fields["calm"][slots] + 1, 0)
         opening = ~was_open & warm & (probability >= settings.open_probability)
@@ -207,15 +211,34 @@ class Detector:
         var = np.where(new, calibration.log_std**2, fields["long_var"][slots])
         fast = fast + self._gamma * (log_score - fast)
         spread = np.sqrt(var) * self._short_scale
-        p_entity = _normal_cdf((fast - mean) / spread)
-        p_fit = _normal_cdf((fast - calibration.log_mean) / (calibration.log_std * self._short_scale))
         delta = log_score - mean
         fields["fast_mean"][slots] = fast
         fields["long_mean"][slots] = mean + self._delta * delta
         fields["long_var"][slots] = np.maximum((1 - self._delta) * (var + self._delta * delta**2), _MIN_VAR)
-        return np.minimum(p_fit, p_entity)
+        z = np.minimum((fast - mean) / spread, (fast - calibration.log_mean) / (calibration.log_std * self._short_scale))
+        return _normal_cdf(self._novelty(slots, z, steps >= self.settings.warmup_steps))
 
-    def _update_baseline(self, slots: np.ndarray, log_score: np.ndarray, mean: np.ndarray, var: np.ndarray, warm: np.ndarray) -> None:
+    def _novelty(self, slots: np.ndarray, z: np.ndarray, warm: np.ndarray) -> np.ndarray:
+        """Discount ``z`` by ``novelty_discount`` unless it exceeds the entity's decaying recent peak.
+
+        An event is reported by the message that first reaches its level, not by every message while
+        it lasts or by its echoes; a larger excursion is reported again. Still monotone in ``z`` for a
+        given state (the discount only applies below the peak). The peak decays with
+        ``novelty_halflife`` and ignores the warm-up transient.
+        """
+        peak = self.store.fields["peak"][slots]
+        novel = z > peak
+        self.store.fields["peak"][slots] = np.where(warm, np.maximum(z, peak * self._peak_decay), peak)
+        return np.where(novel, z, z - self.settings.novelty_discount)
+
+    def _drift_rate(self, slots: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        """Weight of this message in the drift baseline: half-life ``drift_halflife`` messages or
+        ``drift_halflife_s`` seconds of the entity's own timestamps, whichever is shorter."""
+        elapsed = np.clip(timestamps - self.store.fields["last_ts"][slots], 0.0, np.inf)
+        by_time = 1.0 - np.exp2(-np.nan_to_num(elapsed, posinf=0.0) / self.settings.drift_halflife_s)
+        return np.maximum(self._alpha, by_time)
+
+    def _update_baseline(self, slots: np.ndarray, log_score: np.ndarray, mean: np.ndarray, var: np.ndarray, warm: np.ndarray, rate: np.ndarray) -> None:
         """Exponentially weighted mean/variance of the log score, fed deviations clipped to
         ``baseline_clip`` standard deviations (skipped during warm-up).
 
@@ -223,7 +246,7 @@ class Detector:
         absorbed gradually -- the variance grows geometrically while deviations are clipped, so the
         time to absorb a change grows only with the logarithm of its size.
         """
-        alpha = np.where(warm, self._alpha, 0.0)
+        alpha = np.where(warm, rate, 0.0)
         bound = self.settings.baseline_clip * np.sqrt(var)
         delta = np.clip(log_score - mean, -bound, bound)
         self.store.fields["base_mean"][slots] = mean + alpha * delta

@@ -34,6 +34,7 @@ FIELDS: dict[str, type] = {
     "fast_mean": np.float64,  # short-term average of the log score (anomaly likelihood)
     "long_mean": np.float64,  # long-term, unclipped mean of the log score (anomaly likelihood)
     "long_var": np.float64,  # long-term, unclipped variance of the same
+    "peak": np.float64,  # decaying peak of the likelihood's z-score (novelty of an excursion)
     "steps": np.int64,  # observations scored
     "alert_open": np.bool_,  # an alert is open (hysteresis)
     "calm": np.int32,  # consecutive calm observations while open

@@ -109,3 +109,14 @@ def test_alert_names_top_features(fitted, stream):
     for d in opened:
         shares = [share for _, share in d.top_features]
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-9
+
+
+def test_an_event_is_reported_by_its_onset(fitted, tmp_path):
+    path = synthetic_csv(tmp_path / "shift.csv", entities=1, rows=600, seed=4, shift_at=300, shift=3.0)
+    decisions = Detector(fitted).process(list(observations_from_table(read_csv(path))))
+    probabilities = np.array([d.probability for d in decisions])
+    threshold = fitted.scoring.get("false_alarm_rate", 1e-3)
+    warmup = fitted.scoring.get("warmup_steps", 0)
+    high = warmup + np.flatnonzero(probabilities[warmup:] >= 1 - threshold)
+    assert high.size and 300 <= high[0] < 320, "the shift's onset reaches the opening level"
+    assert high.size <= 10, "the rest of the excursion is discounted below its onset's peak"
