@@ -114,8 +114,8 @@ class Detector:
         self._smooth_norm = math.sqrt((2.0 - self._beta) / self._beta)  # unit variance under white noise
         self._gamma = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_short_halflife)
         self._delta = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_long_halflife)
-        # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
         self._peak_decay = 2.0 ** (-1.0 / self.settings.novelty_halflife)
+        # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
         self._short_scale = math.sqrt(self._gamma / (2.0 - self._gamma)) if self.settings.likelihood_short_scaled else 1.0
         self._mean = model.feature_mean.astype(np.float32)
         self._scale = model.feature_scale.astype(np.float32)
@@ -162,8 +162,9 @@ class Detector:
         warming = slots[self.store.fields["steps"][slots] < self.settings.warmup_steps]
         self.store.fields["error_ewma"][warming] = 0.0  # smoothing starts after the warm-up transient
         scores = self._score(slots, errors)
-        probability, is_anomaly, events = self._decide(slots, scores, np.asarray([o.timestamp for o in batch], dtype=np.float64))
-        self.store.fields["last_ts"][slots] = [o.timestamp for o in batch]
+        timestamps = np.asarray([o.timestamp for o in batch], dtype=np.float64)
+        probability, is_anomaly, events = self._decide(slots, scores, timestamps)
+        self.store.fields["last_ts"][slots] = timestamps
         tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
         return scores, probability, is_anomaly, events, tops
 
