@@ -2,12 +2,12 @@
 
 Part 1, offline (no broker): the workload of throughput.py -- 10,000 entities x 20 messages of
 8 features, as the JSON bytes the service receives (--quick: 2,000 x 10) -- is validated with
-detector.schema.MessageDecoder (the service's validator) and stepped with Detector.process in batches of 1,000, as
-Service._process_pending does. Printed:
+MessageDecoder.decode_many (the service's validator) and stepped with
+Detector.process_columns in batches of 1,000, as Service._process_pending does. Printed:
 
 * a stage breakdown measured without a profiler, by wrapping the stages (MessageDecoder,
   waves, EntityStore.slots_for, the network step, _score, _decide, _top; the rest of
-  Detector._step is building inputs and Decision objects);
+  Detector._step is building inputs and gathering/scattering state);
 * pyinstrument's flat self-time list and call tree (cProfile's if pyinstrument is missing);
 * Detector.process throughput by batch size on already-tracked entities.
 
@@ -85,12 +85,13 @@ def hot_path(model, raw: list[tuple[bytes, bytes]], detector=None) -> tuple[floa
     anomalous = 0
     for first in range(0, len(raw), BATCH):
         started = time.perf_counter()
-        observations = [decode(value, key) for key, value in raw[first : first + BATCH]]
+        chunk = raw[first : first + BATCH]
+        _, batch, _ = decode.decode_many([value for _, value in chunk], [key for key, _ in chunk])
         middle = time.perf_counter()
-        decisions = detector.process(observations, owner=0)
+        outcomes = detector.process_columns(batch, owner=0, drop_stale=True)
         process_s += time.perf_counter() - middle
         parse_s += middle - started
-        anomalous += sum(d.is_anomaly for d in decisions)
+        anomalous += int(outcomes.is_anomaly.sum())
     return parse_s, process_s, anomalous
 
 
@@ -172,8 +173,9 @@ def batch_sizes(model, raw: list[tuple[bytes, bytes]], sizes: list[int], repeats
     from detector.scoring import Detector
 
     decode = MessageDecoder(model.features, MessageFields())
-    observations = [decode(value, key) for key, value in raw[:100_000]]
-    entities = len({o.entity for o in observations})
+    _, columns, _ = decode.decode_many([value for _, value in raw[:100_000]], [key for key, _ in raw[:100_000]])
+    observations = [columns.observation(i) for i in range(len(columns))]
+    entities = len(set(columns.entities))
     rates: dict[int, float] = {size: 0.0 for size in sizes}
     for _ in range(repeats):
         for size in sizes:
@@ -213,10 +215,11 @@ def service_loop(model_dir: Path, raw: list[tuple[bytes, bytes]], partitions: in
             "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000})
         service = Service(settings, load_model(model_dir))
         watch = Stopwatch()
-        for name in ("_poll", "_process_pending", "_validate", "_publish_alerts", "_publish_dead_letters", "_confirm", "_commit",
+        for name in ("_poll", "_process_pending", "_await_commit", "_publish_alerts", "_publish_dead_letters", "_confirm", "_commit",
                      "_record_outcomes", "_housekeeping", "_count_reconnects", "_restore_assigned", "_checkpoint"):
             watch.patch(service, name, f"Service.{name}")
-        watch.patch(service.detector, "process", "Detector.process")
+        watch.patch(service.detector, "process_columns", "Detector.process_columns")
+        watch.patch(service._decode, "decode_many", "MessageDecoder.decode_many")
         marks: dict[str, float] = {}
         marks_seconds: dict[str, float] = {}
         scored = service.metrics.messages_total.labels(outcome="scored")

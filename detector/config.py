@@ -98,6 +98,7 @@ class KafkaSettings(_Section):
     max_poll_interval_ms: int = Field(60000, ge=1000, description="Longest allowed gap between polls; also how long a rebalance waits for a member that died mid-join.")
     max_poll_records: int = Field(2000, ge=1, description="Upper bound on messages per poll (bounds work per poll).")
     fetch_max_wait_ms: int = Field(10, ge=0, le=10000, description="Longest the broker may hold a fetch waiting for data (lower: less latency, more requests when idle).")
+    fetch_min_bytes: int = Field(1, ge=1, description="Data the broker gathers before answering a fetch, within fetch_max_wait_ms (higher: fewer, larger fetches under load).")
     request_timeout_ms: int = Field(30000, ge=1000, description="Broker request timeout.")
 
     @model_validator(mode="after")

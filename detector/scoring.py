@@ -41,7 +41,7 @@ import torch
 
 from detector.config import ScoringSettings
 from detector.model import FittedModel
-from detector.schema import Observation
+from detector.schema import Columns, Observation
 from detector.state import EntityStore
 
 __all__ = ["Decision", "Detector", "Outcomes", "waves"]
@@ -69,23 +69,27 @@ class Outcomes:
     """The outcomes of a batch as columns (what the service reads; no object per message).
 
     ``events[i]`` is "open", "close" or None; ``top_features`` holds the positions that are
-    anomalous. :meth:`decision` builds the :class:`Decision` of one position.
+    anomalous. With ``drop_stale``, ``stale[i]`` marks a message older than its entity's last one:
+    it was not stepped (score 0, no event) and ``previous[i]`` is that last timestamp.
+    :meth:`decision` builds the :class:`Decision` of one position.
     """
 
-    observations: Sequence[Observation]
+    batch: Columns
     score: np.ndarray
     probability: np.ndarray
     is_anomaly: np.ndarray
     events: list[Literal["open", "close"] | None]
     top_features: dict[int, list[tuple[str, float]]]
+    stale: np.ndarray
+    previous: dict[int, float]
 
     def __len__(self) -> int:
-        return len(self.observations)
+        return len(self.batch)
 
     def decision(self, i: int) -> Decision:
-        o = self.observations[i]
-        return Decision(o.entity, o.timestamp, float(self.score[i]), float(self.probability[i]), bool(self.is_anomaly[i]),
-                        self.events[i], self.top_features.get(i, []), o.source)
+        source = self.batch.sources[i] if self.batch.sources is not None else None
+        return Decision(self.batch.entities[i], float(self.batch.timestamps[i]), float(self.score[i]), float(self.probability[i]),
+                        bool(self.is_anomaly[i]), self.events[i], self.top_features.get(i, []), source)
 
     def decisions(self) -> list[Decision]:
         return [self.decision(i) for i in range(len(self))]
@@ -133,26 +137,54 @@ class Detector:
         """Score ``observations`` in order; one batched step per wave of distinct entities."""
         return self.process_columns(observations, owner, now).decisions()
 
-    def process_columns(self, observations: Sequence[Observation], owner: int | Sequence[int] = 0, now: float | None = None) -> Outcomes:
-        """:meth:`process`, with the outcomes as columns (cheaper for large batches)."""
-        n = len(observations)
+    def process_columns(self, batch: Columns | Sequence[Observation], owner: int | Sequence[int] = 0, now: float | None = None,
+                        drop_stale: bool = False) -> Outcomes:
+        """:meth:`process` with columns in and out (cheaper for large batches).
+
+        ``drop_stale``: a message older than its entity's last one is not stepped but marked in
+        ``Outcomes.stale`` (the service dead-letters it).
+
+        >>> from detector.testing import tiny_model
+        >>> detector = Detector(tiny_model())
+        >>> out = detector.process_columns([Observation("p1", 20.0, [0.1, 0.2]), Observation("p1", 10.0, [0.1, 0.2])], drop_stale=True)
+        >>> out.stale.tolist(), out.previous
+        ([False, True], {1: 20.0})
+        """
+        columns = batch if isinstance(batch, Columns) else Columns.of(batch, len(self.model.features))
+        n = len(columns)
         owners = np.broadcast_to(np.asarray(owner, dtype=np.int32), (n,))
         now = time.time() if now is None else now
-        out = Outcomes(observations, np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool), [None] * n, {})
-        for wave in waves([o.entity for o in observations]):
-            batch = [observations[i] for i in wave] if len(wave) < n else list(observations)
-            score, probability, is_anomaly, events, tops = self._step(batch, owners[wave], now)
+        out = Outcomes(columns, np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool), [None] * n, {}, np.zeros(n, dtype=bool), {})
+        for wave in waves(columns.entities):
+            entities = columns.entities if len(wave) == n else [columns.entities[i] for i in wave]
+            slots = self.store.slots_for(entities, owners[wave], now)
+            timestamps = columns.timestamps[wave]
+            if drop_stale:
+                wave, slots, timestamps = self._drop_stale(out, wave, slots, timestamps)
+                if not len(wave):
+                    continue
+            score, probability, is_anomaly, events, tops = self._step(slots, columns.values[wave], timestamps)
             out.score[wave], out.probability[wave], out.is_anomaly[wave] = score, probability, is_anomaly
             for i, event in events.items():
                 out.events[int(wave[i])] = event
             out.top_features.update((int(wave[i]), top) for i, top in tops.items())
         return out
 
-    def _step(self, batch: list[Observation], owners: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
-        """One batched step of distinct entities: (scores, probabilities, is_anomaly, events and
-        top features by position in the batch)."""
-        slots = self.store.slots_for([o.entity for o in batch], owners, now)
-        raw = np.asarray([o.values for o in batch], dtype=np.float32)
+    def _drop_stale(self, out: Outcomes, wave: np.ndarray, slots: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mark the wave's messages older than their entity's last one; (wave, slots, timestamps) of the rest."""
+        last = self.store.fields["last_ts"][slots]
+        stale = timestamps < last
+        if not stale.any():
+            return wave, slots, timestamps
+        out.stale[wave[stale]] = True
+        out.previous.update(zip(wave[stale].tolist(), last[stale].tolist()))
+        keep = ~stale
+        return wave[keep], slots[keep], timestamps[keep]
+
+    def _step(self, slots: np.ndarray, values: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
+        """One batched step of distinct entities' slots: (scores, probabilities, is_anomaly, events
+        and top features by position in the step)."""
+        raw = values.astype(np.float32)
         x = torch.from_numpy((raw - self._mean) / self._scale)
         index = torch.from_numpy(slots)
         with torch.inference_mode():
@@ -162,7 +194,6 @@ class Detector:
         warming = slots[self.store.fields["steps"][slots] < self.settings.warmup_steps]
         self.store.fields["error_ewma"][warming] = 0.0  # smoothing starts after the warm-up transient
         scores = self._score(slots, errors)
-        timestamps = np.asarray([o.timestamp for o in batch], dtype=np.float64)
         probability, is_anomaly, events = self._decide(slots, scores, timestamps)
         self.store.fields["last_ts"][slots] = timestamps
         tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}

@@ -150,3 +150,52 @@ def test_fast_decoder_agrees_with_parse_message(entity, timestamp, values, drop,
         except BadMessage as error:
             outcomes.append(error.reason)
     assert outcomes[0] == outcomes[1]
+
+
+def _verdicts_one_by_one(raws, keys):
+    verdicts = []
+    for raw, key in zip(raws, keys):
+        try:
+            obs = parse_message(raw, key, FEATURES, MessageFields())
+            verdicts.append((obs.entity, obs.timestamp, obs.values))
+        except BadMessage as error:
+            verdicts.append(error.reason)
+    return verdicts
+
+
+def _verdicts_of_batch(raws, keys):
+    accepted, columns, dead = _fast().decode_many(raws, keys)
+    verdicts = [None] * len(raws)
+    for row, position in enumerate(accepted.tolist()):
+        obs = columns.observation(row)
+        verdicts[position] = (obs.entity, obs.timestamp, obs.values)
+    for position, error in dead:
+        verdicts[position] = error.reason
+    return verdicts
+
+
+_NUMBER = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=-(10**30), max_value=10**30))
+_PLAIN = st.builds(
+    lambda entity, timestamp, a, b: json.dumps({"entity": entity, "timestamp": timestamp, "values": {"temperature": a, "pressure": b}}).encode(),
+    st.text(min_size=1, max_size=6), st.one_of(st.floats(min_value=-1, max_value=4e12), st.integers(min_value=-5, max_value=4 * 10**12)), _NUMBER, _NUMBER,
+)
+_ODD = st.one_of(st.none(), st.binary(max_size=12), st.builds(lambda v: json.dumps(v).encode(), st.dictionaries(st.sampled_from(["entity", "timestamp", "values"]), _JSON_LEAF)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(raws=st.lists(st.one_of(_PLAIN, _PLAIN, _PLAIN, _ODD), max_size=8), key=st.one_of(st.none(), st.binary(max_size=4)))
+def test_batch_decoding_agrees_with_parse_message(raws, key):
+    """decode_many gives every message of a batch the verdict parse_message gives it alone."""
+    keys = [key] * len(raws)
+    assert _verdicts_of_batch(raws, keys) == _verdicts_one_by_one(raws, keys)
+
+
+def test_plain_batches_take_the_columnar_path_and_odd_ones_do_not():
+    plain = [_message(entity=f"p{i}", timestamp=1795568400000 + i) for i in range(5)]
+    decoder = _fast()
+    assert decoder._columnar(plain) is not None
+    assert _verdicts_of_batch(plain, [None] * 5) == _verdicts_one_by_one(plain, [None] * 5)
+    for odd in (_message(entity=" padded "), _message(entity=7), _message(timestamp="2026-11-25T01:00:00Z"), _message(values={"temperature": 1}), None):
+        batch = [*plain, odd]
+        assert decoder._columnar(batch) is None
+        assert _verdicts_of_batch(batch, [None] * 6) == _verdicts_one_by_one(batch, [None] * 6)
