@@ -155,14 +155,14 @@ class Detector:
         raw = np.asarray([o.values for o in batch], dtype=np.float32)
         x = torch.from_numpy((raw - self._mean) / self._scale)
         index = torch.from_numpy(slots)
+        timestamps = np.asarray([o.timestamp for o in batch], dtype=np.float64)
         with torch.inference_mode():
-            reconstruction, new_state = self.model.network.step(x, self.store.rnn[index])
+            reconstruction, new_state = self.model.network.step(x, self.store.rnn[index], torch.from_numpy(timestamps))
         self.store.rnn[index] = new_state
         errors = (x - reconstruction).double().numpy() / self.model.residual_scale
         warming = slots[self.store.fields["steps"][slots] < self.settings.warmup_steps]
         self.store.fields["error_ewma"][warming] = 0.0  # smoothing starts after the warm-up transient
         scores = self._score(slots, errors)
-        timestamps = np.asarray([o.timestamp for o in batch], dtype=np.float64)
         probability, is_anomaly, events = self._decide(slots, scores, timestamps)
         self.store.fields["last_ts"][slots] = timestamps
         tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
