@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
@@ -34,6 +34,7 @@ class ModelSettings(_Section):
     hidden_size: int = Field(32, ge=2, le=1024, description="Units per recurrent layer.")
     num_layers: int = Field(1, ge=1, le=2, description="Stacked recurrent layers (1-2).")
     bottleneck: int = Field(8, ge=1, le=256, description="Width of the decoder's bottleneck layer.")
+    periods: list[PositiveFloat] = Field([86400.0, 604800.0], description="Calendar periods (seconds: a day, a week) whose phase at each message's timestamp is a model input, so regular daily/weekly patterns are expected; `fit` uses a period only when the training rows of every entity span at least one whole period.")
 
 
 class FitSettings(_Section):

@@ -46,6 +46,14 @@ class FitHistory:
 
 
 @dataclass(frozen=True)
+class _Inputs:
+    """What the network sees of one series."""
+
+    values: np.ndarray  # (rows, features), standardised
+    times: np.ndarray  # (rows,), epoch seconds (float64)
+
+
+@dataclass(frozen=True)
 class _Series:
     entity: str
     values: np.ndarray  # (rows, features), raw units
@@ -62,8 +70,9 @@ def fit_tables(
     mean, scale = _feature_scaling(series)
     torch.manual_seed(fit.seed)
     np.random.seed(fit.seed)
-    network = StreamAutoencoder(len(features), model_settings.hidden_size, model_settings.num_layers, model_settings.cell, model_settings.bottleneck)
-    standardised = [(s.values - mean) / scale for s in series]
+    periods = _covered_periods(series, model_settings.periods)
+    network = StreamAutoencoder(len(features), model_settings.hidden_size, model_settings.num_layers, model_settings.cell, model_settings.bottleneck, periods)
+    standardised = [_Inputs((s.values - mean) / scale, np.asarray(s.timestamps, dtype=np.float64)) for s in series]
     train_loss, val_loss, best_epoch = _train(network, standardised, series, fit, progress)
     network.start_state.copy_(_average_state(network, standardised, series, scoring.warmup_steps))
     residual_scale = _residual_scale(network, standardised, series, scoring.warmup_steps)
@@ -124,20 +133,33 @@ def _split_series(tables: Sequence[Table], holdout_fraction: float) -> list[_Ser
     return series
 
 
+def _covered_periods(series: Sequence[_Series], periods: Sequence[float]) -> tuple[float, ...]:
+    """The calendar periods whose every phase the training rows of each series have seen at least
+    once: only those can be learned as context (a model fitted on minutes of data gets none).
+
+    >>> day = _Series("a", np.zeros((4, 1)), [0.0, 40_000.0, 90_000.0, 100_000.0], split=3)
+    >>> _covered_periods([day], [86_400.0, 604_800.0])
+    (86400.0,)
+    """
+    spans = [s.timestamps[s.split - 1] - s.timestamps[0] for s in series]
+    return tuple(float(p) for p in periods if min(spans) >= p)
+
+
 def _feature_scaling(series: Sequence[_Series]) -> tuple[np.ndarray, np.ndarray]:
     train = np.concatenate([s.values[: s.split] for s in series])
     scale = train.std(axis=0)
     return train.mean(axis=0), np.where(scale > 1e-8, scale, 1.0)
 
 
-def _train(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Series], fit: FitSettings, progress: bool) -> tuple[list[float], list[float], int]:
+def _train(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], fit: FitSettings, progress: bool) -> tuple[list[float], list[float], int]:
     optimiser = torch.optim.Adam(network.parameters(), lr=fit.learning_rate)
-    streams, mask = _streams([d[: s.split] for d, s in zip(data, series)], fit.streams, fit.window)
+    streams, mask = _streams([d.values[: s.split] for d, s in zip(data, series)], fit.streams, fit.window, np.float32)
+    times, _ = _streams([d.times[: s.split, None] for d, s in zip(data, series)], fit.streams, fit.window, np.float64)
     best, best_state, best_epoch, train_losses, val_losses = math.inf, None, 0, [], []
     bar = tqdm(range(fit.max_epochs), desc="fit", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         network.train()
-        train_losses.append(_train_epoch(network, optimiser, streams, mask, fit))
+        train_losses.append(_train_epoch(network, optimiser, (streams, times[..., 0]), mask, fit))
         val_losses.append(_validation_loss(network, data, series))
         bar.set_postfix(loss=f"{train_losses[-1]:.4f}", val=f"{val_losses[-1]:.4f}")
         if val_losses[-1] < best - 1e-6:
@@ -150,25 +172,27 @@ def _train(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Ser
     return train_losses, val_losses, best_epoch
 
 
-def _streams(parts: list[np.ndarray], per_series: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _streams(parts: list[np.ndarray], per_series: int, window: int, dtype: type) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut each series into up to ``per_series`` contiguous streams; pad to one length with a mask."""
     pieces = []
     for part in parts:
         count = max(1, min(per_series, len(part) // (4 * window)))
         pieces.extend(np.array_split(part, count))
     length = max(len(p) for p in pieces)
-    streams = np.zeros((len(pieces), length, parts[0].shape[1]), dtype=np.float32)
+    streams = np.zeros((len(pieces), length, parts[0].shape[1]), dtype=dtype)
     mask = np.zeros((len(pieces), length, 1), dtype=np.float32)
     for i, piece in enumerate(pieces):
         streams[i, : len(piece)], mask[i, : len(piece)] = piece, 1.0
     return torch.from_numpy(streams), torch.from_numpy(mask)
 
 
-def _train_epoch(network: StreamAutoencoder, optimiser: torch.optim.Optimizer, streams: torch.Tensor, mask: torch.Tensor, fit: FitSettings) -> float:
-    state, total, weight = network.initial_state(streams.shape[0]), 0.0, 0.0
-    for start in range(0, streams.shape[1], fit.window):
-        x, m = streams[:, start : start + fit.window], mask[:, start : start + fit.window]
-        reconstruction, state = network(x, state.detach())
+def _train_epoch(network: StreamAutoencoder, optimiser: torch.optim.Optimizer, streams: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor, fit: FitSettings) -> float:
+    """One pass over the (values, times) streams in windows, carrying the detached state."""
+    values, times = streams
+    state, total, weight = network.initial_state(values.shape[0]), 0.0, 0.0
+    for start in range(0, values.shape[1], fit.window):
+        x, m = values[:, start : start + fit.window], mask[:, start : start + fit.window]
+        reconstruction, state = network(x, state.detach(), times[:, start : start + fit.window])
         loss = (((reconstruction - x) ** 2) * m).sum() / (m.sum() * x.shape[2]).clamp(min=1.0)
         optimiser.zero_grad()
         loss.backward()
@@ -178,35 +202,35 @@ def _train_epoch(network: StreamAutoencoder, optimiser: torch.optim.Optimizer, s
     return total / max(weight, 1.0)
 
 
-def _reconstruct(network: StreamAutoencoder, values: np.ndarray) -> np.ndarray:
+def _reconstruct(network: StreamAutoencoder, inputs: _Inputs) -> np.ndarray:
     with torch.inference_mode():
-        x = torch.from_numpy(values.astype(np.float32)).unsqueeze(0)
-        reconstruction, _ = network(x, network.initial_state(1))
+        x = torch.from_numpy(inputs.values.astype(np.float32)).unsqueeze(0)
+        reconstruction, _ = network(x, network.initial_state(1), torch.from_numpy(inputs.times).unsqueeze(0))
     return reconstruction[0].double().numpy()
 
 
-def _validation_loss(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Series]) -> float:
+def _validation_loss(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series]) -> float:
     network.eval()
-    errors = [((_reconstruct(network, d) - d)[s.split :] ** 2).mean(axis=1) for d, s in zip(data, series)]
+    errors = [((_reconstruct(network, d) - d.values)[s.split :] ** 2).mean(axis=1) for d, s in zip(data, series)]
     return float(np.concatenate(errors).mean())
 
 
-def _average_state(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Series], warmup: int) -> torch.Tensor:
+def _average_state(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], warmup: int) -> torch.Tensor:
     """Mean state over the training rows (after warm-up): where new entities start."""
     total, count = torch.zeros(network.state_size), 0
     with torch.inference_mode():
-        for values, s in zip(data, series):
+        for inputs, s in zip(data, series):
             state = network.initial_state(1)
-            x = torch.from_numpy(values[: s.split].astype(np.float32))
+            x, when = torch.from_numpy(inputs.values[: s.split].astype(np.float32)), torch.from_numpy(inputs.times[: s.split])
             for t in range(len(x)):
-                _, state = network.step(x[t : t + 1], state)
+                _, state = network.step(x[t : t + 1], state, when[t : t + 1])
                 if t >= warmup:
                     total, count = total + state[0], count + 1
     return total / max(count, 1)
 
 
-def _residual_scale(network: StreamAutoencoder, data: list[np.ndarray], series: list[_Series], warmup: int) -> np.ndarray:
-    residuals = [(_reconstruct(network, d) - d)[min(warmup, s.split - 1) : s.split] for d, s in zip(data, series)]
+def _residual_scale(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], warmup: int) -> np.ndarray:
+    residuals = [(_reconstruct(network, d) - d.values)[min(warmup, s.split - 1) : s.split] for d, s in zip(data, series)]
     rms = np.sqrt((np.concatenate(residuals) ** 2).mean(axis=0))
     return np.maximum(rms, _RESIDUAL_FLOOR)
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +49,7 @@ class Architecture:
     num_layers: int = 1
     cell: Literal["lstm", "gru"] = "lstm"
     bottleneck: int = 8
+    periods: tuple[float, ...] = ()  # seconds; each adds the phase of the message's timestamp (sin, cos) as context
 
 
 class StreamAutoencoder(nn.Module):
@@ -56,15 +59,19 @@ class StreamAutoencoder(nn.Module):
     last observation), so a state store can hold all entities in one ``(entities, state_size)``
     tensor. The encoder sees each observation's level (clipped) and its change since the last one;
     the reconstruction adds a learned per-feature share of the last value to the decoder's output,
-    so slowly wandering features are followed beyond the range seen in training.
+    so slowly wandering features are followed beyond the range seen in training. With ``periods``
+    (e.g. a day and a week, in seconds) the phase of each message's timestamp in every period is an
+    input of both the encoder and the decoder (which reconstructs a message knowing its time, never
+    its values), so regular daily/weekly patterns can be expected.
     """
 
-    def __init__(self, n_features: int, hidden_size: int, num_layers: int, cell: str, bottleneck: int):
+    def __init__(self, n_features: int, hidden_size: int, num_layers: int, cell: str, bottleneck: int, periods: Sequence[float] = ()):
         super().__init__()
-        self.architecture = Architecture(n_features, hidden_size, num_layers, cell, bottleneck)  # type: ignore[arg-type]
+        self.architecture = Architecture(n_features, hidden_size, num_layers, cell, bottleneck, tuple(float(p) for p in periods))  # type: ignore[arg-type]
         recurrent = nn.LSTM if cell == "lstm" else nn.GRU
-        self.encoder = recurrent(2 * n_features, hidden_size, num_layers, batch_first=True)
-        self.decoder = nn.Sequential(nn.Linear(hidden_size, bottleneck), nn.Tanh(), nn.Linear(bottleneck, n_features))
+        context = 2 * len(periods)
+        self.encoder = recurrent(2 * n_features + context, hidden_size, num_layers, batch_first=True)
+        self.decoder = nn.Sequential(nn.Linear(hidden_size + context, bottleneck), nn.Tanh(), nn.Linear(bottleneck, n_features))
         self.persistence = nn.Parameter(torch.ones(n_features))  # per-feature weight of the last value (learned)
         # Where a new entity starts: the average state of the fit data (set by `fit`), not zeros,
         # so that a fresh entity is judged fairly after a short warm-up.
@@ -73,7 +80,7 @@ class StreamAutoencoder(nn.Module):
     @classmethod
     def build(cls, arch: Architecture) -> "StreamAutoencoder":
         """A network with the given architecture (fresh weights)."""
-        return cls(arch.n_features, arch.hidden_size, arch.num_layers, arch.cell, arch.bottleneck)
+        return cls(arch.n_features, arch.hidden_size, arch.num_layers, arch.cell, arch.bottleneck, arch.periods)
 
     @property
     def state_size(self) -> int:
@@ -89,31 +96,55 @@ class StreamAutoencoder(nn.Module):
         """Start states for ``batch`` new entities (the fit data's average state)."""
         return self.start_state.expand(batch, -1).clone()
 
-    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step for a batch: reconstruct ``x`` (batch, features) from ``state``, then absorb ``x``."""
+    def step(self, x: torch.Tensor, state: torch.Tensor, when: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step for a batch: reconstruct ``x`` (batch, features) from ``state`` and the time
+        ``when`` of ``x`` (batch, epoch seconds; needed only with ``periods``), then absorb ``x``."""
         recurrent_state, last = self._unflatten(state[:, : self._recurrent_size]), state[:, self._recurrent_size :]
-        reconstruction = self._decode(self._top_hidden(recurrent_state), last)
-        _, new_state = self.encoder(self._inputs(x, last).unsqueeze(1), recurrent_state)
+        context = self.context(when, x.shape[:1])
+        reconstruction = self._decode(self._top_hidden(recurrent_state), last, context)
+        _, new_state = self.encoder(self._inputs(x, last, context).unsqueeze(1), recurrent_state)
         return reconstruction, torch.cat([self._flatten(new_state), x], dim=1)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruct a whole window (batch, time, features); each step sees only the past.
+    def forward(self, x: torch.Tensor, state: torch.Tensor, when: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct a whole window (batch, time, features); each step sees only the past (and
+        the time of the step being reconstructed, ``when``: (batch, time) epoch seconds).
 
         Equivalent to calling :meth:`step` once per time step, but one fused call (training).
         """
         recurrent_state, last = self._unflatten(state[:, : self._recurrent_size]), state[:, self._recurrent_size :]
         previous = torch.cat([last.unsqueeze(1), x[:, :-1]], dim=1)
-        outputs, new_state = self.encoder(self._inputs(x, previous), recurrent_state)
+        context = self.context(when, x.shape[:2])
+        outputs, new_state = self.encoder(self._inputs(x, previous, context), recurrent_state)
         before_each_step = torch.cat([self._top_hidden(recurrent_state).unsqueeze(1), outputs[:, :-1]], dim=1)
-        return self._decode(before_each_step, previous), torch.cat([self._flatten(new_state), x[:, -1]], dim=1)
+        return self._decode(before_each_step, previous, context), torch.cat([self._flatten(new_state), x[:, -1]], dim=1)
 
-    def _inputs(self, x: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """Encoder input: the level, clipped so out-of-range values cannot saturate it, and the change."""
-        return torch.cat([x.clamp(-_INPUT_CLIP, _INPUT_CLIP), (x - previous).clamp(-_INPUT_CLIP, _INPUT_CLIP)], dim=-1)
+    def context(self, when: torch.Tensor | None, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        """Phase of each timestamp in every period (sin, cos), shape ``(*shape, 2 * len(periods))``.
 
-    def _decode(self, hidden: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """Reconstruction: the decoder's output plus a learned share of each feature's last value."""
-        return self.decoder(hidden) + self.persistence * previous
+        Computed in float64 (epoch seconds do not fit float32's mantissa), so a daily cycle's
+        phase is exact to well under a second.
+
+        >>> net = StreamAutoencoder(1, 4, 1, "lstm", 2, periods=(86400.0,))
+        >>> net.context(torch.tensor([21600.0], dtype=torch.float64), (1,)).round(decimals=3).tolist()
+        [[1.0, 0.0]]
+        """
+        periods = self.architecture.periods
+        if not periods:
+            return torch.zeros(*shape, 0)
+        if when is None:
+            raise ValueError(f"this model uses the time of day/week (periods {periods}): timestamps are required")
+        phase = torch.stack([torch.remainder(when.double(), p) * (2 * math.pi / p) for p in periods], dim=-1)
+        return torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1).float()
+
+    def _inputs(self, x: torch.Tensor, previous: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Encoder input: the level, clipped so out-of-range values cannot saturate it, the change,
+        and the time context."""
+        return torch.cat([x.clamp(-_INPUT_CLIP, _INPUT_CLIP), (x - previous).clamp(-_INPUT_CLIP, _INPUT_CLIP), context], dim=-1)
+
+    def _decode(self, hidden: torch.Tensor, previous: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Reconstruction: the decoder's output (from the state and the time context) plus a learned
+        share of each feature's last value."""
+        return self.decoder(torch.cat([hidden, context], dim=-1)) + self.persistence * previous
 
     def _unflatten(self, flat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         arch = self.architecture
@@ -192,7 +223,7 @@ def load_model(directory: Path | str, features: list[str] | None = None) -> Fitt
             f"the data has {list(features)}; refit the model or fix the input"
         )
     try:
-        arch = Architecture(**meta["architecture"])
+        arch = Architecture(**{**meta["architecture"], "periods": tuple(meta["architecture"].get("periods", ()))})
         network = StreamAutoencoder.build(arch)
         weights = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         network.load_state_dict(weights)

@@ -76,3 +76,37 @@ def test_arbitrary_pickle_is_not_executed(tmp_path, capsys):
     with pytest.raises(ModelError):
         load_model(tmp_path / "m")
     assert "pickle code ran" not in capsys.readouterr().out
+
+
+def test_time_context_fused_equals_step_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    net = StreamAutoencoder(2, hidden_size=6, num_layers=1, cell="lstm", bottleneck=3, periods=(86400.0, 604800.0)).eval()
+    x = torch.randn(3, 7, 2)
+    when = 1.7e9 + torch.arange(21, dtype=torch.float64).reshape(3, 7) * 3600.0
+    fused, fused_state = net(x, net.initial_state(3), when)
+    state, steps = net.initial_state(3), []
+    for t in range(7):
+        recon, state = net.step(x[:, t], state, when[:, t])
+        steps.append(recon)
+    assert torch.allclose(fused, torch.stack(steps, dim=1), atol=1e-6) and torch.allclose(fused_state, state, atol=1e-6)
+    one_day_later = net.step(x[:, 0], net.initial_state(3), when[:, 0] + 86400.0)[0]
+    assert not torch.allclose(one_day_later, steps[0]), "the day of the week is seen"
+    model = tiny_model()
+    model = type(model)(**{**model.__dict__, "network": net})
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.network.architecture.periods == (86400.0, 604800.0)
+    assert torch.equal(loaded.network.step(x[:, 0], net.initial_state(3), when[:, 0])[0], steps[0])
+    with pytest.raises(ValueError, match="timestamps are required"):
+        loaded.network.step(x[:, 0], net.initial_state(3))
+
+
+def test_models_written_before_time_context_still_load(tmp_path):
+    import json
+
+    save_model(tiny_model(), tmp_path / "m")
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["architecture"]["periods"]
+    meta_path.write_text(json.dumps(meta))
+    assert load_model(tmp_path / "m").network.architecture.periods == ()

@@ -120,3 +120,27 @@ def test_an_event_is_reported_by_its_onset(fitted, tmp_path):
     high = warmup + np.flatnonzero(probabilities[warmup:] >= 1 - threshold)
     assert high.size and 300 <= high[0] < 320, "the shift's onset reaches the opening level"
     assert high.size <= 10, "the rest of the excursion is discounted below its onset's peak"
+
+
+def _daily_csv(path, days: float, step_s: float = 1800.0, entities: int = 2):
+    """A square daily cycle (high 08:00-20:00) plus noise, every ``step_s`` seconds."""
+    rng = np.random.default_rng(3)
+    rows = ["timestamp,entity,load"]
+    start = 1_700_000_000.0 - 1_700_000_000.0 % 86400
+    for t in np.arange(start, start + days * 86400, step_s):
+        for e in range(entities):
+            hour = (t % 86400) / 3600
+            rows.append(f"{t:.0f},e{e},{(5.0 if 8 <= hour < 20 else 1.0) + 0.1 * rng.standard_normal():.4f}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_daily_context_is_used_only_when_the_fit_covers_a_day_and_keeps_equivalence(tmp_path):
+    short, _ = fit_tables([read_csv(_daily_csv(tmp_path / "short.csv", days=1.0))], ModelSettings(hidden_size=8), FitSettings(**QUICK_FIT), ScoringSettings(), progress=False)
+    assert short.network.architecture.periods == ()  # 80 % of a day trains: no daily context
+    model, _ = fit_tables([read_csv(_daily_csv(tmp_path / "long.csv", days=3.0))], ModelSettings(hidden_size=8), FitSettings(**QUICK_FIT), ScoringSettings(), progress=False)
+    assert model.network.architecture.periods == (86400.0,)
+    stream = list(observations_from_table(read_csv(_daily_csv(tmp_path / "later.csv", days=1.5))))
+    whole = _scores(Detector(model).process(stream))
+    single = Detector(model)
+    np.testing.assert_allclose(_scores([single.process([o])[0] for o in stream]), whole, atol=1e-5)
