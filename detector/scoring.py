@@ -187,7 +187,6 @@ class Detector:
         raw = values.astype(np.float32)
         x = torch.from_numpy((raw - self._mean) / self._scale)
         index = torch.from_numpy(slots)
-        timestamps = np.asarray([o.timestamp for o in batch], dtype=np.float64)
         with torch.inference_mode():
             reconstruction, new_state = self.model.network.step(x, self.store.rnn[index], torch.from_numpy(timestamps))
         self.store.rnn[index] = new_state
