@@ -247,7 +247,7 @@ class Service:
         return [f for f in fetched if f.epoch == self._epoch and f.tp in self._assigned]
 
     def _process_pending(self) -> None:
-        """Score, publish, confirm, commit the records in hand (also called on revoke)."""
+        """Score, publish, confirm, commit the records in hand (each loop and at shutdown)."""
         pending, self._pending = self._pending, []
         if not pending:
             return
