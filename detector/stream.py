@@ -122,8 +122,8 @@ class Service:
         self.metrics = metrics or Metrics()
         self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
         self.detector = Detector(model, max_entities=settings.stream.max_entities, ttl_s=settings.stream.entity_ttl_s)
-        self.fields = MessageFields(settings.stream.entity_field, settings.stream.timestamp_field, settings.stream.values_field, settings.stream.max_message_bytes)
-        self._decode = MessageDecoder(model.features, self.fields)
+        fields = MessageFields(settings.stream.entity_field, settings.stream.timestamp_field, settings.stream.values_field, settings.stream.max_message_bytes)
+        self._decode = MessageDecoder(model.features, fields)
         self._stop = threading.Event()
         self._pending: list[_Fetched] = []
         self._owners: dict[TopicPartition, int] = {}
@@ -164,6 +164,7 @@ class Service:
                 self._housekeeping()
         finally:
             self._shutdown()
+            gc.unfreeze()  # a process running services one after another (tests) gets them collected again
         return 0
 
     def _connect(self) -> None:
@@ -572,7 +573,8 @@ def run_service(settings: Settings) -> int:
 
 
 def _freeze_startup_objects() -> None:
-    """Exclude everything allocated so far (torch, kafka-python, the model) from garbage collection.
+    """Exclude everything allocated so far (torch, kafka-python, the model) from garbage collection
+    while the service runs (:meth:`Service.run` unfreezes them when it returns).
 
     Python's full (generation 2) collections scan every tracked object; with torch imported
     that took up to 216 ms in the loop, the largest single cause of the latency tail at 12,500
