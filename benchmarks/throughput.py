@@ -10,12 +10,15 @@ topic with its own consumer group:
 4. scale-out -- two `detector run` processes in one group;
 5. latency   -- a rate-limited load generator process (benchmarks/loadgen.py, confluent-kafka;
                 message timestamp = send time) at half the maximum rate of the settings measured,
-                on a fresh topic, while one service consumes; four variants:
+                on a 2-partition topic (see LATENCY_PARTITIONS) of a fresh broker (this one
+                slows down with all it stores), while one service consumes; five variants:
                 [default] the service's default settings, measured with its own histogram;
                 [best sweep] the throughput sweep's best batch settings (larger batches);
                 [exact] defaults with a scores topic, exact per-message latency from it, at the
                         low-load rate (publishing every score costs more than scoring);
-                [low load] a tenth of the default settings' maximum. See ``latency()``.
+                [low load] a tenth of the default settings' maximum;
+                [default, 8 partitions] as [default] on an 8-partition topic. See ``latency()``.
+                Broker references: a bare consumer under the same load on 2 and 8 partitions.
 
 The ceiling is measured twice, before the service runs and after them, and the higher of the two
 is the reference (the conservative choice on a machine whose load varies).
@@ -49,6 +52,16 @@ import _common as c
 from _common import Row, say
 
 PARTITIONS = 8
+# The latency runs use a 2-partition topic. Tansu's in-memory store (the bundled broker) answers a
+# fetch more slowly the more record batches a partition holds: at 16.3k msg/s a bare consumer's p50
+# grew from 22 to 241 ms within 60 s on 8 partitions and stayed at 20-26 ms on 1 or 2 (a producer
+# lingering 20 ms writes ~50 batches per partition per second either way). Apache Kafka indexes
+# its log by offset and does not slow down; the [default, 8 partitions] variant and the bare
+# consumer references show the effect on this broker. For the same reason each latency run gets a
+# broker of its own: after the throughput runs and earlier latency runs the shared broker held
+# millions of records, and a bare consumer's p99 on a fresh 2-partition topic was 174 ms there
+# against 49 ms on a fresh broker.
+LATENCY_PARTITIONS = 2
 
 def _default_batch() -> tuple[int, int]:
     """The defaults of (stream.batch_max_messages, kafka.max_poll_records)."""
@@ -328,7 +341,7 @@ def describe(label: str, r: dict) -> None:
 
 
 def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duration_s: float, warmup_s: float, entities: int,
-            log_dir: Path, exact: bool) -> dict:
+            log_dir: Path, exact: bool, partitions: int = LATENCY_PARTITIONS) -> dict:
     """Produce at ``rate`` msg/s (timestamp = send time) while one service consumes a fresh topic.
 
     exact=False: the service's own histogram detector_end_to_end_latency_seconds, differenced between
@@ -346,30 +359,24 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
     from detector.broker import create_topics
 
     topic = f"latency-{uuid.uuid4().hex[:8]}"
-    create_topics(broker.bootstrap_servers, [topic], PARTITIONS)
+    create_topics(broker.bootstrap_servers, [topic], partitions)
     deployment = Deployment(topic)
     if exact:
         deployment.scores_topic = f"scores-{deployment.group}"
-        create_topics(broker.bootstrap_servers, [deployment.scores_topic], PARTITIONS)
+        create_topics(broker.bootstrap_servers, [deployment.scores_topic], partitions)
     services = Services(broker.bootstrap_servers, deployment, model_dir, 1, extra, log_dir)
     generator = None
     try:
         ready_deadline = time.monotonic() + 120
         while time.monotonic() < ready_deadline:
             samples = c.scrape(services.ports[0])
-            if samples and samples.get("detector_partitions_assigned", 0) >= PARTITIONS and samples.get("detector_loop_last_progress_timestamp_seconds", 0) > 0:
+            if samples and samples.get("detector_partitions_assigned", 0) >= partitions and samples.get("detector_loop_last_progress_timestamp_seconds", 0) > 0:
                 break
             if not services.alive():
                 raise RuntimeError("service died:\n" + services.log_tail())
             time.sleep(0.2)
         time.sleep(1.0)  # let the first (initial-checkpoint) iterations pass
-        generator = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("loadgen.py")), broker.bootstrap_servers, topic, "--rate", str(rate),
-             "--seconds", str(warmup_s + duration_s), "--entities", str(entities)],
-            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
-        )
-        if generator.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
-            raise RuntimeError(f"load generator failed to start (exit {generator.wait()})")
+        generator = start_load(broker.bootstrap_servers, topic, rate, warmup_s + duration_s, entities)
         time.sleep(warmup_s)
         before = c.scrape(services.ports[0]) or {}
         cpu0, bcpu0, t0 = c.cpu_seconds(services.processes[0].pid), c.cpu_seconds(broker.pid), time.perf_counter()
@@ -421,9 +428,9 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
     }
     if exact:
         consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False, group_id=None)
-        partitions = [TopicPartition(deployment.scores_topic, p) for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
+        scores_partitions = [TopicPartition(deployment.scores_topic, p) for p in range(partitions)]
+        consumer.assign(scores_partitions)
+        consumer.seek_to_beginning(*scores_partitions)
         latencies, kinds, idle_since = [], set(), time.monotonic()
         start_ts = produced["started"] + warmup_s
         end_ts = start_ts + duration_s
@@ -449,6 +456,48 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
             exact_fraction_le_100ms=float((lat <= 0.1).mean()) if len(lat) else float("nan"),
         )
     return result
+
+
+def start_load(bootstrap: str, topic: str, rate: float, seconds: float, entities: int) -> subprocess.Popen:
+    """The load generator process (benchmarks/loadgen.py), connected and about to send."""
+    generator = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("loadgen.py")), bootstrap, topic, "--rate", str(rate),
+         "--seconds", str(seconds), "--entities", str(entities)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+    )
+    if generator.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+        raise RuntimeError(f"load generator failed to start (exit {generator.wait()})")
+    return generator
+
+
+def bare_latency(broker, rate: float, duration_s: float, warmup_s: float, entities: int, partitions: int) -> dict:
+    """The broker's own share: a bare kafka-python consumer (poll + json.loads, no commits) under the
+    same load generator; latency = poll return time - message timestamp, after the warm-up."""
+    import numpy as np
+    from kafka import KafkaConsumer
+
+    from detector.broker import create_topics
+
+    topic = f"bare-{uuid.uuid4().hex[:8]}"
+    create_topics(broker.bootstrap_servers, [topic], partitions)
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap_servers, group_id=f"bare-{topic}", session_timeout_ms=6000,
+                             auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=10)
+    try:
+        while not consumer.assignment():
+            consumer.poll(timeout_ms=100)
+        generator = start_load(broker.bootstrap_servers, topic, rate, warmup_s + duration_s, entities)
+        measure_from, latencies = time.time() + warmup_s, []
+        while generator.poll() is None:
+            polled = consumer.poll(timeout_ms=100, max_records=2000)
+            now = time.time()
+            if now >= measure_from:
+                latencies.extend(now - json.loads(r.value)["timestamp"] for records in polled.values() for r in records)
+        generator.communicate(timeout=60)
+    finally:
+        consumer.close(autocommit=False)
+    lat = np.asarray(latencies)
+    return {"partitions": partitions, "count": len(lat), "p50": float(np.quantile(lat, 0.5)) if len(lat) else float("nan"),
+            "p99": float(np.quantile(lat, 0.99)) if len(lat) else float("nan")}
 
 
 # --- main ----------------------------------------------------------------------------------------------
@@ -522,18 +571,23 @@ def main() -> int:
         # maximum is the sweep run with the defaults, the larger batches' is the best run
         default_rate = sweep.get(DEFAULT_BATCH, best)["rate"]
         variants = [
-            ("default", "the service's default settings at half their maximum; service histogram", {}, default_rate / 2, False),
-            ("best sweep", "settings of the best sweep run (larger batches) at half their maximum; service histogram", best_extra, best["rate"] / 2, False),
+            ("default", "the service's default settings at half their maximum; service histogram", {}, default_rate / 2, False, LATENCY_PARTITIONS),
+            ("best sweep", "settings of the best sweep run (larger batches) at half their maximum; service histogram", best_extra, best["rate"] / 2, False,
+             LATENCY_PARTITIONS),
             # publishing a score record per message costs more than scoring it (the scores topic
             # is a debugging aid), so the exact cross-check runs at the low-load rate
-            ("exact", "default settings at a tenth of their maximum, scores topic on (every decision published); exact per-message latency", {}, default_rate / 10, True),
-            ("low load", "default settings at a tenth of their maximum; histogram", {}, default_rate / 10, False),
+            ("exact", "default settings at a tenth of their maximum, scores topic on (every decision published); exact per-message latency", {},
+             default_rate / 10, True, LATENCY_PARTITIONS),
+            ("low load", "default settings at a tenth of their maximum; histogram", {}, default_rate / 10, False, LATENCY_PARTITIONS),
+            ("default, 8 partitions", f"as [default] on a {PARTITIONS}-partition topic, where this broker slows down as batches pile up", {}, default_rate / 2,
+             False, PARTITIONS),
         ]
         lats: dict[str, dict] = {}
-        for name, label, extra, rate_, exact in variants:
-            r = latency(broker, model_dir, extra, rate_, lat_duration, lat_warmup, entities, log_dir, exact=exact)
+        for name, label, extra, rate_, exact, parts in variants:
+            with start_broker() as fresh:  # the bundled broker slows down with all it stores (the sweep's topic, earlier runs)
+                r = latency(fresh, model_dir, extra, rate_, lat_duration, lat_warmup, entities, log_dir, exact=exact, partitions=parts)
             lats[name] = r
-            line = (f"  latency [{name}] {label}: target {rate_:,.0f} msg/s, produced {r['produced_rate']:,.0f}; histogram over {r['observed']:,.0f} msgs: "
+            line = (f"  latency [{name}] {label}: {parts} partitions, target {rate_:,.0f} msg/s, produced {r['produced_rate']:,.0f}; histogram over {r['observed']:,.0f} msgs: "
                     f"<=50 ms {100 * r['fraction_le_50ms']:.1f}%, <=100 ms {100 * r['fraction_le_100ms']:.2f}%, p50~{1000 * r['p50_interp']:.0f} ms, "
                     f"p99~{1000 * r['p99_interp']:.0f} ms; producer send->ack p50 {1000 * r['producer_ack_p50']:.0f} ms, p99 {1000 * r['producer_ack_p99']:.0f} ms; "
                     f"CPU cores: service {r['service_cpu']:.2f}, producer {r['producer_cpu']:.2f}, broker {r['broker_cpu']:.2f}, "
@@ -543,6 +597,14 @@ def main() -> int:
                          f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, p99 {1000 * r.get('exact_p99', float('nan')):.1f} ms, "
                          f"max {1000 * r.get('exact_max', float('nan')):.0f} ms, <=100 ms {100 * r.get('exact_fraction_le_100ms', float('nan')):.2f}%")
             say(line)
+        bare = {}
+        for parts in (LATENCY_PARTITIONS, PARTITIONS):
+            with start_broker() as fresh:
+                bare[parts] = bare_latency(fresh, default_rate / 2, lat_duration, lat_warmup, entities, parts)
+        for parts, r in bare.items():
+            say(f"  broker reference: bare consumer (poll + json.loads, no model, no commits) at {default_rate / 2:,.0f} msg/s, {parts} partitions: "
+                f"p50 {1000 * r['p50']:.1f} ms, p99 {1000 * r['p99']:.1f} ms over {r['count']:,} msgs")
+        details["bare_latency"] = bare
         details["latency"] = lats
 
     ceil_rate, rate, naive_rate, two_rate = ceil["rate"], best["rate"], naive["rate"], two["rate"]
@@ -561,10 +623,10 @@ def main() -> int:
             f"{two_rate / rate:.2f} x ({two_how}); drain rate {two.get('drain_rate', float('nan')):,.0f} msg/s; CPU: services {'+'.join(f'{x:.2f}' for x in two.get('service_cpu', []))}, "
             f"broker {two.get('broker_cpu', float('nan')):.2f}, machine {two.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}"),
     ]
-    for name, label, _, rate_, exact in variants:
+    for name, label, _, rate_, exact, parts in variants:
         r = lats[name]
         short = f"{r['produced_rate']:,.0f} msg/s produced (target {rate_:,.0f}{', producer fell short' if r['produced_rate'] < 0.9 * rate_ else ''})"
-        rows.append(Row("latency", f"p99 timestamp -> decision [{name}]: {label}",
+        rows.append(Row("latency", f"p99 timestamp -> decision [{name}]: {label}; {parts} partitions",
                         f"~{1000 * r['p99_interp']:.0f} ms interpolated; {100 * r['fraction_le_100ms']:.2f}% <= 100 ms",
                         "p99 < 100 ms", c.verdict(r["fraction_le_100ms"] >= 0.99),
                         f"{short}; p50~{1000 * r['p50_interp']:.0f} ms; CPU: service {r['service_cpu']:.2f}, producer {r['producer_cpu']:.2f}, "
@@ -573,6 +635,9 @@ def main() -> int:
             rows.append(Row("latency", "p99 exact [exact]: score record CreateTime - message timestamp",
                             f"{1000 * r.get('exact_p99', float('nan')):.1f} ms", "p99 < 100 ms", c.verdict(r.get("exact_p99", 1.0) < 0.1),
                             f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, max {1000 * r.get('exact_max', float('nan')):.0f} ms; {r.get('exact_count', 0):,} msgs"))
+    for parts, r in details["bare_latency"].items():
+        rows.append(Row("latency", f"broker reference: bare consumer latency at {default_rate / 2:,.0f} msg/s, {parts} partitions (no model, no commits)",
+                        f"p99 {1000 * r['p99']:.1f} ms", "", "", f"p50 {1000 * r['p50']:.1f} ms; {r['count']:,} msgs after the warm-up"))
     for (b, m), r in sweep.items():
         rows.append(Row("throughput", f"sweep batch_max_messages={b}, max_poll_records={m}", f"{r['rate']:,.0f} msg/s", "", "",
                         f"CPU: service {'+'.join(f'{x:.2f}' for x in r.get('service_cpu', []))}, machine {r.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}; "

@@ -6,8 +6,14 @@ come from it, after every message before ``next_offset`` was applied. It is writ
 the topic should be compacted, and the previous checkpoint's chunks are tombstoned. Restoring
 the latest manifest and replaying from ``next_offset`` reproduces the states exactly.
 
->>> store = CheckpointStore(producer, "127.0.0.1:9092", "detector-checkpoints", "detector")  # doctest: +SKIP
->>> store.write("sensors", 3, next_offset=1200, model_version="v1", blob=b"...")           # doctest: +SKIP
+Writing does not wait: ``send`` hands the records to the producer, and a checkpoint counts
+once settled, i.e. acknowledged by the broker (``settle_done`` collects those that are, without
+waiting; ``settle_all`` waits). The service's periodic checkpoints travel while it goes on scoring.
+
+>>> store = CheckpointStore(producer, "detector-checkpoints", "detector", consumer_config)  # doctest: +SKIP
+>>> pending = store.send("sensors", 3, next_offset=1200, model_version="v1", blob=b"...")  # doctest: +SKIP
+>>> [(p.next_offset, error) for p, error in store.settle_all()]                           # doctest: +SKIP
+[(1200, None)]
 >>> store.read_latest([("sensors", 3)])[("sensors", 3)].next_offset                       # doctest: +SKIP
 1200
 """
@@ -22,8 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
 
-__all__ = ["Checkpoint", "CheckpointStore"]
+__all__ = ["Checkpoint", "CheckpointStore", "PendingWrite"]
 
 CHUNK_BYTES = 512 * 1024
 
@@ -41,6 +48,24 @@ class Checkpoint:
     corrupt: str = ""  # why the checkpoint cannot be used, if it cannot
 
 
+@dataclass(frozen=True)
+class PendingWrite:
+    """A checkpoint sent to the broker (chunks, then manifest) and not yet settled."""
+
+    topic: str
+    partition: int
+    next_offset: int
+    size: int  # bytes of the state blob
+    keys: list[str]  # its chunks' keys, tombstoned when a later checkpoint of the partition lands
+    futures: list[Any]
+    sent_at: float  # time.monotonic()
+
+    @property
+    def done(self) -> bool:
+        """Every record acknowledged or failed: settling it will not wait."""
+        return all(future.is_done for future in self.futures)
+
+
 class CheckpointStore:
     """Writes and reads checkpoints on ``topic``; ``consumer_config`` carries security settings."""
 
@@ -48,25 +73,73 @@ class CheckpointStore:
         self.producer, self.topic, self.group = producer, topic, group
         self.consumer_config = consumer_config
         self._previous_chunks: dict[tuple[str, int], list[str]] = {}
+        self._pending: dict[tuple[str, int], PendingWrite] = {}
 
     def key(self, topic: str, partition: int) -> str:
         """Manifest key of an input partition."""
         return f"{self.group}/{topic}/{partition}"
 
-    def write(self, topic: str, partition: int, next_offset: int, model_version: str, blob: bytes, timeout_s: float = 30.0) -> None:
-        """Write one checkpoint and wait until the broker acknowledged all of it."""
+    def send(self, topic: str, partition: int, next_offset: int, model_version: str, blob: bytes, timeout_s: float = 30.0) -> PendingWrite:
+        """Send one checkpoint without waiting; settle it with :meth:`settle` or :meth:`settle_done`.
+
+        An earlier checkpoint of the same partition still in flight is settled first (waiting
+        for it), so a partition's checkpoints land and are tombstoned in order.
+        """
+        earlier = self._pending.get((topic, partition))
+        if earlier is not None:
+            self.settle(earlier, timeout_s)
         base, checkpoint_id = self.key(topic, partition), uuid.uuid4().hex[:12]
         chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
         keys = [f"{base}/{checkpoint_id}/{i}" for i in range(len(chunks))]
         futures = [self.producer.send(self.topic, key=k.encode(), value=c) for k, c in zip(keys, chunks)]
         manifest = {"id": checkpoint_id, "chunks": len(chunks), "next_offset": next_offset, "model_version": model_version, "written_at": time.time(), "bytes": len(blob)}
         futures.append(self.producer.send(self.topic, key=base.encode(), value=json.dumps(manifest).encode()))
-        self.producer.flush(timeout=timeout_s)
-        for future in futures:
-            future.get(timeout=timeout_s)  # raises if not acknowledged
-        for old in self._previous_chunks.get((topic, partition), []):
+        pending = PendingWrite(topic, partition, next_offset, len(blob), keys, futures, time.monotonic())
+        self._pending[(topic, partition)] = pending
+        return pending
+
+    def settle(self, pending: PendingWrite, timeout_s: float = 30.0) -> None:
+        """Wait for ``pending``'s acknowledgement; then tombstone the partition's previous chunks.
+
+        Raises the producer's error if any record failed (the previous checkpoint stays valid).
+        """
+        if self._pending.get((pending.topic, pending.partition)) is pending:
+            del self._pending[(pending.topic, pending.partition)]
+        for future in pending.futures:
+            future.get(timeout=timeout_s)
+        for old in self._previous_chunks.get((pending.topic, pending.partition), []):
             self.producer.send(self.topic, key=old.encode(), value=None)  # tombstone; best effort
-        self._previous_chunks[(topic, partition)] = keys
+        self._previous_chunks[(pending.topic, pending.partition)] = pending.keys
+
+    def settle_done(self) -> list[tuple[PendingWrite, Exception | None]]:
+        """Settle every checkpoint in flight whose records all came back; (write, error or None)."""
+        settled = []
+        for pending in [p for p in self._pending.values() if p.done]:
+            try:
+                self.settle(pending)
+                settled.append((pending, None))
+            except Exception as error:  # noqa: BLE001 -- the producer's failure, reported to the caller
+                settled.append((pending, error))
+        return settled
+
+    def settle_all(self, timeout_s: float = 30.0) -> list[tuple[PendingWrite, Exception | None]]:
+        """Wait up to ``timeout_s`` for every checkpoint in flight and settle it; (write, error or None).
+
+        One not acknowledged in time is reported with a timeout error and no longer tracked.
+        """
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaError:
+            pass  # whatever was not acknowledged is reported below
+        settled = self.settle_done()
+        for pending in list(self._pending.values()):
+            del self._pending[(pending.topic, pending.partition)]
+            settled.append((pending, KafkaTimeoutError(f"checkpoint not acknowledged within {timeout_s:.0f} s")))
+        return settled
+
+    def in_flight(self, topic: str, partition: int) -> PendingWrite | None:
+        """The partition's checkpoint sent but not yet settled, if any."""
+        return self._pending.get((topic, partition))
 
     def read_latest(self, partitions: Iterable[tuple[str, int]], timeout_s: float = 30.0) -> dict[tuple[str, int], Checkpoint]:
         """Latest complete checkpoint of each ``(topic, partition)`` that has one."""
