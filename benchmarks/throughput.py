@@ -98,20 +98,19 @@ def produce_workload(bootstrap: str, topic: str, entities: int, per_entity: int)
     return len(bodies), elapsed, sum(len(b) for _, b in bodies)
 
 
-def ceiling(bootstrap: str, topic: str, expected: int, max_poll_records: int, timeout_s: float) -> dict:
-    """A bare consumer in a fresh group that only polls and json-decodes."""
+def bare_consumer(bootstrap: str, topic: str, **config):
+    """A kafka-python consumer of ``topic`` in a fresh group, from the start, committing nothing."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=f"ceiling-{uuid.uuid4().hex[:8]}",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=max_poll_records,
-    )
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:8]}", session_timeout_ms=6000,
+                             heartbeat_interval_ms=1000, enable_auto_commit=False, auto_offset_reset="earliest", **config)
     consumer.subscribe([topic])
+    return consumer
+
+
+def ceiling(bootstrap: str, topic: str, expected: int, max_poll_records: int, timeout_s: float) -> dict:
+    """A bare consumer in a fresh group that only polls and json-decodes."""
+    consumer = bare_consumer(bootstrap, topic, max_poll_records=max_poll_records)
     count, first_at, first_batch, last_at = 0, None, 0, None
     deadline = time.monotonic() + timeout_s
     cpu0 = cpu1 = 0.0
@@ -474,14 +473,12 @@ def bare_latency(broker, rate: float, duration_s: float, warmup_s: float, entiti
     """The broker's own share: a bare kafka-python consumer (poll + json.loads, no commits) under the
     same load generator; latency = poll return time - message timestamp, after the warm-up."""
     import numpy as np
-    from kafka import KafkaConsumer
 
     from detector.broker import create_topics
 
     topic = f"bare-{uuid.uuid4().hex[:8]}"
     create_topics(broker.bootstrap_servers, [topic], partitions)
-    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap_servers, group_id=f"bare-{topic}", session_timeout_ms=6000,
-                             auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=10)
+    consumer = bare_consumer(broker.bootstrap_servers, topic, fetch_max_wait_ms=10)
     try:
         while not consumer.assignment():
             consumer.poll(timeout_ms=100)

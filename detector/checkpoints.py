@@ -58,7 +58,8 @@ class PendingWrite:
     size: int  # bytes of the state blob
     keys: list[str]  # its chunks' keys, tombstoned when a later checkpoint of the partition lands
     futures: list[Any]
-    sent_at: float  # time.monotonic()
+    reason: str  # why it was written (periodic, revoke, ...), for the caller's logs
+    started: float  # time.perf_counter() when the caller began it (its export included)
 
     @property
     def done(self) -> bool:
@@ -79,7 +80,8 @@ class CheckpointStore:
         """Manifest key of an input partition."""
         return f"{self.group}/{topic}/{partition}"
 
-    def send(self, topic: str, partition: int, next_offset: int, model_version: str, blob: bytes, timeout_s: float = 30.0) -> PendingWrite:
+    def send(self, topic: str, partition: int, next_offset: int, model_version: str, blob: bytes, *, reason: str = "", started: float | None = None,
+             timeout_s: float = 30.0) -> PendingWrite:
         """Send one checkpoint without waiting; settle it with :meth:`settle` or :meth:`settle_done`.
 
         An earlier checkpoint of the same partition still in flight is settled first (waiting
@@ -94,7 +96,7 @@ class CheckpointStore:
         futures = [self.producer.send(self.topic, key=k.encode(), value=c) for k, c in zip(keys, chunks)]
         manifest = {"id": checkpoint_id, "chunks": len(chunks), "next_offset": next_offset, "model_version": model_version, "written_at": time.time(), "bytes": len(blob)}
         futures.append(self.producer.send(self.topic, key=base.encode(), value=json.dumps(manifest).encode()))
-        pending = PendingWrite(topic, partition, next_offset, len(blob), keys, futures, time.monotonic())
+        pending = PendingWrite(topic, partition, next_offset, len(blob), keys, futures, reason, time.perf_counter() if started is None else started)
         self._pending[(topic, partition)] = pending
         return pending
 
@@ -111,18 +113,18 @@ class CheckpointStore:
             self.producer.send(self.topic, key=old.encode(), value=None)  # tombstone; best effort
         self._previous_chunks[(pending.topic, pending.partition)] = pending.keys
 
-    def settle_done(self) -> list[tuple[PendingWrite, Exception | None]]:
+    def settle_done(self) -> list[tuple[PendingWrite, KafkaError | None]]:
         """Settle every checkpoint in flight whose records all came back; (write, error or None)."""
         settled = []
         for pending in [p for p in self._pending.values() if p.done]:
             try:
                 self.settle(pending)
                 settled.append((pending, None))
-            except Exception as error:  # noqa: BLE001 -- the producer's failure, reported to the caller
+            except KafkaError as error:  # the producer's failure, reported to the caller
                 settled.append((pending, error))
         return settled
 
-    def settle_all(self, timeout_s: float = 30.0) -> list[tuple[PendingWrite, Exception | None]]:
+    def settle_all(self, timeout_s: float = 30.0) -> list[tuple[PendingWrite, KafkaError | None]]:
         """Wait up to ``timeout_s`` for every checkpoint in flight and settle it; (write, error or None).
 
         One not acknowledged in time is reported with a timeout error and no longer tracked.

@@ -137,7 +137,6 @@ class Service:
         self._in_group = False  # a join completed (partitions assigned, maybe none) and no rejoin began since
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of each partition's last checkpoint
         self._checkpoint_queue: list[TopicPartition] = []  # partitions due for their periodic checkpoint
-        self._checkpoint_started: dict[TopicPartition, tuple[str, float]] = {}  # in flight: (reason, perf_counter at start)
         self._commit_in_flight: _Commit | None = None
         self._commit_retry: dict[TopicPartition, int] = {}  # offsets whose commit failed
         self._last_checkpoint = time.monotonic()
@@ -395,7 +394,7 @@ class Service:
         self._settle_checkpoints()
         if time.monotonic() - self._last_checkpoint >= self.settings.stream.checkpoint_interval_s:
             self._last_checkpoint = time.monotonic()
-            self._checkpoint_queue = sorted(self._assigned, key=lambda tp: (tp.topic, tp.partition), reverse=True)
+            self._checkpoint_queue = sorted(self._assigned, reverse=True)  # popped from the end: in partition order
         self._checkpoint_next()
         if time.monotonic() - self._last_housekeeping < _HOUSEKEEPING_EVERY_S:
             return
@@ -483,25 +482,22 @@ class Service:
         started = time.perf_counter()
         try:
             blob = self.detector.store.export(self._owners[tp], tag=self.model.version)
-            self.checkpoints.send(tp.topic, tp.partition, self._next_offset[tp], self.model.version, blob)
+            self.checkpoints.send(tp.topic, tp.partition, self._next_offset[tp], self.model.version, blob, reason=reason, started=started)
         except KafkaError as error:
             self.metrics.checkpoint_failed()
             log.error("state.checkpoint_failed", topic=tp.topic, partition=tp.partition, reason=reason, error=repr(error))
-            return
-        self._checkpoint_started[tp] = (reason, started)
 
-    def _checkpoint_settled(self, pending: PendingWrite, error: Exception | None) -> None:
+    def _checkpoint_settled(self, pending: PendingWrite, error: KafkaError | None) -> None:
         tp = TopicPartition(pending.topic, pending.partition)
-        reason, started = self._checkpoint_started.pop(tp, ("unknown", time.perf_counter()))
         if error is not None:
             self.metrics.checkpoint_failed()
-            log.error("state.checkpoint_failed", topic=tp.topic, partition=tp.partition, reason=reason, error=repr(error))
+            log.error("state.checkpoint_failed", topic=tp.topic, partition=tp.partition, reason=pending.reason, error=repr(error))
             return
-        duration = time.perf_counter() - started
+        duration = time.perf_counter() - pending.started
         if tp in self._next_offset:  # still this instance's partition
             self._checkpointed[tp] = pending.next_offset
         self.metrics.checkpoint_succeeded(duration)
-        log.info("state.checkpoint", reason=reason, topic=tp.topic, partition=tp.partition, offset=pending.next_offset, bytes=pending.size, seconds=round(duration, 3))
+        log.info("state.checkpoint", reason=pending.reason, topic=tp.topic, partition=tp.partition, offset=pending.next_offset, bytes=pending.size, seconds=round(duration, 3))
 
     # kafka-python runs rebalance callbacks inside its network loop, where no blocking consumer
     # call (commit, committed) may run. At most the last batch's commit is still in flight
