@@ -35,6 +35,7 @@ class ModelSettings(_Section):
     num_layers: int = Field(1, ge=1, le=2, description="Stacked recurrent layers (1-2).")
     bottleneck: int = Field(8, ge=1, le=256, description="Width of the decoder's bottleneck layer.")
     periods: list[PositiveFloat] = Field([86400.0, 604800.0], description="Calendar periods (seconds: a day, a week) whose phase at each message's timestamp is a model input, so regular daily/weekly patterns are expected; `fit` uses a period only when the training rows of every entity span at least one whole period.")
+    level_halflife_s: float = Field(86400.0, ge=0, description="Half-life (seconds of the entity's own timestamps) of each entity's tracked level: the model reconstructs values relative to it, so after a lasting level shift the entity is judged around its new level within a few of these instead of erring for ever (0: off, levels relative to the fit data only).")
 
 
 class FitSettings(_Section):
@@ -65,6 +66,7 @@ class ScoringSettings(_Section):
     likelihood_long_halflife: float = Field(500.0, gt=1, description="Half-life (messages) of each entity's long-term, unclipped mean/variance of the log score against which the short-term average is judged.")
     novelty_halflife: float = Field(1000.0, gt=0, description="Half-life (messages) of the decaying peak of each entity's likelihood z-score; an excursion counts as new only when it exceeds that recent peak.")
     novelty_discount: float = Field(3.0, ge=0, description="Standard deviations taken off the likelihood z-score of a message that does not exceed the recent peak, so that one event is reported by its onset rather than by every message while it lasts (0 turns this off).")
+    novelty_margin: float = Field(1.0, ge=0, description="Standard deviations by which a message must exceed the likelihood z-score of the last message that escaped the discount to escape it too (never above the alert level, so it cannot withhold an alert), so an event rising over several messages is reported once (0: every new high is reported).")
     likelihood_short_scaled: bool = Field(False, description="Judge the short-term average against its own (narrower) spread under white noise rather than one message's spread.")
     warmup_steps: int = Field(10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up.")
     top_features: int = Field(3, ge=1, description="Features named in an alert as the largest contributors to the error.")

@@ -52,6 +52,11 @@ class _Inputs:
     values: np.ndarray  # (rows, features), standardised
     times: np.ndarray  # (rows,), epoch seconds (float64)
 
+    @property
+    def elapsed(self) -> np.ndarray:
+        """Seconds since the previous row (the first row: 0)."""
+        return np.diff(self.times, prepend=self.times[:1])
+
 
 @dataclass(frozen=True)
 class _Series:
@@ -71,7 +76,8 @@ def fit_tables(
     torch.manual_seed(fit.seed)
     np.random.seed(fit.seed)
     periods = _covered_periods(series, model_settings.periods)
-    network = StreamAutoencoder(len(features), model_settings.hidden_size, model_settings.num_layers, model_settings.cell, model_settings.bottleneck, periods)
+    network = StreamAutoencoder(len(features), model_settings.hidden_size, model_settings.num_layers, model_settings.cell, model_settings.bottleneck, periods,
+                                model_settings.level_halflife_s)
     standardised = [_Inputs((s.values - mean) / scale, np.asarray(s.timestamps, dtype=np.float64)) for s in series]
     train_loss, val_loss, best_epoch = _train(network, standardised, series, fit, progress)
     network.start_state.copy_(_average_state(network, standardised, series, scoring.warmup_steps))
@@ -154,12 +160,12 @@ def _feature_scaling(series: Sequence[_Series]) -> tuple[np.ndarray, np.ndarray]
 def _train(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], fit: FitSettings, progress: bool) -> tuple[list[float], list[float], int]:
     optimiser = torch.optim.Adam(network.parameters(), lr=fit.learning_rate)
     streams, mask = _streams([d.values[: s.split] for d, s in zip(data, series)], fit.streams, fit.window, np.float32)
-    times, _ = _streams([d.times[: s.split, None] for d, s in zip(data, series)], fit.streams, fit.window, np.float64)
+    times, _ = _streams([np.stack([d.times, d.elapsed], axis=1)[: s.split] for d, s in zip(data, series)], fit.streams, fit.window, np.float64)
     best, best_state, best_epoch, train_losses, val_losses = math.inf, None, 0, [], []
     bar = tqdm(range(fit.max_epochs), desc="fit", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         network.train()
-        train_losses.append(_train_epoch(network, optimiser, (streams, times[..., 0]), mask, fit))
+        train_losses.append(_train_epoch(network, optimiser, (streams, times[..., 0], times[..., 1]), mask, fit))
         val_losses.append(_validation_loss(network, data, series))
         bar.set_postfix(loss=f"{train_losses[-1]:.4f}", val=f"{val_losses[-1]:.4f}")
         if val_losses[-1] < best - 1e-6:
@@ -186,13 +192,14 @@ def _streams(parts: list[np.ndarray], per_series: int, window: int, dtype: type)
     return torch.from_numpy(streams), torch.from_numpy(mask)
 
 
-def _train_epoch(network: StreamAutoencoder, optimiser: torch.optim.Optimizer, streams: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor, fit: FitSettings) -> float:
-    """One pass over the (values, times) streams in windows, carrying the detached state."""
-    values, times = streams
+def _train_epoch(network: StreamAutoencoder, optimiser: torch.optim.Optimizer, streams: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor, fit: FitSettings) -> float:
+    """One pass over the (values, times, elapsed) streams in windows, carrying the detached state."""
+    values, times, elapsed = streams
     state, total, weight = network.initial_state(values.shape[0]), 0.0, 0.0
     for start in range(0, values.shape[1], fit.window):
         x, m = values[:, start : start + fit.window], mask[:, start : start + fit.window]
-        reconstruction, state = network(x, state.detach(), times[:, start : start + fit.window])
+        window = slice(start, start + fit.window)
+        reconstruction, state = network(x, state.detach(), times[:, window], elapsed[:, window])
         loss = (((reconstruction - x) ** 2) * m).sum() / (m.sum() * x.shape[2]).clamp(min=1.0)
         optimiser.zero_grad()
         loss.backward()
@@ -205,7 +212,7 @@ def _train_epoch(network: StreamAutoencoder, optimiser: torch.optim.Optimizer, s
 def _reconstruct(network: StreamAutoencoder, inputs: _Inputs) -> np.ndarray:
     with torch.inference_mode():
         x = torch.from_numpy(inputs.values.astype(np.float32)).unsqueeze(0)
-        reconstruction, _ = network(x, network.initial_state(1), torch.from_numpy(inputs.times).unsqueeze(0))
+        reconstruction, _ = network(x, network.initial_state(1), torch.from_numpy(inputs.times).unsqueeze(0), torch.from_numpy(inputs.elapsed).unsqueeze(0))
     return reconstruction[0].double().numpy()
 
 
@@ -221,9 +228,9 @@ def _average_state(network: StreamAutoencoder, data: list[_Inputs], series: list
     with torch.inference_mode():
         for inputs, s in zip(data, series):
             state = network.initial_state(1)
-            x, when = torch.from_numpy(inputs.values[: s.split].astype(np.float32)), torch.from_numpy(inputs.times[: s.split])
+            x, when, elapsed = (torch.from_numpy(a[: s.split]) for a in (inputs.values.astype(np.float32), inputs.times, inputs.elapsed))
             for t in range(len(x)):
-                _, state = network.step(x[t : t + 1], state, when[t : t + 1])
+                _, state = network.step(x[t : t + 1], state, when[t : t + 1], elapsed[t : t + 1])
                 if t >= warmup:
                     total, count = total + state[0], count + 1
     return total / max(count, 1)

@@ -50,6 +50,7 @@ class Architecture:
     cell: Literal["lstm", "gru"] = "lstm"
     bottleneck: int = 8
     periods: tuple[float, ...] = ()  # seconds; each adds the phase of the message's timestamp (sin, cos) as context
+    level_halflife_s: float = 0.0  # seconds; > 0 tracks each entity's level (see StreamAutoencoder), 0 = off
 
 
 class StreamAutoencoder(nn.Module):
@@ -62,12 +63,19 @@ class StreamAutoencoder(nn.Module):
     so slowly wandering features are followed beyond the range seen in training. With ``periods``
     (e.g. a day and a week, in seconds) the phase of each message's timestamp in every period is an
     input of both the encoder and the decoder (which reconstructs a message knowing its time, never
-    its values), so regular daily/weekly patterns can be expected.
+    its values), so regular daily/weekly patterns can be expected. With ``level_halflife_s`` each
+    entity's level is tracked (an exponentially weighted mean over that half-life of its own
+    timestamps, carried in its state): the encoder sees values relative to it and the reconstruction
+    is built around it, so after a lasting level shift the entity is judged around its new level
+    instead of erring for ever (a model that learned "values return to the mean" would otherwise
+    keep predicting a return that never comes, and a second change would hide in that error).
     """
 
-    def __init__(self, n_features: int, hidden_size: int, num_layers: int, cell: str, bottleneck: int, periods: Sequence[float] = ()):
+    def __init__(self, n_features: int, hidden_size: int, num_layers: int, cell: str, bottleneck: int, periods: Sequence[float] = (),
+                 level_halflife_s: float = 0.0):
         super().__init__()
-        self.architecture = Architecture(n_features, hidden_size, num_layers, cell, bottleneck, tuple(float(p) for p in periods))  # type: ignore[arg-type]
+        self.architecture = Architecture(n_features, hidden_size, num_layers, cell, bottleneck, tuple(float(p) for p in periods), float(level_halflife_s))  # type: ignore[arg-type]
+        self._tracks_level = level_halflife_s > 0
         recurrent = nn.LSTM if cell == "lstm" else nn.GRU
         context = 2 * len(periods)
         self.encoder = recurrent(2 * n_features + context, hidden_size, num_layers, batch_first=True)
@@ -80,12 +88,14 @@ class StreamAutoencoder(nn.Module):
     @classmethod
     def build(cls, arch: Architecture) -> "StreamAutoencoder":
         """A network with the given architecture (fresh weights)."""
-        return cls(arch.n_features, arch.hidden_size, arch.num_layers, arch.cell, arch.bottleneck, arch.periods)
+        return cls(arch.n_features, arch.hidden_size, arch.num_layers, arch.cell, arch.bottleneck, arch.periods, arch.level_halflife_s)
 
     @property
     def state_size(self) -> int:
-        """Length of one entity's flat state vector: recurrent state plus the last observation."""
-        return self._recurrent_size + self.architecture.n_features
+        """Length of one entity's flat state vector: recurrent state, the last observation and, with
+        level tracking, the entity's level."""
+        n = self.architecture.n_features
+        return self._recurrent_size + n * (2 if self._tracks_level else 1)
 
     @property
     def _recurrent_size(self) -> int:
@@ -96,27 +106,57 @@ class StreamAutoencoder(nn.Module):
         """Start states for ``batch`` new entities (the fit data's average state)."""
         return self.start_state.expand(batch, -1).clone()
 
-    def step(self, x: torch.Tensor, state: torch.Tensor, when: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x: torch.Tensor, state: torch.Tensor, when: torch.Tensor | None = None, elapsed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One step for a batch: reconstruct ``x`` (batch, features) from ``state`` and the time
-        ``when`` of ``x`` (batch, epoch seconds; needed only with ``periods``), then absorb ``x``."""
-        recurrent_state, last = self._unflatten(state[:, : self._recurrent_size]), state[:, self._recurrent_size :]
+        ``when`` of ``x`` (batch, epoch seconds; needed only with ``periods``), then absorb ``x``.
+        ``elapsed`` (batch, seconds since each entity's previous message) is needed only with
+        level tracking."""
+        recurrent_state, last, level = self._split(state)
         context = self.context(when, x.shape[:1])
-        reconstruction = self._decode(self._top_hidden(recurrent_state), last, context)
-        _, new_state = self.encoder(self._inputs(x, last, context).unsqueeze(1), recurrent_state)
-        return reconstruction, torch.cat([self._flatten(new_state), x], dim=1)
+        reconstruction = self._decode(self._top_hidden(recurrent_state), last, level, context)
+        _, new_state = self.encoder(self._inputs(x, last, level, context).unsqueeze(1), recurrent_state)
+        return reconstruction, torch.cat([self._flatten(new_state), x, *self._track(x, level, elapsed)], dim=1)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor, when: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, state: torch.Tensor, when: torch.Tensor | None = None, elapsed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct a whole window (batch, time, features); each step sees only the past (and
-        the time of the step being reconstructed, ``when``: (batch, time) epoch seconds).
+        the time of the step being reconstructed, ``when``: (batch, time) epoch seconds; with level
+        tracking also ``elapsed``: (batch, time) seconds since the previous step).
 
         Equivalent to calling :meth:`step` once per time step, but one fused call (training).
         """
-        recurrent_state, last = self._unflatten(state[:, : self._recurrent_size]), state[:, self._recurrent_size :]
+        recurrent_state, last, level = self._split(state)
         previous = torch.cat([last.unsqueeze(1), x[:, :-1]], dim=1)
+        levels = []  # the level before each step (cheap: no parameters, one small op per step)
+        for t in range(x.shape[1] if self._tracks_level else 0):
+            levels.append(level)
+            level = self._track(x[:, t], level, None if elapsed is None else elapsed[:, t])[0]
+        before = torch.stack(levels, dim=1) if levels else torch.zeros_like(x)
         context = self.context(when, x.shape[:2])
-        outputs, new_state = self.encoder(self._inputs(x, previous, context), recurrent_state)
+        outputs, new_state = self.encoder(self._inputs(x, previous, before, context), recurrent_state)
         before_each_step = torch.cat([self._top_hidden(recurrent_state).unsqueeze(1), outputs[:, :-1]], dim=1)
-        return self._decode(before_each_step, previous, context), torch.cat([self._flatten(new_state), x[:, -1]], dim=1)
+        tracked = [level] if self._tracks_level else []
+        return self._decode(before_each_step, previous, before, context), torch.cat([self._flatten(new_state), x[:, -1], *tracked], dim=1)
+
+    def _split(self, state: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """(recurrent state, last observation, level) of flat states; without level tracking the
+        level is zero (the fit data's mean)."""
+        r, n = self._recurrent_size, self.architecture.n_features
+        last = state[:, r : r + n]
+        level = state[:, r + n : r + 2 * n] if self._tracks_level else torch.zeros_like(last)
+        return self._unflatten(state[:, :r]), last, level
+
+    def _track(self, x: torch.Tensor, level: torch.Tensor, elapsed: torch.Tensor | None) -> list[torch.Tensor]:
+        """[level] after absorbing ``x`` ``elapsed`` seconds after the previous message: an
+        exponentially weighted mean with half-life ``level_halflife_s`` seconds of the entity's own
+        timestamps (empty when off). A new entity starts at the fit data's average level, not at its
+        own first messages: a level guessed from a few noisy messages made new entities alert."""
+        if not self._tracks_level:
+            return []
+        if elapsed is None:
+            raise ValueError("this model tracks each entity's level over time: the time since its previous message is required")
+        gap = torch.nan_to_num(elapsed.double().clamp(min=0.0), posinf=0.0).unsqueeze(-1)
+        rate = (1.0 - torch.exp2(-gap / self.architecture.level_halflife_s)).float()
+        return [level + rate * (x - level)]
 
     def context(self, when: torch.Tensor | None, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         """Phase of each timestamp in every period (sin, cos), shape ``(*shape, 2 * len(periods))``.
@@ -136,15 +176,15 @@ class StreamAutoencoder(nn.Module):
         phase = torch.stack([torch.remainder(when.double(), p) * (2 * math.pi / p) for p in periods], dim=-1)
         return torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1).float()
 
-    def _inputs(self, x: torch.Tensor, previous: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Encoder input: the level, clipped so out-of-range values cannot saturate it, the change,
-        and the time context."""
-        return torch.cat([x.clamp(-_INPUT_CLIP, _INPUT_CLIP), (x - previous).clamp(-_INPUT_CLIP, _INPUT_CLIP), context], dim=-1)
+    def _inputs(self, x: torch.Tensor, previous: torch.Tensor, level: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Encoder input: the value relative to the entity's level, clipped so out-of-range values
+        cannot saturate it, the change, and the time context."""
+        return torch.cat([(x - level).clamp(-_INPUT_CLIP, _INPUT_CLIP), (x - previous).clamp(-_INPUT_CLIP, _INPUT_CLIP), context], dim=-1)
 
-    def _decode(self, hidden: torch.Tensor, previous: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Reconstruction: the decoder's output (from the state and the time context) plus a learned
-        share of each feature's last value."""
-        return self.decoder(torch.cat([hidden, context], dim=-1)) + self.persistence * previous
+    def _decode(self, hidden: torch.Tensor, previous: torch.Tensor, level: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Reconstruction: the entity's level, plus the decoder's output (from the state and the time
+        context), plus a learned share of the last value's distance from that level."""
+        return level + self.decoder(torch.cat([hidden, context], dim=-1)) + self.persistence * (previous - level)
 
     def _unflatten(self, flat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         arch = self.architecture

@@ -10,8 +10,8 @@ so a backtest means what production does.
   mean/variance of it (``likelihood_long_halflife``) and against the fit-time held-out
   distribution (the smaller of the two); it spikes when a change starts and decays as the entity's
   statistics adapt. Its z-score is discounted by ``novelty_discount`` unless it exceeds the entity's
-  decaying recent peak (``novelty_halflife``), so an event is reported by its onset, not by every
-  message while it lasts;
+  decaying recent peak (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to
+  the alert level), so an event is reported by its onset, not by every message while it lasts;
 * decision: an alert opens when probability >= 1 - false_alarm_rate (after warm-up) and closes
   after ``close_after`` consecutive messages whose slow probability is below ``close_probability``
   (hysteresis). The slow probability judges the log score against the fit-time distribution and the
@@ -119,6 +119,7 @@ class Detector:
         self._gamma = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_short_halflife)
         self._delta = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_long_halflife)
         self._peak_decay = 2.0 ** (-1.0 / self.settings.novelty_halflife)
+        self._z_open = float(torch.special.ndtri(torch.tensor(self.settings.open_probability, dtype=torch.float64)))
         # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
         self._short_scale = math.sqrt(self._gamma / (2.0 - self._gamma)) if self.settings.likelihood_short_scaled else 1.0
         self._mean = model.feature_mean.astype(np.float32)
@@ -188,7 +189,7 @@ class Detector:
         x = torch.from_numpy((raw - self._mean) / self._scale)
         index = torch.from_numpy(slots)
         with torch.inference_mode():
-            reconstruction, new_state = self.model.network.step(x, self.store.rnn[index], torch.from_numpy(timestamps))
+            reconstruction, new_state = self.model.network.step(x, self.store.rnn[index], torch.from_numpy(timestamps), torch.from_numpy(self._elapsed(slots, timestamps)))
         self.store.rnn[index] = new_state
         errors = (x - reconstruction).double().numpy() / self.model.residual_scale
         warming = slots[self.store.fields["steps"][slots] < self.settings.warmup_steps]
@@ -254,21 +255,29 @@ class Detector:
         """Discount ``z`` by ``novelty_discount`` unless it exceeds the entity's decaying recent peak.
 
         An event is reported by the message that first reaches its level, not by every message while
-        it lasts or by its echoes; a larger excursion is reported again. Still monotone in ``z`` for a
-        given state (the discount only applies below the peak). The peak decays with
-        ``novelty_halflife`` and ignores the warm-up transient.
+        it lasts or by its echoes; a larger excursion is reported again. A message that escapes the
+        discount raises the peak to its z plus ``novelty_margin``, so an event rising over several
+        messages is reported once -- but never above the alert level, so the margin cannot withhold
+        an alert. Still monotone in ``z`` for a given state (the discount only applies below the
+        peak). The peak decays with ``novelty_halflife`` and ignores the warm-up transient.
         """
         peak = self.store.fields["peak"][slots]
         novel = z > peak
-        self.store.fields["peak"][slots] = np.where(warm, np.maximum(z, peak * self._peak_decay), peak)
+        bar = np.minimum(z + self.settings.novelty_margin, np.maximum(z, self._z_open))
+        raised = np.maximum(np.where(novel, bar, z), peak * self._peak_decay)
+        self.store.fields["peak"][slots] = np.where(warm, raised, peak)
         return np.where(novel, z, z - self.settings.novelty_discount)
 
     def _drift_rate(self, slots: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         """Weight of this message in the drift baseline: half-life ``drift_halflife`` messages or
         ``drift_halflife_s`` seconds of the entity's own timestamps, whichever is shorter."""
-        elapsed = np.clip(timestamps - self.store.fields["last_ts"][slots], 0.0, np.inf)
-        by_time = 1.0 - np.exp2(-np.nan_to_num(elapsed, posinf=0.0) / self.settings.drift_halflife_s)
+        by_time = 1.0 - np.exp2(-self._elapsed(slots, timestamps) / self.settings.drift_halflife_s)
         return np.maximum(self._alpha, by_time)
+
+    def _elapsed(self, slots: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        """Seconds since each entity's previous message (0 for its first, or when out of order)."""
+        elapsed = np.clip(timestamps - self.store.fields["last_ts"][slots], 0.0, np.inf)
+        return np.nan_to_num(elapsed, posinf=0.0)
 
     def _update_baseline(self, slots: np.ndarray, log_score: np.ndarray, mean: np.ndarray, var: np.ndarray, warm: np.ndarray, rate: np.ndarray) -> None:
         """Exponentially weighted mean/variance of the log score, fed deviations clipped to

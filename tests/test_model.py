@@ -24,6 +24,53 @@ def test_fused_window_equals_step_by_step(cell, layers):
     assert torch.allclose(fused_state, state, atol=1e-6)
 
 
+def test_level_tracking_fused_equals_step_by_step_and_needs_elapsed():
+    torch.manual_seed(0)
+    net = StreamAutoencoder(3, hidden_size=6, num_layers=1, cell="lstm", bottleneck=2, level_halflife_s=600.0).eval()
+    x = torch.randn(4, 9, 3)
+    elapsed = torch.rand(4, 9, dtype=torch.float64) * 300.0
+    state0 = torch.randn(4, net.state_size) * 0.1
+    fused, fused_state = net(x, state0, elapsed=elapsed)
+    state, steps = state0, []
+    for t in range(9):
+        recon, state = net.step(x[:, t], state, elapsed=elapsed[:, t])
+        steps.append(recon)
+    assert torch.allclose(fused, torch.stack(steps, dim=1), atol=1e-6)
+    assert torch.allclose(fused_state, state, atol=1e-6)
+    with pytest.raises(ValueError, match="time since its previous message is required"):
+        net.step(x[:, 0], state0)
+
+
+def _errors_after_a_level_shift(level_halflife_s: float) -> np.ndarray:
+    """|error| per step of a 1-feature net (persistence 0.5) fed 0 for 100 minutes, then 5."""
+    torch.manual_seed(0)
+    net = StreamAutoencoder(1, hidden_size=4, num_layers=1, cell="lstm", bottleneck=2, level_halflife_s=level_halflife_s).eval()
+    with torch.no_grad():
+        net.persistence.fill_(0.5)
+    x = torch.cat([torch.zeros(100), torch.full((600,), 5.0)]).reshape(1, -1, 1)
+    recon, _ = net(x, net.initial_state(1), elapsed=torch.full((1, 700), 60.0, dtype=torch.float64))
+    return (recon - x).abs()[0, :, 0].detach().numpy()
+
+
+def test_a_lasting_level_shift_becomes_the_new_level():
+    tracked, fixed = _errors_after_a_level_shift(3600.0), _errors_after_a_level_shift(0.0)
+    before = tracked[99]  # the untrained decoder's own offset, the same for both before the shift
+    assert fixed[99] == pytest.approx(before) and tracked[100] > before + 3.0, "the shift itself is an error either way"
+    assert abs(tracked[-1] - before) < 0.05, "ten hours later the tracked level has caught up"
+    assert fixed[-1] > before + 1.0, "without tracking the model errs for ever"
+
+
+def test_a_new_entity_starts_at_the_fit_level_and_moves_with_time():
+    net = StreamAutoencoder(1, hidden_size=4, num_layers=1, cell="gru", bottleneck=2, level_halflife_s=3600.0).eval()
+    with torch.no_grad():
+        net.start_state[-1] = 7.0  # the fit data's average level
+    state = net.initial_state(1)
+    _, state = net.step(torch.tensor([[1.0]]), state, elapsed=torch.tensor([0.0], dtype=torch.float64))
+    assert net._split(state)[2].item() == pytest.approx(7.0), "no time has passed: a first message does not set the level"
+    _, state = net.step(torch.tensor([[1.0]]), state, elapsed=torch.tensor([3600.0], dtype=torch.float64))
+    assert net._split(state)[2].item() == pytest.approx(4.0, abs=1e-4), "one half-life later: half way"
+
+
 def test_batched_step_equals_single_steps():
     net = tiny_model().network
     x, state = torch.randn(5, 2), torch.randn(5, net.state_size)

@@ -144,3 +144,20 @@ def test_daily_context_is_used_only_when_the_fit_covers_a_day_and_keeps_equivale
     whole = _scores(Detector(model).process(stream))
     single = Detector(model)
     np.testing.assert_allclose(_scores([single.process([o])[0] for o in stream]), whole, atol=1e-5)
+
+
+@pytest.mark.parametrize(("margin", "reported"), [(0.0, [0, 1, 2, 3]), (1.0, [0, 3])])
+def test_an_event_rising_over_several_messages_is_reported_once(margin, reported):
+    detector = Detector(tiny_model(novelty_margin=margin, novelty_discount=3.0))
+    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    rising = [1.5, 2.0, 2.4, 2.7]  # sub-alert z-scores of consecutive messages; 2.7 exceeds 1.5 + 1.0
+    escaped = [i for i, z in enumerate(rising) if detector._novelty(slot, np.array([z]), np.array([True]))[0] == z]
+    assert escaped == reported
+
+
+def test_the_margin_never_withholds_an_alert():
+    detector = Detector(tiny_model(novelty_margin=1.0, false_alarm_rate=1e-3))  # alert level: z >= 3.09
+    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    rising = [2.6, 3.3]  # 2.6 + 1.0 would hide the alert-level 3.3: the bar stops at the alert level
+    escaped = [z for z in rising if detector._novelty(slot, np.array([z]), np.array([True]))[0] == z]
+    assert escaped == rising
