@@ -135,6 +135,7 @@ class Service:
         self._broker_lost = False
         self._broker_silent = False  # the last check found no heartbeat answer for a session timeout
         self._in_group = False  # a join completed (partitions assigned, maybe none) and no rejoin began since
+        self._joined_at = float("-inf")  # monotonic time of the last completed join
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of each partition's last checkpoint
         self._checkpoint_queue: list[TopicPartition] = []  # partitions due for their periodic checkpoint
         self._commit_in_flight: _Commit | None = None
@@ -414,16 +415,17 @@ class Service:
 
     def _check_broker(self) -> None:
         """Not ready while the group coordinator has not answered a heartbeat for a session timeout
-        (seen on two checks in a row, a second apart).
+        (seen on two checks in a row, a second apart), counted from the join if it has answered none
+        since: a broker lost before the first heartbeat is reported too.
 
         An idle service has nothing to fail on, so /readyz (and the log) is where a broker outage
         shows; /healthz fails too once the loop is blocked on work it cannot acknowledge.
         """
         heartbeat = getattr(getattr(self.consumer, "_coordinator", None), "heartbeat", None)
         last = getattr(heartbeat, "last_receive", None)
-        if not self._assigned or last is None or last == float("-inf"):
+        if not self._assigned or last is None:
             return
-        silent = time.monotonic() - last
+        silent = time.monotonic() - max(last, self._joined_at)  # no answer since the join: silent since the join
         broker_lost = silent > self.settings.kafka.session_timeout_ms / 1000
         confirmed, self._broker_silent = self._broker_silent, broker_lost
         if broker_lost and not self._broker_lost and not confirmed:
@@ -529,7 +531,7 @@ class Service:
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Hold new partitions (paused) until their states are restored after this poll."""
         self._epoch += 1
-        self._in_group = True
+        self._in_group, self._joined_at = True, time.monotonic()
         log.info("partitions.assigned", partitions=[f"{tp.topic}/{tp.partition}" for tp in assigned])
         fresh = [tp for tp in assigned if tp not in self._assigned]
         if fresh:
