@@ -13,6 +13,7 @@ file given with ``--config``, then the defaults below (which ``config.example.to
 from __future__ import annotations
 
 import tomllib
+from statistics import NormalDist
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +76,15 @@ class ScoringSettings(_Section):
     def open_probability(self) -> float:
         """Probability at or above which an alert opens."""
         return 1.0 - self.false_alarm_rate
+
+    @property
+    def open_z(self) -> float:
+        """Standard-normal z-score of the opening probability (3.09 at the default rate).
+
+        >>> round(ScoringSettings().open_z, 2)
+        3.09
+        """
+        return NormalDist().inv_cdf(self.open_probability)
 
 
 class KafkaSettings(_Section):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import cached_property
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,7 +53,7 @@ class _Inputs:
     values: np.ndarray  # (rows, features), standardised
     times: np.ndarray  # (rows,), epoch seconds (float64)
 
-    @property
+    @cached_property
     def elapsed(self) -> np.ndarray:
         """Seconds since the previous row (the first row: 0)."""
         return np.diff(self.times, prepend=self.times[:1])
@@ -267,6 +268,5 @@ def _calibrate(scores: np.ndarray, scoring: ScoringSettings) -> Calibration:
     mad_std = 1.4826 * float(np.median(np.abs(logs - median)))
     tail_std = (float(np.quantile(logs, 0.99)) - median) / 2.326
     log_std = max(mad_std, tail_std, _LOG_STD_FLOOR)
-    z_open = float(torch.special.ndtri(torch.tensor(scoring.open_probability, dtype=torch.float64)))
     quantiles = {f"q{q}": float(np.quantile(scores, q / 100)) for q in (50, 90, 99, 100)}
-    return Calibration(median, log_std, float(math.exp(median + z_open * log_std)), int(len(scores)), quantiles)
+    return Calibration(median, log_std, float(math.exp(median + scoring.open_z * log_std)), int(len(scores)), quantiles)

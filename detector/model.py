@@ -115,7 +115,8 @@ class StreamAutoencoder(nn.Module):
         context = self.context(when, x.shape[:1])
         reconstruction = self._decode(self._top_hidden(recurrent_state), last, level, context)
         _, new_state = self.encoder(self._inputs(x, last, level, context).unsqueeze(1), recurrent_state)
-        return reconstruction, torch.cat([self._flatten(new_state), x, *self._track(x, level, elapsed)], dim=1)
+        tracked = [self._next_level(x, level, elapsed)] if self._tracks_level else []
+        return reconstruction, torch.cat([self._flatten(new_state), x, *tracked], dim=1)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor, when: torch.Tensor | None = None, elapsed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct a whole window (batch, time, features); each step sees only the past (and
@@ -129,7 +130,7 @@ class StreamAutoencoder(nn.Module):
         levels = []  # the level before each step (cheap: no parameters, one small op per step)
         for t in range(x.shape[1] if self._tracks_level else 0):
             levels.append(level)
-            level = self._track(x[:, t], level, None if elapsed is None else elapsed[:, t])[0]
+            level = self._next_level(x[:, t], level, None if elapsed is None else elapsed[:, t])
         before = torch.stack(levels, dim=1) if levels else torch.zeros_like(x)
         context = self.context(when, x.shape[:2])
         outputs, new_state = self.encoder(self._inputs(x, previous, before, context), recurrent_state)
@@ -145,18 +146,16 @@ class StreamAutoencoder(nn.Module):
         level = state[:, r + n : r + 2 * n] if self._tracks_level else torch.zeros_like(last)
         return self._unflatten(state[:, :r]), last, level
 
-    def _track(self, x: torch.Tensor, level: torch.Tensor, elapsed: torch.Tensor | None) -> list[torch.Tensor]:
-        """[level] after absorbing ``x`` ``elapsed`` seconds after the previous message: an
-        exponentially weighted mean with half-life ``level_halflife_s`` seconds of the entity's own
-        timestamps (empty when off). A new entity starts at the fit data's average level, not at its
+    def _next_level(self, x: torch.Tensor, level: torch.Tensor, elapsed: torch.Tensor | None) -> torch.Tensor:
+        """The level after absorbing ``x`` ``elapsed`` seconds after the previous message (level
+        tracking only): an exponentially weighted mean with half-life ``level_halflife_s`` seconds of
+        the entity's own timestamps. A new entity starts at the fit data's average level, not at its
         own first messages: a level guessed from a few noisy messages made new entities alert."""
-        if not self._tracks_level:
-            return []
         if elapsed is None:
             raise ValueError("this model tracks each entity's level over time: the time since its previous message is required")
         gap = torch.nan_to_num(elapsed.double().clamp(min=0.0), posinf=0.0).unsqueeze(-1)
         rate = (1.0 - torch.exp2(-gap / self.architecture.level_halflife_s)).float()
-        return [level + rate * (x - level)]
+        return level + rate * (x - level)
 
     def context(self, when: torch.Tensor | None, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         """Phase of each timestamp in every period (sin, cos), shape ``(*shape, 2 * len(periods))``.

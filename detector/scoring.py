@@ -119,7 +119,6 @@ class Detector:
         self._gamma = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_short_halflife)
         self._delta = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_long_halflife)
         self._peak_decay = 2.0 ** (-1.0 / self.settings.novelty_halflife)
-        self._z_open = float(torch.special.ndtri(torch.tensor(self.settings.open_probability, dtype=torch.float64)))
         # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
         self._short_scale = math.sqrt(self._gamma / (2.0 - self._gamma)) if self.settings.likelihood_short_scaled else 1.0
         self._mean = model.feature_mean.astype(np.float32)
@@ -188,14 +187,15 @@ class Detector:
         raw = values.astype(np.float32)
         x = torch.from_numpy((raw - self._mean) / self._scale)
         index = torch.from_numpy(slots)
+        elapsed = self._elapsed(slots, timestamps)
         with torch.inference_mode():
-            reconstruction, new_state = self.model.network.step(x, self.store.rnn[index], torch.from_numpy(timestamps), torch.from_numpy(self._elapsed(slots, timestamps)))
+            reconstruction, new_state = self.model.network.step(x, self.store.rnn[index], torch.from_numpy(timestamps), torch.from_numpy(elapsed))
         self.store.rnn[index] = new_state
         errors = (x - reconstruction).double().numpy() / self.model.residual_scale
         warming = slots[self.store.fields["steps"][slots] < self.settings.warmup_steps]
         self.store.fields["error_ewma"][warming] = 0.0  # smoothing starts after the warm-up transient
         scores = self._score(slots, errors)
-        probability, is_anomaly, events = self._decide(slots, scores, timestamps)
+        probability, is_anomaly, events = self._decide(slots, scores, elapsed)
         self.store.fields["last_ts"][slots] = timestamps
         tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
         return scores, probability, is_anomaly, events, tops
@@ -209,7 +209,7 @@ class Detector:
         persistent = np.sqrt(np.mean((smoothed * self._smooth_norm) ** 2, axis=1))
         return np.maximum(instant, persistent)
 
-    def _decide(self, slots: np.ndarray, scores: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
+    def _decide(self, slots: np.ndarray, scores: np.ndarray, elapsed: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
         """Open on the fast likelihood (reported as ``probability``), close on the slow baseline."""
         fields, settings, calibration = self.store.fields, self.settings, self.model.calibration
         log_score = np.log(scores + _TINY)
@@ -219,7 +219,7 @@ class Detector:
         p_fit = _normal_cdf((log_score - calibration.log_mean) / calibration.log_std)
         p_slow = np.minimum(p_fit, _normal_cdf((log_score - mean) / np.sqrt(var)))
         warm = steps >= settings.warmup_steps
-        self._update_baseline(slots, log_score, mean, var, warm, self._drift_rate(slots, timestamps))
+        self._update_baseline(slots, log_score, mean, var, warm, self._drift_rate(elapsed))
         was_open = fields["alert_open"][slots]
         calm = np.where(p_slow < settings.close_probability, fields["calm"][slots] + 1, 0)
         opening = ~was_open & warm & (probability >= settings.open_probability)
@@ -263,15 +263,16 @@ class Detector:
         """
         peak = self.store.fields["peak"][slots]
         novel = z > peak
-        bar = np.minimum(z + self.settings.novelty_margin, np.maximum(z, self._z_open))
+        bar = np.minimum(z + self.settings.novelty_margin, np.maximum(z, self.settings.open_z))
         raised = np.maximum(np.where(novel, bar, z), peak * self._peak_decay)
         self.store.fields["peak"][slots] = np.where(warm, raised, peak)
         return np.where(novel, z, z - self.settings.novelty_discount)
 
-    def _drift_rate(self, slots: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    def _drift_rate(self, elapsed: np.ndarray) -> np.ndarray:
         """Weight of this message in the drift baseline: half-life ``drift_halflife`` messages or
-        ``drift_halflife_s`` seconds of the entity's own timestamps, whichever is shorter."""
-        by_time = 1.0 - np.exp2(-self._elapsed(slots, timestamps) / self.settings.drift_halflife_s)
+        ``drift_halflife_s`` seconds of the entity's own timestamps (``elapsed`` since its previous
+        message), whichever is shorter."""
+        by_time = 1.0 - np.exp2(-elapsed / self.settings.drift_halflife_s)
         return np.maximum(self._alpha, by_time)
 
     def _elapsed(self, slots: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
