@@ -58,7 +58,7 @@ class ScoringSettings(_Section):
 
     false_alarm_rate: float = Field(1e-3, gt=0, lt=0.5, description="Per-message rate at which the likelihood alone exceeds the opening level on normal data; opens an alert when probability >= 1 - rate. Alerts open less often than this, since only messages above the entity's recent peak escape the novelty discount.")
     close_probability: float = Field(0.9, gt=0, lt=1, description="An open alert closes once probability stays below this ...")
-    close_after: int = Field(10, ge=1, description="... for this many consecutive messages (hysteresis; every alert lasts at least this long, so it is also the least cost of a false alarm).")
+    close_after: int = Field(10, ge=1, description="... for as many consecutive messages as the alert has had above it (the opening one included), at most this many: a one-message blip is a one-message alert, while an alert with this much evidence needs this many calm messages to close, so a long anomaly does not flap.")
     smoothing_halflife: float = Field(4.0, gt=0, description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.")
     drift_halflife: float = Field(1000.0, gt=1, description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within about one to three half-lives (longer for larger changes, see baseline_clip) -- or of drift_halflife_s, whichever is shorter.")
     drift_halflife_s: float = Field(3600.0, gt=0, description="Half-life (seconds of the entity's own timestamps) of its score baseline: however slowly an entity reports, a persistent change stops alerting within a few of these (inf: messages only).")
@@ -68,6 +68,8 @@ class ScoringSettings(_Section):
     novelty_halflife: float = Field(1000.0, gt=0, description="Half-life (messages) of the decaying peak of each entity's likelihood z-score; an excursion counts as new only when it exceeds that recent peak.")
     novelty_discount: float = Field(3.0, ge=0, description="Standard deviations taken off the likelihood z-score of a message that does not exceed the recent peak, so that one event is reported by its onset rather than by every message while it lasts (0 turns this off).")
     novelty_margin: float = Field(1.0, ge=0, description="Standard deviations by which a message must exceed the likelihood z-score of the last message that escaped the discount to escape it too (never above the alert level, so it cannot withhold an alert), so an event rising over several messages is reported once (0: every new high is reported).")
+    seasonal_bins: int = Field(24, ge=0, description="Time-of-day bins (of each entity's own UTC timestamps) in which the entity's usual log score is remembered; a message is judged against its bin's too, so an error that recurs every day at the same hour (a nightly job) stops alerting after a few days (0: off).")
+    seasonal_halflife_days: float = Field(2.0, gt=0, description="Half-life, in days of the entity's own timestamps, of each time-of-day bin's memory.")
     likelihood_short_scaled: bool = Field(False, description="Judge the short-term average against its own (narrower) spread under white noise rather than one message's spread.")
     warmup_steps: int = Field(10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up.")
     top_features: int = Field(3, ge=1, description="Features named in an alert as the largest contributors to the error.")

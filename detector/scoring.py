@@ -7,14 +7,18 @@ so a backtest means what production does.
   divided by its fit-time residual scale (about 1 on normal data; >= 0, higher is worse);
 * probability: a Numenta-style anomaly likelihood -- a short-term average of the log score
   (half-life ``likelihood_short_halflife``) judged against the entity's long-term, unclipped
-  mean/variance of it (``likelihood_long_halflife``) and against the fit-time held-out
-  distribution (the smaller of the two); it spikes when a change starts and decays as the entity's
-  statistics adapt. Its z-score is discounted by ``novelty_discount`` unless it exceeds the entity's
-  decaying recent peak (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to
-  the alert level), so an event is reported by its onset, not by every message while it lasts;
+  mean/variance of it (``likelihood_long_halflife``), against the fit-time held-out
+  distribution and against the entity's usual log score at this time of day (``seasonal_bins``,
+  so an error recurring daily at the same hour stops alerting), the smallest of the three; it
+  spikes when a change starts and decays as the entity's statistics adapt. Its z-score is
+  discounted by ``novelty_discount`` unless it exceeds the entity's decaying recent peak
+  (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to the alert level), so
+  an event is reported by its onset, not by every message while it lasts;
 * decision: an alert opens when probability >= 1 - false_alarm_rate (after warm-up) and closes
-  after ``close_after`` consecutive messages whose slow probability is below ``close_probability``
-  (hysteresis). The slow probability judges the log score against the fit-time distribution and the
+  after as many consecutive messages whose slow probability is below ``close_probability`` as it
+  has had messages above it (the opening one included), at most ``close_after``: hysteresis that
+  grows with the evidence, so a one-message blip is a one-message alert and a long anomaly does
+  not flap. The slow probability judges the log score against the fit-time distribution and the
   entity's robust drifting baseline (an exponentially weighted mean/variance with
   ``drift_halflife`` messages or ``drift_halflife_s`` seconds, whichever is shorter, fed deviations
   clipped to ``baseline_clip`` standard deviations), so an alert
@@ -112,6 +116,7 @@ class Detector:
             ttl_s=ttl_s,
             n_features=len(model.features),
             start_state=model.network.initial_state(1)[0],
+            seasonal_bins=self.settings.seasonal_bins,
         )
         self._alpha = 1.0 - 2.0 ** (-1.0 / self.settings.drift_halflife)
         self._beta = 1.0 - 2.0 ** (-1.0 / self.settings.smoothing_halflife)
@@ -195,7 +200,7 @@ class Detector:
         warming = slots[self.store.fields["steps"][slots] < self.settings.warmup_steps]
         self.store.fields["error_ewma"][warming] = 0.0  # smoothing starts after the warm-up transient
         scores = self._score(slots, errors)
-        probability, is_anomaly, events = self._decide(slots, scores, elapsed)
+        probability, is_anomaly, events = self._decide(slots, scores, timestamps, elapsed)
         self.store.fields["last_ts"][slots] = timestamps
         tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
         return scores, probability, is_anomaly, events, tops
@@ -209,31 +214,36 @@ class Detector:
         persistent = np.sqrt(np.mean((smoothed * self._smooth_norm) ** 2, axis=1))
         return np.maximum(instant, persistent)
 
-    def _decide(self, slots: np.ndarray, scores: np.ndarray, elapsed: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
-        """Open on the fast likelihood (reported as ``probability``), close on the slow baseline."""
+    def _decide(self, slots: np.ndarray, scores: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
+        """Open on the fast likelihood (reported as ``probability``), close on the slow baseline
+        after as many calm messages as the alert has had anomalous ones, at most ``close_after``."""
         fields, settings, calibration = self.store.fields, self.settings, self.model.calibration
         log_score = np.log(scores + _TINY)
         steps = fields["steps"][slots]
-        probability = self._likelihood(slots, log_score, steps)
+        probability = self._likelihood(slots, log_score, steps, self._seasonal(slots, log_score, timestamps, elapsed, steps))
         mean, var = fields["base_mean"][slots], fields["base_var"][slots]
         p_fit = _normal_cdf((log_score - calibration.log_mean) / calibration.log_std)
         p_slow = np.minimum(p_fit, _normal_cdf((log_score - mean) / np.sqrt(var)))
         warm = steps >= settings.warmup_steps
         self._update_baseline(slots, log_score, mean, var, warm, self._drift_rate(elapsed))
         was_open = fields["alert_open"][slots]
-        calm = np.where(p_slow < settings.close_probability, fields["calm"][slots] + 1, 0)
+        quiet = p_slow < settings.close_probability
+        calm = np.where(quiet, fields["calm"][slots] + 1, 0)
+        evidence = np.where(was_open, fields["evidence"][slots] + ~quiet, 1)
         opening = ~was_open & warm & (probability >= settings.open_probability)
-        closing = was_open & (calm >= settings.close_after)
+        closing = was_open & (calm >= np.minimum(settings.close_after, evidence))
         is_open = (was_open | opening) & ~closing
         fields["alert_open"][slots], fields["calm"][slots], fields["steps"][slots] = is_open, np.where(is_open, calm, 0), steps + 1
+        fields["evidence"][slots] = np.where(is_open, evidence, 0)
         events: dict[int, Literal["open", "close"]] = {i: "open" for i in np.flatnonzero(opening).tolist()}
         events.update((i, "close") for i in np.flatnonzero(closing).tolist())
         return probability, is_open, events
 
-    def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, steps: np.ndarray, usual: np.ndarray | None) -> np.ndarray:
         """Numenta-style anomaly likelihood: a short-term average of the log score judged against
-        the entity's longer-term (unclipped) mean and variance of it, and against the fit-time
-        distribution; spikes when a change starts and decays as the long-term statistics adapt.
+        the entity's longer-term (unclipped) mean and variance of it, against the fit-time
+        distribution and, if given, against ``usual`` (the entity's usual log score at this time of
+        day); spikes when a change starts and decays as the long-term statistics adapt.
 
         Monotone in the score for a given entity state (the short average moves with it).
         """
@@ -249,7 +259,30 @@ class Detector:
         fields["long_mean"][slots] = mean + self._delta * delta
         fields["long_var"][slots] = np.maximum((1 - self._delta) * (var + self._delta * delta**2), _MIN_VAR)
         z = np.minimum((fast - mean) / spread, (fast - calibration.log_mean) / (calibration.log_std * self._short_scale))
+        if usual is not None:
+            z = np.minimum(z, (fast - usual) / spread)
         return _normal_cdf(self._novelty(slots, z, steps >= self.settings.warmup_steps))
+
+    def _seasonal(self, slots: np.ndarray, log_score: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, steps: np.ndarray) -> np.ndarray | None:
+        """The entity's usual log score in the time-of-day bin of each message (before this one),
+        then that memory updated (after warm-up): an exponentially weighted mean with half-life
+        ``seasonal_halflife_days`` of the bin's own time, so it means the same at any message rate.
+        None when ``seasonal_bins`` is 0.
+
+        Each message weighs the time it stands for (``elapsed``, at most one bin's width): 12
+        messages an hour into a one-hour bin move it as much in a day as one message a day.
+        """
+        bins = self.settings.seasonal_bins
+        if not bins:
+            return None
+        width = 86400.0 / bins
+        column = (np.remainder(timestamps, 86400.0) // width).astype(np.int64).clip(0, bins - 1)
+        memory = self.store.fields["seasonal"]
+        usual = memory[slots, column].astype(np.float64)
+        weight = 1.0 - np.exp2(-np.minimum(elapsed, width) / (self.settings.seasonal_halflife_days * width))
+        weight = np.where(steps >= self.settings.warmup_steps, weight, 0.0)
+        memory[slots, column] = usual + weight * (log_score - usual)
+        return usual
 
     def _novelty(self, slots: np.ndarray, z: np.ndarray, warm: np.ndarray) -> np.ndarray:
         """Discount ``z`` by ``novelty_discount`` unless it exceeds the entity's decaying recent peak.

@@ -38,12 +38,19 @@ FIELDS: dict[str, type] = {
     "steps": np.int64,  # observations scored
     "alert_open": np.bool_,  # an alert is open (hysteresis)
     "calm": np.int32,  # consecutive calm observations while open
+    "evidence": np.int32,  # observations of the open alert that were not calm (its hysteresis grows with them)
     "last_ts": np.float64,  # last message timestamp (epoch s), for out-of-order checks
     "last_seen": np.float64,  # wall-clock time last seen, for TTL eviction
     "owner": np.int32,  # partition (or other owner id) the entity's messages come from
 }
-# plus "error_ewma": (capacity, features) float64, the smoothed per-feature reconstruction error
-_CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] + ["error_ewma"]
+# plus "error_ewma": (capacity, features) float64, the smoothed per-feature reconstruction error,
+# and "seasonal": (capacity, bins) float32, the entity's usual log score in each time-of-day bin
+_CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] + ["error_ewma", "seasonal"]
+# Fields added after checkpoints were first written; a checkpoint without one restores what a
+# fresh entity gets, except that an open alert keeps the full hysteresis it had before evidence
+# was counted (evidence 1 << 20).
+_ADDED_LATER = ("evidence", "seasonal")
+_OLD_EVIDENCE = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -62,6 +69,7 @@ class EntityStore:
         capacity: int = 1024,
         n_features: int = 1,
         start_state: torch.Tensor | None = None,
+        seasonal_bins: int = 0,
     ):
         self.state_size, self.baseline = state_size, baseline
         self.max_entities, self.ttl_s = max_entities, ttl_s
@@ -69,6 +77,7 @@ class EntityStore:
         self.rnn = torch.zeros(capacity, state_size)
         self.fields = {name: np.zeros(capacity, dtype=kind) for name, kind in FIELDS.items()}
         self.fields["error_ewma"] = np.zeros((capacity, n_features))  # smoothed per-feature error
+        self.fields["seasonal"] = np.zeros((capacity, seasonal_bins), dtype=np.float32)  # usual log score per time-of-day bin
         self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self.evictions = {"ttl": 0, "capacity": 0}
@@ -140,11 +149,19 @@ class EntityStore:
     def restore(self, blob: bytes, owner: int, now: float, tag: str = "") -> int:
         """Load states written by :meth:`export` for ``owner``; raises :class:`CheckpointError`."""
         payload = _load_payload(blob, self.state_size, tag)
+        for name in ("error_ewma", "seasonal"):
+            if name in payload and tuple(payload[name].shape[1:]) != self.fields[name].shape[1:]:
+                raise CheckpointError(f"checkpoint field {name} has shape {tuple(payload[name].shape[1:])}, this model {self.fields[name].shape[1:]}")
         entities: list[str] = payload["entities"]
         slots = self.slots_for(entities, owner, now)
         self.rnn[torch.from_numpy(slots)] = payload["rnn"]
         for name in _CHECKPOINTED:
-            self.fields[name][slots] = payload[name].numpy()
+            if name in payload:
+                self.fields[name][slots] = payload[name].numpy()
+            elif name == "evidence":
+                self.fields[name][slots] = _OLD_EVIDENCE
+            else:
+                self.fields[name][slots] = self.baseline[0]
         return len(entities)
 
     def _make_room(self, incoming: int, protect: Sequence[str]) -> None:
@@ -194,6 +211,7 @@ class EntityStore:
         for array in self.fields.values():
             array[slot] = 0
         self.fields["base_mean"][slot], self.fields["base_var"][slot] = self.baseline
+        self.fields["seasonal"][slot] = self.baseline[0]
         self.fields["last_ts"][slot] = -np.inf
 
     def _remove(self, entity: str) -> None:
@@ -222,7 +240,7 @@ def _load_payload(blob: bytes, state_size: int, tag: str) -> dict:
     try:
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         entities, rnn = payload["entities"], payload["rnn"]
-        sizes_ok = all(len(payload[name]) == len(entities) for name in _CHECKPOINTED)
+        sizes_ok = all(len(payload[name]) == len(entities) for name in _CHECKPOINTED if name in payload or name not in _ADDED_LATER)
     except Exception as error:
         raise CheckpointError(f"corrupt checkpoint: {type(error).__name__}: {error}") from None
     if payload.get("tag", "") != tag:

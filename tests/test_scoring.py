@@ -161,3 +161,66 @@ def test_the_margin_never_withholds_an_alert():
     rising = [2.6, 3.3]  # 2.6 + 1.0 would hide the alert-level 3.3: the bar stops at the alert level
     escaped = [z for z in rising if detector._novelty(slot, np.array([z]), np.array([True]))[0] == z]
     assert escaped == rising
+
+
+def _alert_flags(log_scores: list[float], close_after: int = 10) -> list[bool]:
+    """is_anomaly of one entity fed these log scores (a neutral calibration: log score 0 is normal)."""
+    detector = Detector(tiny_model(warmup_steps=0, close_after=close_after))
+    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    return [bool(detector._decide(slot, np.exp([x]), np.zeros(1), np.ones(1))[1][0]) for x in log_scores]
+
+
+def test_a_one_message_blip_is_a_one_message_alert():
+    flags = _alert_flags([0.0] * 50 + [8.0] + [0.0] * 30)
+    assert [i for i, flag in enumerate(flags) if flag] == [50]
+
+
+def test_the_hysteresis_grows_with_the_evidence_up_to_close_after():
+    three = _alert_flags([0.0] * 50 + [8.0] * 3 + [0.0] * 30)
+    assert [i for i, flag in enumerate(three) if flag] == list(range(50, 55)), "3 anomalous messages: closed by the 3rd calm one"
+    dip = _alert_flags([0.0] * 50 + [8.0] * 30 + [0.0] * 9 + [8.0] * 5 + [0.0] * 30, close_after=10)
+    opened = [i for i, flag in enumerate(dip) if flag]
+    assert opened == list(range(50, 103)), "a long anomaly survives a 9-message dip; the 10th calm message closes it"
+
+
+def test_a_checkpoint_from_before_evidence_was_counted_keeps_the_full_hysteresis():
+    import io
+
+    import torch
+
+    detector = Detector(tiny_model(warmup_steps=0, close_after=10))
+    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    for x in [0.0] * 50 + [8.0]:  # a blip: with its evidence counted the next calm message closes it
+        detector._decide(slot, np.exp([x]), np.zeros(1), np.ones(1))
+    payload = torch.load(io.BytesIO(detector.store.export(0)), weights_only=True)
+    del payload["evidence"]  # what the previous version wrote
+    old = io.BytesIO()
+    torch.save(payload, old)
+    restored = Detector(tiny_model(warmup_steps=0, close_after=10))
+    assert restored.store.restore(old.getvalue(), owner=0, now=0.0) == 1
+    slot = restored.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    flags = [bool(restored._decide(slot, np.ones(1), np.zeros(1), np.ones(1))[1][0]) for _ in range(12)]
+    assert flags == [True] * 9 + [False] * 3, "closed by the 10th calm message, as before"
+
+
+def _daily_opens(seasonal_bins: int, days: int = 10, extra_hour: int | None = None) -> list[int]:
+    """Alerts opened per day for a host every 5 minutes whose log score jumps from 0 to 4 every
+    day from 03:00 to 04:00 (a nightly job) and, on the last day only, at ``extra_hour`` too."""
+    detector = Detector(tiny_model(warmup_steps=0, seasonal_bins=seasonal_bins, novelty_halflife=50.0))
+    slot = detector.store.slots_for(["job-host"], np.zeros(1, dtype=np.int32), 0.0)
+    rng = np.random.default_rng(0)
+    opens = [0] * days
+    for t in np.arange(0.0, days * 86400.0, 300.0):
+        day, hour = int(t // 86400), int(t % 86400 // 3600)
+        burst = hour == 3 or (day == days - 1 and hour == extra_hour)
+        log_score = (4.0 if burst else 0.0) + 0.3 * rng.standard_normal()
+        _, _, events = detector._decide(slot, np.exp([log_score]), np.array([t]), np.array([300.0]))
+        opens[day] += events.get(0) == "open"
+    return opens
+
+
+def test_an_error_recurring_every_day_at_the_same_hour_stops_alerting():
+    assert _daily_opens(seasonal_bins=0) == [1] * 10, "without the time-of-day memory: an alert every night"
+    remembered = _daily_opens(seasonal_bins=24, extra_hour=15)
+    assert remembered[0] == 1 and not any(remembered[3:9]), "the nightly job becomes the entity's usual at that hour"
+    assert remembered[9] == 1, "the same error at another hour still alerts"
