@@ -71,4 +71,5 @@ def test_soak_memory_flat_under_entity_churn(kafka_bootstrap, topic_factory, mod
     baseline, peak = warm[0], max(warm)
     growth = (peak - baseline) / baseline
     print(f"soak: {sent[0]} messages over {SOAK_SECONDS:.0f} s; RSS after warm-up {baseline / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB, growth {100 * growth:.1f}%")
+    print("soak RSS (s: MiB):", ", ".join(f"{t:.0f}: {rss / 2**20:.1f}" for t, rss in samples[::3]))  # where any growth happens
     assert growth < 0.05
