@@ -30,6 +30,10 @@ def test_invalid_setting_names_the_field(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTOR_SCORING__FALSE_ALARM_RATE", "2")
     with pytest.raises(SettingsError, match=r"scoring\.false_alarm_rate"):
         load_settings(None)
+    monkeypatch.delenv("DETECTOR_SCORING__FALSE_ALARM_RATE")
+    monkeypatch.setenv("DETECTOR_SCORING__SEASONAL_BINS", "86400")  # 345 KB of state per entity: refused
+    with pytest.raises(SettingsError, match=r"scoring\.seasonal_bins"):
+        load_settings(None)
 
 
 def test_unknown_key_and_bad_toml_are_refused(tmp_path):
