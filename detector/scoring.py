@@ -197,10 +197,10 @@ class Detector:
             reconstruction, new_state = self.model.network.step(x, self.store.rnn[index], torch.from_numpy(timestamps), torch.from_numpy(elapsed))
         self.store.rnn[index] = new_state
         errors = (x - reconstruction).double().numpy() / self.model.residual_scale
-        warming = slots[self.store.fields["steps"][slots] < self.settings.warmup_steps]
-        self.store.fields["error_ewma"][warming] = 0.0  # smoothing starts after the warm-up transient
+        warm = self.store.fields["steps"][slots] >= self.settings.warmup_steps  # past the warm-up transient
+        self.store.fields["error_ewma"][slots[~warm]] = 0.0  # smoothing starts after it
         scores = self._score(slots, errors)
-        probability, is_anomaly, events = self._decide(slots, scores, timestamps, elapsed)
+        probability, is_anomaly, events = self._decide(slots, scores, timestamps, elapsed, warm)
         self.store.fields["last_ts"][slots] = timestamps
         tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
         return scores, probability, is_anomaly, events, tops
@@ -214,17 +214,16 @@ class Detector:
         persistent = np.sqrt(np.mean((smoothed * self._smooth_norm) ** 2, axis=1))
         return np.maximum(instant, persistent)
 
-    def _decide(self, slots: np.ndarray, scores: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
+    def _decide(self, slots: np.ndarray, scores: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
         """Open on the fast likelihood (reported as ``probability``), close on the slow baseline
         after as many calm messages as the alert has had anomalous ones, at most ``close_after``."""
         fields, settings, calibration = self.store.fields, self.settings, self.model.calibration
         log_score = np.log(scores + _TINY)
         steps = fields["steps"][slots]
-        probability = self._likelihood(slots, log_score, steps, self._seasonal(slots, log_score, timestamps, elapsed, steps))
+        probability = self._likelihood(slots, log_score, steps == 0, warm, self._seasonal(slots, log_score, timestamps, elapsed, warm))
         mean, var = fields["base_mean"][slots], fields["base_var"][slots]
         p_fit = _normal_cdf((log_score - calibration.log_mean) / calibration.log_std)
         p_slow = np.minimum(p_fit, _normal_cdf((log_score - mean) / np.sqrt(var)))
-        warm = steps >= settings.warmup_steps
         self._update_baseline(slots, log_score, mean, var, warm, self._drift_rate(elapsed))
         was_open = fields["alert_open"][slots]
         quiet = p_slow < settings.close_probability
@@ -239,16 +238,16 @@ class Detector:
         events.update((i, "close") for i in np.flatnonzero(closing).tolist())
         return probability, is_open, events
 
-    def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, steps: np.ndarray, usual: np.ndarray | None) -> np.ndarray:
+    def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, new: np.ndarray, warm: np.ndarray, usual: np.ndarray | None) -> np.ndarray:
         """Numenta-style anomaly likelihood: a short-term average of the log score judged against
         the entity's longer-term (unclipped) mean and variance of it, against the fit-time
         distribution and, if given, against ``usual`` (the entity's usual log score at this time of
-        day); spikes when a change starts and decays as the long-term statistics adapt.
+        day); spikes when a change starts and decays as the long-term statistics adapt. ``new`` marks
+        an entity's first message (it starts from the calibration), ``warm`` the end of its warm-up.
 
         Monotone in the score for a given entity state (the short average moves with it).
         """
         fields, calibration = self.store.fields, self.model.calibration
-        new = steps == 0  # first message of an entity: start from the calibration
         fast = np.where(new, log_score, fields["fast_mean"][slots])
         mean = np.where(new, calibration.log_mean, fields["long_mean"][slots])
         var = np.where(new, calibration.log_std**2, fields["long_var"][slots])
@@ -261,11 +260,11 @@ class Detector:
         z = np.minimum((fast - mean) / spread, (fast - calibration.log_mean) / (calibration.log_std * self._short_scale))
         if usual is not None:
             z = np.minimum(z, (fast - usual) / spread)
-        return _normal_cdf(self._novelty(slots, z, steps >= self.settings.warmup_steps))
+        return _normal_cdf(self._novelty(slots, z, warm))
 
-    def _seasonal(self, slots: np.ndarray, log_score: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, steps: np.ndarray) -> np.ndarray | None:
+    def _seasonal(self, slots: np.ndarray, log_score: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, warm: np.ndarray) -> np.ndarray | None:
         """The entity's usual log score in the time-of-day bin of each message (before this one),
-        then that memory updated (after warm-up): an exponentially weighted mean with half-life
+        then that memory updated (where ``warm``, after the warm-up): an exponentially weighted mean with half-life
         ``seasonal_halflife_days`` of the bin's own time, so it means the same at any message rate.
         None when ``seasonal_bins`` is 0.
 
@@ -280,7 +279,7 @@ class Detector:
         memory = self.store.fields["seasonal"]
         usual = memory[slots, column].astype(np.float64)
         weight = 1.0 - np.exp2(-np.minimum(elapsed, width) / (self.settings.seasonal_halflife_days * width))
-        weight = np.where(steps >= self.settings.warmup_steps, weight, 0.0)
+        weight = np.where(warm, weight, 0.0)
         memory[slots, column] = usual + weight * (log_score - usual)
         return usual
 

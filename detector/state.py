@@ -50,6 +50,7 @@ _CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] 
 # fresh entity gets, except that an open alert keeps the full hysteresis it had before evidence
 # was counted (evidence 1 << 20).
 _ADDED_LATER = ("evidence", "seasonal")
+_WIDE = ("error_ewma", "seasonal")  # two-dimensional fields: (capacity, width)
 _OLD_EVIDENCE = 1 << 20
 
 
@@ -148,20 +149,16 @@ class EntityStore:
 
     def restore(self, blob: bytes, owner: int, now: float, tag: str = "") -> int:
         """Load states written by :meth:`export` for ``owner``; raises :class:`CheckpointError`."""
-        payload = _load_payload(blob, self.state_size, tag)
-        for name in ("error_ewma", "seasonal"):
-            if name in payload and tuple(payload[name].shape[1:]) != self.fields[name].shape[1:]:
-                raise CheckpointError(f"checkpoint field {name} has shape {tuple(payload[name].shape[1:])}, this model {self.fields[name].shape[1:]}")
+        widths = {name: self.fields[name].shape[1:] for name in _WIDE}
+        payload = _load_payload(blob, self.state_size, tag, widths)
         entities: list[str] = payload["entities"]
         slots = self.slots_for(entities, owner, now)
         self.rnn[torch.from_numpy(slots)] = payload["rnn"]
         for name in _CHECKPOINTED:
             if name in payload:
                 self.fields[name][slots] = payload[name].numpy()
-            elif name == "evidence":
-                self.fields[name][slots] = _OLD_EVIDENCE
-            else:
-                self.fields[name][slots] = self.baseline[0]
+            else:  # a field added after the checkpoint was written
+                self.fields[name][slots] = _OLD_EVIDENCE if name == "evidence" else self._fresh(name)
         return len(entities)
 
     def _make_room(self, incoming: int, protect: Sequence[str]) -> None:
@@ -208,11 +205,20 @@ class EntityStore:
 
     def _reset(self, slot: int) -> None:
         self.rnn[slot] = self.start_state
-        for array in self.fields.values():
-            array[slot] = 0
-        self.fields["base_mean"][slot], self.fields["base_var"][slot] = self.baseline
-        self.fields["seasonal"][slot] = self.baseline[0]
-        self.fields["last_ts"][slot] = -np.inf
+        for name, array in self.fields.items():
+            array[slot] = self._fresh(name)
+
+    def _fresh(self, name: str) -> float:
+        """The value of field ``name`` for an entity never seen before.
+
+        >>> EntityStore(state_size=1, baseline=(-1.0, 0.5))._fresh("base_var")
+        0.5
+        """
+        if name in ("base_mean", "seasonal"):
+            return self.baseline[0]
+        if name == "base_var":
+            return self.baseline[1]
+        return -np.inf if name == "last_ts" else 0
 
     def _remove(self, entity: str) -> None:
         self._free.append(self._index.pop(entity))
@@ -236,7 +242,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def _load_payload(blob: bytes, state_size: int, tag: str) -> dict:
+def _load_payload(blob: bytes, state_size: int, tag: str, widths: dict[str, tuple[int, ...]]) -> dict:
+    """The checkpoint's tensors, checked against this store (``state_size``, ``tag`` and the
+    ``widths`` of its two-dimensional fields); raises :class:`CheckpointError`."""
     try:
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         entities, rnn = payload["entities"], payload["rnn"]
@@ -247,4 +255,7 @@ def _load_payload(blob: bytes, state_size: int, tag: str) -> dict:
         raise CheckpointError(f"checkpoint is for {payload.get('tag')!r}, not {tag!r}")
     if rnn.ndim != 2 or rnn.shape[1] != state_size or rnn.shape[0] != len(entities) or not sizes_ok:
         raise CheckpointError(f"checkpoint shapes do not match this model (state size {state_size})")
+    for name, width in widths.items():
+        if name in payload and tuple(payload[name].shape[1:]) != width:
+            raise CheckpointError(f"checkpoint field {name} has shape {tuple(payload[name].shape[1:])}, this model {width}")
     return payload

@@ -163,11 +163,16 @@ def test_the_margin_never_withholds_an_alert():
     assert escaped == rising
 
 
+def _decide(detector: Detector, slot: np.ndarray, score: float, timestamp: float = 0.0, elapsed: float = 1.0) -> tuple:
+    """One decision for one entity past its warm-up (the tests' models have none): (probability, is_open, events)."""
+    return detector._decide(slot, np.array([score]), np.array([timestamp]), np.array([elapsed]), np.ones(1, dtype=bool))
+
+
 def _alert_flags(log_scores: list[float], close_after: int = 10) -> list[bool]:
     """is_anomaly of one entity fed these log scores (a neutral calibration: log score 0 is normal)."""
     detector = Detector(tiny_model(warmup_steps=0, close_after=close_after))
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    return [bool(detector._decide(slot, np.exp([x]), np.zeros(1), np.ones(1))[1][0]) for x in log_scores]
+    return [bool(_decide(detector, slot, np.exp(x))[1][0]) for x in log_scores]
 
 
 def test_a_one_message_blip_is_a_one_message_alert():
@@ -191,7 +196,7 @@ def test_a_checkpoint_from_before_evidence_was_counted_keeps_the_full_hysteresis
     detector = Detector(tiny_model(warmup_steps=0, close_after=10))
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
     for x in [0.0] * 50 + [8.0]:  # a blip: with its evidence counted the next calm message closes it
-        detector._decide(slot, np.exp([x]), np.zeros(1), np.ones(1))
+        _decide(detector, slot, np.exp(x))
     payload = torch.load(io.BytesIO(detector.store.export(0)), weights_only=True)
     del payload["evidence"]  # what the previous version wrote
     old = io.BytesIO()
@@ -199,7 +204,7 @@ def test_a_checkpoint_from_before_evidence_was_counted_keeps_the_full_hysteresis
     restored = Detector(tiny_model(warmup_steps=0, close_after=10))
     assert restored.store.restore(old.getvalue(), owner=0, now=0.0) == 1
     slot = restored.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    flags = [bool(restored._decide(slot, np.ones(1), np.zeros(1), np.ones(1))[1][0]) for _ in range(12)]
+    flags = [bool(_decide(restored, slot, 1.0)[1][0]) for _ in range(12)]
     assert flags == [True] * 9 + [False] * 3, "closed by the 10th calm message, as before"
 
 
@@ -214,7 +219,7 @@ def _daily_opens(seasonal_bins: int, days: int = 10, extra_hour: int | None = No
         day, hour = int(t // 86400), int(t % 86400 // 3600)
         burst = hour == 3 or (day == days - 1 and hour == extra_hour)
         log_score = (4.0 if burst else 0.0) + 0.3 * rng.standard_normal()
-        _, _, events = detector._decide(slot, np.exp([log_score]), np.array([t]), np.array([300.0]))
+        _, _, events = _decide(detector, slot, np.exp(log_score), t, elapsed=300.0)
         opens[day] += events.get(0) == "open"
     return opens
 

@@ -1,0 +1,86 @@
+"""The per-entity state store: fresh slots, checkpoint round trips and refused checkpoints."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from detector.state import CheckpointError, EntityStore
+
+BASELINE = (-0.5, 0.25)
+
+
+def _store(state_size: int = 3, seasonal_bins: int = 4, n_features: int = 2, max_entities: int = 10) -> EntityStore:
+    return EntityStore(state_size, BASELINE, max_entities=max_entities, n_features=n_features, seasonal_bins=seasonal_bins)
+
+
+def _busy_store() -> EntityStore:
+    """Two entities of owner 0 whose every field holds something a fresh entity would not."""
+    store = _store()
+    slots = store.slots_for(["a", "b"], owner=0, now=0.0)
+    store.rnn[torch.from_numpy(slots)] = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    for name, array in store.fields.items():
+        if name not in ("last_seen", "owner"):
+            array[slots] = np.arange(1, 3).reshape(-1, *([1] * (array.ndim - 1))).astype(array.dtype)
+    return store
+
+
+def test_a_reused_slot_starts_as_a_new_entity():
+    store = _busy_store()
+    store.max_entities = 2
+    slot = store.slots_for(["c"], owner=0, now=1.0)  # evicts "a" and takes its slot
+    fields = {name: store.fields[name][slot[0]] for name in ("base_mean", "base_var", "seasonal", "last_ts", "steps", "alert_open", "error_ewma")}
+    assert fields["base_mean"] == BASELINE[0] and fields["base_var"] == BASELINE[1]
+    assert (fields["seasonal"] == np.float32(BASELINE[0])).all() and (fields["error_ewma"] == 0).all()
+    assert fields["last_ts"] == -np.inf and fields["steps"] == 0 and not fields["alert_open"]
+
+
+def test_a_checkpoint_restores_every_field_exactly():
+    source = _busy_store()
+    target = _store()
+    assert target.restore(source.export(owner=0, tag="v1"), owner=5, now=0.0, tag="v1") == 2
+    for entity in ("a", "b"):
+        s, t = source.slot_of(entity), target.slot_of(entity)
+        assert torch.equal(source.rnn[s], target.rnn[t])
+        for name, array in source.fields.items():
+            if name not in ("last_seen", "owner"):
+                assert np.array_equal(array[s], target.fields[name][t]), name
+        assert target.fields["owner"][t] == 5
+
+
+def _without(blob: bytes, *names: str) -> bytes:
+    payload = torch.load(io.BytesIO(blob), weights_only=True)
+    for name in names:
+        del payload[name]
+    out = io.BytesIO()
+    torch.save(payload, out)
+    return out.getvalue()
+
+
+def test_a_checkpoint_from_before_the_time_of_day_memory_restores_it_fresh():
+    target = _store()
+    target.restore(_without(_busy_store().export(owner=0), "seasonal", "evidence"), owner=0, now=0.0)
+    slot = target.slot_of("b")
+    assert (target.fields["seasonal"][slot] == np.float32(BASELINE[0])).all()
+    assert target.fields["steps"][slot] == 2, "the fields it has are restored"
+
+
+@pytest.mark.parametrize(
+    ("blob", "store", "tag", "message"),
+    [
+        (b"not a checkpoint", _store(), "", "corrupt checkpoint"),
+        (_busy_store().export(owner=0, tag="model-1"), _store(), "model-2", "is for 'model-1'"),
+        (_busy_store().export(owner=0), _store(state_size=4), "", "state size 4"),
+        (_busy_store().export(owner=0), _store(seasonal_bins=24), "", "field seasonal has shape"),
+        (_busy_store().export(owner=0), _store(n_features=3), "", "field error_ewma has shape"),
+        (_without(_busy_store().export(owner=0), "peak"), _store(), "", "corrupt checkpoint"),
+    ],
+    ids=["garbage", "other-tag", "state-size", "seasonal-bins", "features", "missing-field"],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing(blob, store, tag, message):
+    with pytest.raises(CheckpointError, match=message):
+        store.restore(blob, owner=0, now=0.0, tag=tag)
+    assert len(store) == 0
