@@ -104,7 +104,9 @@ def fit_tables(
         "fit_settings": fit.model_dump(),
         "model_settings": model_settings.model_dump(mode="json"),
     }
-    model = replace(draft, calibration=calibration, version=version_id(network, features), info=info)
+    every_row = np.concatenate([s.values for s in series])
+    feature_range = np.stack([every_row.min(axis=0), every_row.max(axis=0)])
+    model = replace(draft, calibration=calibration, version=version_id(network, features), info=info, feature_range=feature_range)
     return model, FitHistory(train_loss, val_loss, heldout, best_epoch)
 
 

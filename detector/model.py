@@ -226,6 +226,7 @@ class FittedModel:
     scoring: dict[str, Any]
     version: str
     info: dict[str, Any] = field(default_factory=dict)
+    feature_range: np.ndarray | None = None  # (2, features): the fit data's minimum and maximum (None: fitted before it was kept)
 
 
 class ModelError(RuntimeError):
@@ -247,6 +248,7 @@ def save_model(model: FittedModel, directory: Path) -> Path:
         "calibration": asdict(model.calibration),
         "scoring": model.scoring,
         "info": model.info,
+        "feature_range": None if model.feature_range is None else model.feature_range.tolist(),
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2))
     return directory
@@ -277,6 +279,7 @@ def load_model(directory: Path | str, features: list[str] | None = None) -> Fitt
             scoring=dict(meta["scoring"]),
             version=str(meta["version"]),
             info=dict(meta.get("info", {})),
+            feature_range=None if meta.get("feature_range") is None else np.asarray(meta["feature_range"], dtype=np.float64).reshape(2, -1),
         )
     except ModelError:
         raise

@@ -4,7 +4,11 @@
 so a backtest means what production does.
 
 * score: root-mean-square of the per-feature reconstruction error, each feature's error
-  divided by its fit-time residual scale (about 1 on normal data; >= 0, higher is worse);
+  divided by its fit-time residual scale (about 1 on normal data; >= 0, higher is worse),
+  raised to at least an alert-level score for a message beyond its entity's range by more than
+  ``range_tolerance`` of the range's width (a level never seen before; the range starts at the
+  fit data's and widens with every message). The entity's statistics below learn from the
+  reconstruction score alone;
 * probability: a Numenta-style anomaly likelihood -- a short-term average of the log score
   (half-life ``likelihood_short_halflife``) judged against the entity's long-term, unclipped
   mean/variance of it (``likelihood_long_halflife``), against the fit-time held-out
@@ -109,6 +113,7 @@ class Detector:
         self.model = model
         self.settings = ScoringSettings(**model.scoring)
         calibration = model.calibration
+        self._range_tolerance = self.settings.range_tolerance if model.feature_range is not None else math.inf
         self.store = EntityStore(
             model.network.state_size,
             baseline=(calibration.log_mean, calibration.log_std**2),
@@ -117,6 +122,7 @@ class Detector:
             n_features=len(model.features),
             start_state=model.network.initial_state(1)[0],
             seasonal_bins=self.settings.seasonal_bins,
+            start_range=_standardised_range(model),
         )
         self._alpha = 1.0 - 2.0 ** (-1.0 / self.settings.drift_halflife)
         self._beta = 1.0 - 2.0 ** (-1.0 / self.settings.smoothing_halflife)
@@ -126,6 +132,9 @@ class Detector:
         self._peak_decay = 2.0 ** (-1.0 / self.settings.novelty_halflife)
         # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
         self._short_scale = math.sqrt(self._gamma / (2.0 - self._gamma)) if self.settings.likelihood_short_scaled else 1.0
+        # a value beyond its range by the tolerance scores this many fit-time standard deviations above the
+        # calibration's median: its short-term average alone reaches the alert level
+        self._range_z = self.settings.open_z / self._gamma
         self._mean = model.feature_mean.astype(np.float32)
         self._scale = model.feature_scale.astype(np.float32)
 
@@ -189,8 +198,8 @@ class Detector:
     def _step(self, slots: np.ndarray, values: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
         """One batched step of distinct entities' slots: (scores, probabilities, is_anomaly, events
         and top features by position in the step)."""
-        raw = values.astype(np.float32)
-        x = torch.from_numpy((raw - self._mean) / self._scale)
+        standardised = (values.astype(np.float32) - self._mean) / self._scale
+        x = torch.from_numpy(standardised)
         index = torch.from_numpy(slots)
         elapsed = self._elapsed(slots, timestamps)
         with torch.inference_mode():
@@ -199,11 +208,17 @@ class Detector:
         errors = (x - reconstruction).double().numpy() / self.model.residual_scale
         warm = self.store.fields["steps"][slots] >= self.settings.warmup_steps  # past the warm-up transient
         self.store.fields["error_ewma"][slots[~warm]] = 0.0  # smoothing starts after it
+        beyond = self._beyond_range(slots, standardised)
         scores = self._score(slots, errors)
-        probability, is_anomaly, events = self._decide(slots, scores, timestamps, elapsed, warm)
+        judged = self._with_range(scores, beyond)
+        probability, is_anomaly, events = self._decide(slots, scores, judged, timestamps, elapsed, warm)
         self.store.fields["last_ts"][slots] = timestamps
-        tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
-        return scores, probability, is_anomaly, events, tops
+        if judged is None:
+            tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
+            return scores, probability, is_anomaly, events, tops
+        out_of_range = judged > scores
+        tops = {i: self._top(beyond[i] if out_of_range[i] else errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
+        return judged, probability, is_anomaly, events, tops
 
     def _score(self, slots: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """max(RMS of this error, RMS of the smoothed error): spikes and small persistent shifts."""
@@ -214,16 +229,23 @@ class Detector:
         persistent = np.sqrt(np.mean((smoothed * self._smooth_norm) ** 2, axis=1))
         return np.maximum(instant, persistent)
 
-    def _decide(self, slots: np.ndarray, scores: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
+    def _decide(self, slots: np.ndarray, scores: np.ndarray, judged: np.ndarray | None, timestamps: np.ndarray, elapsed: np.ndarray,
+                warm: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
         """Open on the fast likelihood (reported as ``probability``), close on the slow baseline
-        after as many calm messages as the alert has had anomalous ones, at most ``close_after``."""
+        after as many calm messages as the alert has had anomalous ones, at most ``close_after``.
+
+        ``judged`` (None: ``scores``) is what this message is judged by, ``scores`` what the
+        entity's statistics learn from: a value beyond its range is judged anomalous without
+        teaching the statistics that its score is usual."""
         fields, settings, calibration = self.store.fields, self.settings, self.model.calibration
         log_score = np.log(scores + _TINY)
+        log_judged = log_score if judged is None else np.log(judged + _TINY)
         steps = fields["steps"][slots]
-        probability = self._likelihood(slots, log_score, steps == 0, warm, self._seasonal(slots, log_score, timestamps, elapsed, warm))
+        usual = self._seasonal(slots, log_score, timestamps, elapsed, warm)
+        probability = self._likelihood(slots, log_score, log_judged, steps == 0, warm, usual)
         mean, var = fields["base_mean"][slots], fields["base_var"][slots]
-        p_fit = _normal_cdf((log_score - calibration.log_mean) / calibration.log_std)
-        p_slow = np.minimum(p_fit, _normal_cdf((log_score - mean) / np.sqrt(var)))
+        p_fit = _normal_cdf((log_judged - calibration.log_mean) / calibration.log_std)
+        p_slow = np.minimum(p_fit, _normal_cdf((log_judged - mean) / np.sqrt(var)))
         self._update_baseline(slots, log_score, mean, var, warm, self._drift_rate(elapsed))
         was_open = fields["alert_open"][slots]
         quiet = p_slow < settings.close_probability
@@ -238,29 +260,35 @@ class Detector:
         events.update((i, "close") for i in np.flatnonzero(closing).tolist())
         return probability, is_open, events
 
-    def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, new: np.ndarray, warm: np.ndarray, usual: np.ndarray | None) -> np.ndarray:
+    def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, log_judged: np.ndarray, new: np.ndarray, warm: np.ndarray,
+                    usual: np.ndarray | None) -> np.ndarray:
         """Numenta-style anomaly likelihood: a short-term average of the log score judged against
         the entity's longer-term (unclipped) mean and variance of it, against the fit-time
         distribution and, if given, against ``usual`` (the entity's usual log score at this time of
         day); spikes when a change starts and decays as the long-term statistics adapt. ``new`` marks
         an entity's first message (it starts from the calibration), ``warm`` the end of its warm-up.
+        The message is judged by ``log_judged``; the statistics (and the novelty peak) learn ``log_score``.
 
         Monotone in the score for a given entity state (the short average moves with it).
         """
         fields, calibration = self.store.fields, self.model.calibration
-        fast = np.where(new, log_score, fields["fast_mean"][slots])
+        before = np.where(new, log_score, fields["fast_mean"][slots])
         mean = np.where(new, calibration.log_mean, fields["long_mean"][slots])
         var = np.where(new, calibration.log_std**2, fields["long_var"][slots])
-        fast = fast + self._gamma * (log_score - fast)
         spread = np.sqrt(var) * self._short_scale
+
+        def z_of(fast: np.ndarray) -> np.ndarray:
+            z = np.minimum((fast - mean) / spread, (fast - calibration.log_mean) / (calibration.log_std * self._short_scale))
+            return z if usual is None else np.minimum(z, (fast - usual) / spread)
+
+        fast = before + self._gamma * (log_score - before)
+        learned = z_of(fast)
+        judged = learned if log_judged is log_score else z_of(before + self._gamma * (log_judged - before))
         delta = log_score - mean
         fields["fast_mean"][slots] = fast
         fields["long_mean"][slots] = mean + self._delta * delta
         fields["long_var"][slots] = np.maximum((1 - self._delta) * (var + self._delta * delta**2), _MIN_VAR)
-        z = np.minimum((fast - mean) / spread, (fast - calibration.log_mean) / (calibration.log_std * self._short_scale))
-        if usual is not None:
-            z = np.minimum(z, (fast - usual) / spread)
-        return _normal_cdf(self._novelty(slots, z, warm))
+        return _normal_cdf(self._novelty(slots, judged, learned, warm))
 
     def _seasonal(self, slots: np.ndarray, log_score: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, warm: np.ndarray) -> np.ndarray | None:
         """The entity's usual log score in the time-of-day bin of each message (before this one),
@@ -283,7 +311,7 @@ class Detector:
         memory[slots, column] = usual + weight * (log_score - usual)
         return usual
 
-    def _novelty(self, slots: np.ndarray, z: np.ndarray, warm: np.ndarray) -> np.ndarray:
+    def _novelty(self, slots: np.ndarray, z: np.ndarray, learned: np.ndarray, warm: np.ndarray) -> np.ndarray:
         """Discount ``z`` by ``novelty_discount`` unless it exceeds the entity's decaying recent peak.
 
         An event is reported by the message that first reaches its level, not by every message while
@@ -291,14 +319,38 @@ class Detector:
         discount raises the peak to its z plus ``novelty_margin``, so an event rising over several
         messages is reported once -- but never above the alert level, so the margin cannot withhold
         an alert. Still monotone in ``z`` for a given state (the discount only applies below the
-        peak). The peak decays with ``novelty_halflife`` and ignores the warm-up transient.
+        peak). The peak decays with ``novelty_halflife`` and ignores the warm-up transient. It
+        learns from ``learned`` (``z`` without the range check), so a value beyond its range does
+        not hide the alerts that follow it.
         """
         peak = self.store.fields["peak"][slots]
         novel = z > peak
-        bar = np.minimum(z + self.settings.novelty_margin, np.maximum(z, self.settings.open_z))
-        raised = np.maximum(np.where(novel, bar, z), peak * self._peak_decay)
+        bar = np.minimum(learned + self.settings.novelty_margin, np.maximum(learned, self.settings.open_z))
+        raised = np.maximum(np.where(learned > peak, bar, learned), peak * self._peak_decay)
         self.store.fields["peak"][slots] = np.where(warm, raised, peak)
         return np.where(novel, z, z - self.settings.novelty_discount)
+
+    def _beyond_range(self, slots: np.ndarray, standardised: np.ndarray) -> np.ndarray:
+        """How far each value lies beyond its entity's range, in widths of that range (0 inside),
+        per feature; then the range widened to include it."""
+        low, high = self.store.fields["range_low"][slots], self.store.fields["range_high"][slots]
+        beyond = np.maximum(np.maximum(standardised - high, low - standardised), 0.0) / np.maximum(high - low, _TINY)
+        self.store.fields["range_low"][slots] = np.minimum(low, standardised)
+        self.store.fields["range_high"][slots] = np.maximum(high, standardised)
+        return beyond
+
+    def _with_range(self, scores: np.ndarray, beyond: np.ndarray) -> np.ndarray | None:
+        """The scores raised for messages beyond their range by more than ``range_tolerance``
+        (None when there is none): such a message scores ``_range_z`` fit-time standard deviations
+        above the calibration's median at the tolerance, proportionally more further out (up to 4x)."""
+        widths = np.sqrt(np.mean(beyond**2, axis=1)) if beyond.shape[1] else np.zeros(len(beyond))  # across features, as the score
+        out_of_range = widths > self._range_tolerance
+        if not out_of_range.any():
+            return None
+        calibration = self.model.calibration
+        grade = np.clip(widths / max(self._range_tolerance, _TINY), 1.0, 4.0)
+        range_score = np.exp(calibration.log_mean + calibration.log_std * self._range_z * grade)
+        return np.where(out_of_range, np.maximum(scores, range_score), scores)
 
     def _drift_rate(self, elapsed: np.ndarray) -> np.ndarray:
         """Weight of this message in the drift baseline: half-life ``drift_halflife`` messages or
@@ -349,6 +401,14 @@ def waves(entities: Sequence[str]) -> list[np.ndarray]:
     order = np.argsort(rank, kind="stable")
     boundaries = np.flatnonzero(np.diff(rank[order])) + 1
     return np.split(order, boundaries) if len(entities) else []
+
+
+def _standardised_range(model: FittedModel) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fit data's range of each feature in the network's (standardised) units; None if unknown."""
+    if model.feature_range is None:
+        return None
+    low, high = (model.feature_range - model.feature_mean) / model.feature_scale
+    return low.astype(np.float32), high.astype(np.float32)
 
 
 def _normal_cdf(z: np.ndarray) -> np.ndarray:

@@ -44,13 +44,14 @@ FIELDS: dict[str, type] = {
     "owner": np.int32,  # partition (or other owner id) the entity's messages come from
 }
 # plus "error_ewma": (capacity, features) float64, the smoothed per-feature reconstruction error,
-# and "seasonal": (capacity, bins) float32, the entity's usual log score in each time-of-day bin
-_CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] + ["error_ewma", "seasonal"]
+# "seasonal": (capacity, bins) float32, the entity's usual log score in each time-of-day bin, and
+# "range_low"/"range_high": (capacity, features) float32, the range of standardised values it has shown
+_WIDE = ("error_ewma", "seasonal", "range_low", "range_high")  # two-dimensional fields: (capacity, width)
+_CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] + list(_WIDE)
 # Fields added after checkpoints were first written; a checkpoint without one restores what a
 # fresh entity gets, except that an open alert keeps the full hysteresis it had before evidence
 # was counted (evidence 1 << 20).
-_ADDED_LATER = ("evidence", "seasonal")
-_WIDE = ("error_ewma", "seasonal")  # two-dimensional fields: (capacity, width)
+_ADDED_LATER = ("evidence", "seasonal", "range_low", "range_high")
 _OLD_EVIDENCE = 1 << 20
 
 
@@ -71,6 +72,7 @@ class EntityStore:
         n_features: int = 1,
         start_state: torch.Tensor | None = None,
         seasonal_bins: int = 0,
+        start_range: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.state_size, self.baseline = state_size, baseline
         self.max_entities, self.ttl_s = max_entities, ttl_s
@@ -79,6 +81,12 @@ class EntityStore:
         self.fields = {name: np.zeros(capacity, dtype=kind) for name, kind in FIELDS.items()}
         self.fields["error_ewma"] = np.zeros((capacity, n_features))  # smoothed per-feature error
         self.fields["seasonal"] = np.zeros((capacity, seasonal_bins), dtype=np.float32)  # usual log score per time-of-day bin
+        # where a new entity's range starts (the fit data's); unbounded when unknown
+        self.start_range = start_range or (np.full(n_features, -np.inf, np.float32), np.full(n_features, np.inf, np.float32))
+        for name in ("range_low", "range_high"):
+            self.fields[name] = np.zeros((capacity, n_features), dtype=np.float32)
+        self._fresh_values = {"base_mean": baseline[0], "seasonal": baseline[0], "base_var": baseline[1], "last_ts": -np.inf,
+                              "range_low": self.start_range[0], "range_high": self.start_range[1]}
         self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self.evictions = {"ttl": 0, "capacity": 0}
@@ -208,17 +216,13 @@ class EntityStore:
         for name, array in self.fields.items():
             array[slot] = self._fresh(name)
 
-    def _fresh(self, name: str) -> float:
+    def _fresh(self, name: str) -> float | np.ndarray:
         """The value of field ``name`` for an entity never seen before.
 
         >>> EntityStore(state_size=1, baseline=(-1.0, 0.5))._fresh("base_var")
         0.5
         """
-        if name in ("base_mean", "seasonal"):
-            return self.baseline[0]
-        if name == "base_var":
-            return self.baseline[1]
-        return -np.inf if name == "last_ts" else 0
+        return self._fresh_values.get(name, 0)
 
     def _remove(self, entity: str) -> None:
         self._free.append(self._index.pop(entity))

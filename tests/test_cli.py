@@ -1,6 +1,7 @@
 """`detector fit` then `detector score` on a SKAB valve1 file: the output contract."""
 
 import csv
+import json
 
 import pytest
 
@@ -31,6 +32,12 @@ def test_fit_writes_a_complete_model_dir(workspace):
     names = {p.name for p in (root / "model").iterdir()}
     assert {"weights.pt", "model.json", "report.png"} <= names
     assert (root / "model" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (root / "train.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    features = [name for name in rows[0] if name not in ("timestamp", "entity")]
+    low, high = json.loads((root / "model" / "model.json").read_text())["feature_range"]
+    assert low == [min(float(r[f]) for r in rows) for f in features], "the fit data's range, for the range check"
+    assert high == [max(float(r[f]) for r in rows) for f in features]
 
 
 def test_score_output_contract_and_determinism(workspace):

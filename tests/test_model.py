@@ -82,7 +82,7 @@ def test_batched_step_equals_single_steps():
 
 
 def test_save_load_roundtrip(tmp_path):
-    model = tiny_model()
+    model = tiny_model(feature_range=([-1.0, 0.0], [2.0, 5.5]))
     save_model(model, tmp_path / "m")
     loaded = load_model(tmp_path / "m", features=["a", "b"])
     assert loaded.version == model.version and loaded.features == ["a", "b"]
@@ -90,6 +90,7 @@ def test_save_load_roundtrip(tmp_path):
     state = loaded.network.initial_state(1)
     assert torch.equal(loaded.network.step(x, state)[0], model.network.step(x, state)[0])
     np.testing.assert_array_equal(loaded.residual_scale, model.residual_scale)
+    np.testing.assert_array_equal(loaded.feature_range, model.feature_range)
 
 
 def test_feature_mismatch_is_refused(tmp_path):
@@ -154,6 +155,7 @@ def test_models_written_before_time_context_still_load(tmp_path):
     save_model(tiny_model(), tmp_path / "m")
     meta_path = tmp_path / "m" / "model.json"
     meta = json.loads(meta_path.read_text())
-    del meta["architecture"]["periods"]
+    del meta["architecture"]["periods"], meta["feature_range"]
     meta_path.write_text(json.dumps(meta))
-    assert load_model(tmp_path / "m").network.architecture.periods == ()
+    loaded = load_model(tmp_path / "m")
+    assert loaded.network.architecture.periods == () and loaded.feature_range is None, "no range check without the fit data's range"

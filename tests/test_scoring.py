@@ -1,5 +1,7 @@
 """The scoring engine: one step function, whatever the batching; calibrated, drifting, hysteretic."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -151,7 +153,7 @@ def test_an_event_rising_over_several_messages_is_reported_once(margin, reported
     detector = Detector(tiny_model(novelty_margin=margin, novelty_discount=3.0))
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
     rising = [1.5, 2.0, 2.4, 2.7]  # sub-alert z-scores of consecutive messages; 2.7 exceeds 1.5 + 1.0
-    escaped = [i for i, z in enumerate(rising) if detector._novelty(slot, np.array([z]), np.array([True]))[0] == z]
+    escaped = [i for i, z in enumerate(rising) if detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]))[0] == z]
     assert escaped == reported
 
 
@@ -159,13 +161,13 @@ def test_the_margin_never_withholds_an_alert():
     detector = Detector(tiny_model(novelty_margin=1.0, false_alarm_rate=1e-3))  # alert level: z >= 3.09
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
     rising = [2.6, 3.3]  # 2.6 + 1.0 would hide the alert-level 3.3: the bar stops at the alert level
-    escaped = [z for z in rising if detector._novelty(slot, np.array([z]), np.array([True]))[0] == z]
+    escaped = [z for z in rising if detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]))[0] == z]
     assert escaped == rising
 
 
 def _decide(detector: Detector, slot: np.ndarray, score: float, timestamp: float = 0.0, elapsed: float = 1.0) -> tuple:
     """One decision for one entity past its warm-up (the tests' models have none): (probability, is_open, events)."""
-    return detector._decide(slot, np.array([score]), np.array([timestamp]), np.array([elapsed]), np.ones(1, dtype=bool))
+    return detector._decide(slot, np.array([score]), None, np.array([timestamp]), np.array([elapsed]), np.ones(1, dtype=bool))
 
 
 def _alert_flags(log_scores: list[float], close_after: int = 10) -> list[bool]:
@@ -229,3 +231,33 @@ def test_an_error_recurring_every_day_at_the_same_hour_stops_alerting():
     remembered = _daily_opens(seasonal_bins=24, extra_hour=15)
     assert remembered[0] == 1 and not any(remembered[3:9]), "the nightly job becomes the entity's usual at that hour"
     assert remembered[9] == 1, "the same error at another hour still alerts"
+
+
+def _ranged_pair() -> tuple[Detector, Detector]:
+    """Two detectors of a model fitted on values in [0, 1]: with the range check, and without it."""
+    def make(tolerance: float) -> Detector:
+        return Detector(tiny_model(feature_range=([0.0, 0.0], [1.0, 1.0]), warmup_steps=0, range_tolerance=tolerance))
+    return make(0.05), make(math.inf)
+
+
+def test_a_level_never_seen_before_alerts_without_teaching_the_entity_it_is_usual():
+    checked, unchecked = _ranged_pair()
+    rng = np.random.default_rng(0)
+    for t, values in enumerate(rng.uniform(0.0, 1.0, (200, 2)).tolist()):
+        assert checked.score_one("pump", values, float(t)) == unchecked.score_one("pump", values, float(t)), "inside the range: no difference"
+    breach = checked.score_one("pump", [0.5, 1.5], 200.0)  # feature b half its range's width beyond it
+    plain = unchecked.score_one("pump", [0.5, 1.5], 200.0)
+    assert breach.event == "open" and breach.top_features[0][0] == "b", "alerts, naming the feature out of range"
+    assert plain.event is None and breach.score > plain.score and breach.probability > plain.probability
+    learned = ("fast_mean", "long_mean", "long_var", "base_mean", "base_var", "peak", "seasonal", "error_ewma", "range_low", "range_high")
+    for name in learned:
+        assert np.array_equal(checked.store.fields[name], unchecked.store.fields[name]), f"{name}: the statistics learn the reconstruction score only"
+    again, again_plain = (d.score_one("pump", [0.5, 1.5], 201.0) for d in (checked, unchecked))
+    assert (again.score, again.probability) == (again_plain.score, again_plain.probability), "the level now belongs to the range"
+
+
+def test_the_range_check_combines_features_as_the_score_does():
+    checked, _ = _ranged_pair()
+    one_feature, both = np.array([[0.0, 0.06]]), np.array([[0.06, 0.06]])  # widths beyond the range
+    assert checked._with_range(np.ones(1), one_feature) is None, "root mean square 0.042: within the 5 % tolerance"
+    assert checked._with_range(np.ones(1), both)[0] > checked.model.calibration.threshold_score

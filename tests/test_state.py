@@ -14,7 +14,8 @@ BASELINE = (-0.5, 0.25)
 
 
 def _store(state_size: int = 3, seasonal_bins: int = 4, n_features: int = 2, max_entities: int = 10) -> EntityStore:
-    return EntityStore(state_size, BASELINE, max_entities=max_entities, n_features=n_features, seasonal_bins=seasonal_bins)
+    start_range = (np.full(n_features, -1.0, np.float32), np.full(n_features, 2.0, np.float32))
+    return EntityStore(state_size, BASELINE, max_entities=max_entities, n_features=n_features, seasonal_bins=seasonal_bins, start_range=start_range)
 
 
 def _busy_store() -> EntityStore:
@@ -32,10 +33,11 @@ def test_a_reused_slot_starts_as_a_new_entity():
     store = _busy_store()
     store.max_entities = 2
     slot = store.slots_for(["c"], owner=0, now=1.0)  # evicts "a" and takes its slot
-    fields = {name: store.fields[name][slot[0]] for name in ("base_mean", "base_var", "seasonal", "last_ts", "steps", "alert_open", "error_ewma")}
+    fields = {name: store.fields[name][slot[0]] for name in ("base_mean", "base_var", "seasonal", "last_ts", "steps", "alert_open", "error_ewma", "range_low", "range_high")}
     assert fields["base_mean"] == BASELINE[0] and fields["base_var"] == BASELINE[1]
     assert (fields["seasonal"] == np.float32(BASELINE[0])).all() and (fields["error_ewma"] == 0).all()
     assert fields["last_ts"] == -np.inf and fields["steps"] == 0 and not fields["alert_open"]
+    assert fields["range_low"].tolist() == [-1.0, -1.0] and fields["range_high"].tolist() == [2.0, 2.0], "the fit data's range"
 
 
 def test_a_checkpoint_restores_every_field_exactly():
@@ -60,11 +62,12 @@ def _without(blob: bytes, *names: str) -> bytes:
     return out.getvalue()
 
 
-def test_a_checkpoint_from_before_the_time_of_day_memory_restores_it_fresh():
+def test_a_checkpoint_from_before_the_time_of_day_memory_and_the_range_restores_them_fresh():
     target = _store()
-    target.restore(_without(_busy_store().export(owner=0), "seasonal", "evidence"), owner=0, now=0.0)
+    target.restore(_without(_busy_store().export(owner=0), "seasonal", "evidence", "range_low", "range_high"), owner=0, now=0.0)
     slot = target.slot_of("b")
     assert (target.fields["seasonal"][slot] == np.float32(BASELINE[0])).all()
+    assert target.fields["range_low"][slot].tolist() == [-1.0, -1.0] and target.fields["range_high"][slot].tolist() == [2.0, 2.0]
     assert target.fields["steps"][slot] == 2, "the fields it has are restored"
 
 
