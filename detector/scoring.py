@@ -332,8 +332,14 @@ class Detector:
 
     def _beyond_range(self, slots: np.ndarray, standardised: np.ndarray) -> np.ndarray:
         """How far each value lies beyond its entity's range, in widths of that range (0 inside),
-        per feature; then the range widened to include it."""
+        per feature; then the range widened to include it. An unknown range (NaN: restored from a
+        checkpoint written before ranges were kept) becomes the fit data's range plus this value."""
         low, high = self.store.fields["range_low"][slots], self.store.fields["range_high"][slots]
+        unknown = np.isnan(low)
+        if unknown.any():
+            start_low, start_high = self.store.start_range
+            low = np.where(unknown, np.minimum(start_low, standardised), low)
+            high = np.where(unknown, np.maximum(start_high, standardised), high)
         beyond = np.maximum(np.maximum(standardised - high, low - standardised), 0.0) / np.maximum(high - low, _TINY)
         self.store.fields["range_low"][slots] = np.minimum(low, standardised)
         self.store.fields["range_high"][slots] = np.maximum(high, standardised)

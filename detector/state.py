@@ -50,9 +50,10 @@ _WIDE = ("error_ewma", "seasonal", "range_low", "range_high")  # two-dimensional
 _CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] + list(_WIDE)
 # Fields added after checkpoints were first written; a checkpoint without one restores what a
 # fresh entity gets, except that an open alert keeps the full hysteresis it had before evidence
-# was counted (evidence 1 << 20).
+# was counted (evidence 1 << 20) and the range is unknown (NaN: the entity has wandered since the
+# fit, so its next message completes the fit data's range instead of being judged by it).
 _ADDED_LATER = ("evidence", "seasonal", "range_low", "range_high")
-_OLD_EVIDENCE = 1 << 20
+_RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.nan}
 
 
 class CheckpointError(ValueError):
@@ -166,7 +167,7 @@ class EntityStore:
             if name in payload:
                 self.fields[name][slots] = payload[name].numpy()
             else:  # a field added after the checkpoint was written
-                self.fields[name][slots] = _OLD_EVIDENCE if name == "evidence" else self._fresh(name)
+                self.fields[name][slots] = _RESTORED_WITHOUT.get(name, self._fresh(name))
         return len(entities)
 
     def _make_room(self, incoming: int, protect: Sequence[str]) -> None:

@@ -261,3 +261,23 @@ def test_the_range_check_combines_features_as_the_score_does():
     one_feature, both = np.array([[0.0, 0.06]]), np.array([[0.06, 0.06]])  # widths beyond the range
     assert checked._with_range(np.ones(1), one_feature) is None, "root mean square 0.042: within the 5 % tolerance"
     assert checked._with_range(np.ones(1), both)[0] > checked.model.calibration.threshold_score
+
+
+def test_after_an_upgrade_an_entity_is_not_alerted_for_where_it_wandered_before_ranges_were_kept():
+    import io
+
+    import torch
+
+    checked, _ = _ranged_pair()
+    for t in range(50):
+        checked.score_one("pump", [0.5, 0.5], float(t))
+    payload = torch.load(io.BytesIO(checked.store.export(0)), weights_only=True)
+    del payload["range_low"], payload["range_high"]  # what the previous version wrote
+    old = io.BytesIO()
+    torch.save(payload, old)
+    upgraded, unchecked = _ranged_pair()
+    for detector in (upgraded, unchecked):
+        detector.store.restore(old.getvalue(), owner=0, now=0.0)
+    wandered = [d.score_one("pump", [0.5, 1.5], 50.0) for d in (upgraded, unchecked)]
+    assert wandered[0] == wandered[1], "its first message completes the fit data's range instead of being judged by it"
+    assert upgraded.score_one("pump", [0.5, 2.5], 51.0).score > unchecked.score_one("pump", [0.5, 2.5], 51.0).score, "then the range is known"
