@@ -260,9 +260,10 @@ def main() -> int:
     entities, per_entity = (2_000, 10) if quick else (10_000, 20)
     say(f"== profile ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, batches of {BATCH:,}")
     model_dir = args.model or c.fit_default_model(**({"max_epochs": 3} if quick else {}))
+    from detector.demo import FEATURES
     from detector.model import load_model
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, features=list(FEATURES))  # refused if the workload's messages would all be dead letters
     raw = workload(entities, per_entity)
     hot_path(model, raw[: 5 * BATCH])  # warm-up
 
