@@ -113,7 +113,6 @@ class Detector:
         self.model = model
         self.settings = ScoringSettings(**model.scoring)
         calibration = model.calibration
-        self._range_tolerance = self.settings.range_tolerance if model.feature_range is not None else math.inf
         self.store = EntityStore(
             model.network.state_size,
             baseline=(calibration.log_mean, calibration.log_std**2),
@@ -213,12 +212,10 @@ class Detector:
         judged = self._with_range(scores, beyond)
         probability, is_anomaly, events = self._decide(slots, scores, judged, timestamps, elapsed, warm)
         self.store.fields["last_ts"][slots] = timestamps
-        if judged is None:
-            tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
-            return scores, probability, is_anomaly, events, tops
-        out_of_range = judged > scores
-        tops = {i: self._top(beyond[i] if out_of_range[i] else errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
-        return judged, probability, is_anomaly, events, tops
+        if judged is not None:  # name the features out of range where the range decided the score
+            errors, scores = np.where((judged > scores)[:, None], beyond, errors), judged
+        tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
+        return scores, probability, is_anomaly, events, tops
 
     def _score(self, slots: np.ndarray, errors: np.ndarray) -> np.ndarray:
         """max(RMS of this error, RMS of the smoothed error): spikes and small persistent shifts."""
@@ -333,7 +330,8 @@ class Detector:
     def _beyond_range(self, slots: np.ndarray, standardised: np.ndarray) -> np.ndarray:
         """How far each value lies beyond its entity's range, in widths of that range (0 inside),
         per feature; then the range widened to include it. An unknown range (NaN: restored from a
-        checkpoint written before ranges were kept) becomes the fit data's range plus this value."""
+        checkpoint written before ranges were kept) becomes the fit data's range plus this value.
+        Without a fit range (a model fitted before ranges were kept) the range is unbounded: 0."""
         low, high = self.store.fields["range_low"][slots], self.store.fields["range_high"][slots]
         unknown = np.isnan(low)
         if unknown.any():
@@ -349,12 +347,13 @@ class Detector:
         """The scores raised for messages beyond their range by more than ``range_tolerance``
         (None when there is none): such a message scores ``_range_z`` fit-time standard deviations
         above the calibration's median at the tolerance, proportionally more further out (up to 4x)."""
-        widths = np.sqrt(np.mean(beyond**2, axis=1)) if beyond.shape[1] else np.zeros(len(beyond))  # across features, as the score
-        out_of_range = widths > self._range_tolerance
+        widths = np.sqrt(np.mean(beyond**2, axis=1))  # across features, as the score
+        tolerance = self.settings.range_tolerance
+        out_of_range = widths > tolerance
         if not out_of_range.any():
             return None
         calibration = self.model.calibration
-        grade = np.clip(widths / max(self._range_tolerance, _TINY), 1.0, 4.0)
+        grade = np.clip(widths / max(tolerance, _TINY), 1.0, 4.0)
         range_score = np.exp(calibration.log_mean + calibration.log_std * self._range_z * grade)
         return np.where(out_of_range, np.maximum(scores, range_score), scores)
 

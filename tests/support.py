@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DETECTOR_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -54,3 +56,13 @@ def write_config(path: Path, **sections: dict) -> Path:
             lines.append(f"{key} = {shown}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def checkpoint_without(blob: bytes, *fields: str) -> bytes:
+    """A state checkpoint (``EntityStore.export``) as an older version wrote it: without ``fields``."""
+    payload = torch.load(io.BytesIO(blob), weights_only=True)
+    for name in fields:
+        del payload[name]
+    out = io.BytesIO()
+    torch.save(payload, out)
+    return out.getvalue()

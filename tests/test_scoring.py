@@ -11,7 +11,7 @@ from detector.schema import Observation, observations_from_table, read_csv
 from detector.scoring import Detector, waves
 from detector.testing import tiny_model
 
-from support import QUICK_FIT, synthetic_csv
+from support import QUICK_FIT, checkpoint_without, synthetic_csv
 
 
 @pytest.fixture(scope="module")
@@ -191,20 +191,13 @@ def test_the_hysteresis_grows_with_the_evidence_up_to_close_after():
 
 
 def test_a_checkpoint_from_before_evidence_was_counted_keeps_the_full_hysteresis():
-    import io
-
-    import torch
-
     detector = Detector(tiny_model(warmup_steps=0, close_after=10))
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
     for x in [0.0] * 50 + [8.0]:  # a blip: with its evidence counted the next calm message closes it
         _decide(detector, slot, np.exp(x))
-    payload = torch.load(io.BytesIO(detector.store.export(0)), weights_only=True)
-    del payload["evidence"]  # what the previous version wrote
-    old = io.BytesIO()
-    torch.save(payload, old)
+    old = checkpoint_without(detector.store.export(0), "evidence")  # what the previous version wrote
     restored = Detector(tiny_model(warmup_steps=0, close_after=10))
-    assert restored.store.restore(old.getvalue(), owner=0, now=0.0) == 1
+    assert restored.store.restore(old, owner=0, now=0.0) == 1
     slot = restored.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
     flags = [bool(_decide(restored, slot, 1.0)[1][0]) for _ in range(12)]
     assert flags == [True] * 9 + [False] * 3, "closed by the 10th calm message, as before"
@@ -264,20 +257,19 @@ def test_the_range_check_combines_features_as_the_score_does():
 
 
 def test_after_an_upgrade_an_entity_is_not_alerted_for_where_it_wandered_before_ranges_were_kept():
-    import io
-
-    import torch
-
     checked, _ = _ranged_pair()
     for t in range(50):
         checked.score_one("pump", [0.5, 0.5], float(t))
-    payload = torch.load(io.BytesIO(checked.store.export(0)), weights_only=True)
-    del payload["range_low"], payload["range_high"]  # what the previous version wrote
-    old = io.BytesIO()
-    torch.save(payload, old)
+    old = checkpoint_without(checked.store.export(0), "range_low", "range_high")  # what the previous version wrote
     upgraded, unchecked = _ranged_pair()
     for detector in (upgraded, unchecked):
-        detector.store.restore(old.getvalue(), owner=0, now=0.0)
+        detector.store.restore(old, owner=0, now=0.0)
     wandered = [d.score_one("pump", [0.5, 1.5], 50.0) for d in (upgraded, unchecked)]
     assert wandered[0] == wandered[1], "its first message completes the fit data's range instead of being judged by it"
     assert upgraded.score_one("pump", [0.5, 2.5], 51.0).score > unchecked.score_one("pump", [0.5, 2.5], 51.0).score, "then the range is known"
+
+
+def test_a_model_fitted_before_ranges_were_kept_gets_no_range_check():
+    without_range, switched_off = Detector(tiny_model()), Detector(tiny_model(range_tolerance=math.inf))
+    for t, values in enumerate([[0.5, 0.5]] * 20 + [[1e6, -1e6]]):
+        assert without_range.score_one("pump", values, float(t)) == switched_off.score_one("pump", values, float(t))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
 
 from detector.state import CheckpointError, EntityStore
+
+from support import checkpoint_without
 
 BASELINE = (-0.5, 0.25)
 
@@ -53,18 +53,9 @@ def test_a_checkpoint_restores_every_field_exactly():
         assert target.fields["owner"][t] == 5
 
 
-def _without(blob: bytes, *names: str) -> bytes:
-    payload = torch.load(io.BytesIO(blob), weights_only=True)
-    for name in names:
-        del payload[name]
-    out = io.BytesIO()
-    torch.save(payload, out)
-    return out.getvalue()
-
-
 def test_a_checkpoint_from_before_the_time_of_day_memory_and_the_range_restores_them_fresh_or_unknown():
     target = _store()
-    target.restore(_without(_busy_store().export(owner=0), "seasonal", "evidence", "range_low", "range_high"), owner=0, now=0.0)
+    target.restore(checkpoint_without(_busy_store().export(owner=0), "seasonal", "evidence", "range_low", "range_high"), owner=0, now=0.0)
     slot = target.slot_of("b")
     assert (target.fields["seasonal"][slot] == np.float32(BASELINE[0])).all()
     assert np.isnan(target.fields["range_low"][slot]).all() and np.isnan(target.fields["range_high"][slot]).all(), "unknown: the scorer completes it"
@@ -80,7 +71,7 @@ def test_a_checkpoint_from_before_the_time_of_day_memory_and_the_range_restores_
         (_busy_store().export(owner=0), _store(state_size=4), "", "state size 4"),
         (_busy_store().export(owner=0), _store(seasonal_bins=24), "", "field seasonal has shape"),
         (_busy_store().export(owner=0), _store(n_features=3), "", "field error_ewma has shape"),
-        (_without(_busy_store().export(owner=0), "peak"), _store(), "", "corrupt checkpoint"),
+        (checkpoint_without(_busy_store().export(owner=0), "peak"), _store(), "", "corrupt checkpoint"),
     ],
     ids=["garbage", "other-tag", "state-size", "seasonal-bins", "features", "missing-field"],
 )
