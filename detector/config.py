@@ -56,7 +56,7 @@ class FitSettings(_Section):
 class ScoringSettings(_Section):
     """How a score becomes a probability and an alert decision."""
 
-    false_alarm_rate: float = Field(1e-3, gt=0, lt=0.5, description="Per-message rate at which the likelihood alone exceeds the opening level on normal data; opens an alert when probability >= 1 - rate. Alerts open less often than this, since only messages above the entity's recent peak escape the novelty discount.")
+    false_alarm_rate: float = Field(1e-3, gt=0, lt=0.5, description="Per-message rate at which alerts open on normal data: an alert opens at the probability that this fraction of messages reaches when an entity's log scores follow the fit-time calibration (simulated at start: about 0.92 at 1e-3, 0.98 at 1e-4, 0.99 at 1e-5; above about 2e-3 the level drops below 0.1, into messages the novelty discount holds down, so keep it at or below 1e-3). On a steady stream 1e-3 is about 1.4 false alerts a day per entity reporting once a minute: lower it for large fleets. Also sets the fit-time alert level (score quantile 1 - rate of the held-out data) that a sustained alert's messages must exceed to be marked is_anomaly. Rates below about 1e-5 resolve to the largest of 2 million simulated probabilities.")
     close_probability: float = Field(0.9, gt=0, lt=1, description="An open alert closes once probability stays below this ...")
     close_after: int = Field(10, ge=1, description="... for as many consecutive messages as the alert has had above it (the opening one included), at most this many: a one-message blip is a one-message alert, while an alert with this much evidence needs this many calm messages to close, so a long anomaly does not flap.")
     smoothing_halflife: float = Field(4.0, gt=0, description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.")
@@ -77,12 +77,13 @@ class ScoringSettings(_Section):
 
     @property
     def open_probability(self) -> float:
-        """Probability at or above which an alert opens."""
+        """1 - ``false_alarm_rate``: the fit-time probability (of the calibration) at the alert level.
+        Alerts open on the likelihood at :attr:`detector.scoring.Detector.threshold`, its simulated counterpart."""
         return 1.0 - self.false_alarm_rate
 
     @property
     def open_z(self) -> float:
-        """Standard-normal z-score of the opening probability (3.09 at the default rate).
+        """Standard-normal z-score of :attr:`open_probability` (3.09 at the default rate).
 
         >>> round(ScoringSettings().open_z, 2)
         3.09

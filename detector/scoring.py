@@ -18,11 +18,17 @@ so a backtest means what production does.
   discounted by ``novelty_discount`` unless it exceeds the entity's decaying recent peak
   (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to the alert level), so
   an event is reported by its onset, not by every message while it lasts;
-* decision: an alert opens when probability >= 1 - false_alarm_rate (after warm-up) and closes
+* decision: an alert opens when probability reaches :attr:`Detector.threshold` (after warm-up),
+  the level that a fraction ``false_alarm_rate`` of normal messages reaches (simulated, see
+  :func:`null_calibration`), on a message that raises the short-term average (an excursion's
+  onset, not the first calm message after it, whose average still lags), and closes
   after as many consecutive messages whose slow probability is below ``close_probability`` as it
   has had messages above it (the opening one included), at most ``close_after``: hysteresis that
   grows with the evidence, so a one-message blip is a one-message alert and a long anomaly does
-  not flap. The slow probability judges the log score against the fit-time distribution and the
+  not flap. ``is_anomaly`` marks the message that opens an alert and, once the alert is sustained
+  (``close_after`` anomalous messages), each of its messages whose score is beyond the fit-time
+  alert level (``1 - false_alarm_rate`` of the calibration): a burst is reported once, by its
+  onset, while a lasting anomaly is marked for as long as it lasts. The slow probability judges the log score against the fit-time distribution and the
   entity's robust drifting baseline (an exponentially weighted mean/variance with
   ``drift_halflife`` messages or ``drift_halflife_s`` seconds, whichever is shorter, fed deviations
   clipped to ``baseline_clip`` standard deviations), so an alert
@@ -38,6 +44,7 @@ so a backtest means what production does.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -52,10 +59,12 @@ from detector.model import FittedModel
 from detector.schema import Columns, Observation
 from detector.state import EntityStore
 
-__all__ = ["Decision", "Detector", "Outcomes", "waves"]
+__all__ = ["Decision", "Detector", "Outcomes", "NullCalibration", "null_calibration", "waves"]
 
 _MIN_VAR = 1e-2  # floor of the baseline variance of the log score (std 0.1, as the calibration's)
 _TINY = 1e-9
+_NULL_ENTITIES, _NULL_BURN_IN, _NULL_STEPS = 1000, 1000, 2000  # simulated normal entities (see null_calibration)
+_null_calibrations: dict[tuple[str, float, float], NullCalibration] = {}
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more per instance on the hot path
@@ -106,13 +115,18 @@ class Outcomes:
 class Detector:
     """Scores observations of many entities, carrying each entity's state.
 
-    ``max_entities`` and ``ttl_s`` bound the store (see :class:`EntityStore`).
+    ``max_entities`` and ``ttl_s`` bound the store (see :class:`EntityStore`). ``threshold`` is
+    the probability at or above which an alert opens (see :func:`null_calibration`; with
+    ``simulate_null=False``, ``1 - false_alarm_rate`` and a novelty peak starting at 0).
     """
 
-    def __init__(self, model: FittedModel, max_entities: int = 1_000_000, ttl_s: float = math.inf):
+    def __init__(self, model: FittedModel, max_entities: int = 1_000_000, ttl_s: float = math.inf, simulate_null: bool = True):
         self.model = model
         self.settings = ScoringSettings(**model.scoring)
         calibration = model.calibration
+        # the probability at or above which an alert opens, and where a new entity's novelty peak starts
+        null = null_calibration(model) if simulate_null else NullCalibration(self.settings.open_probability, 0.0)
+        self.threshold = null.threshold
         self.store = EntityStore(
             model.network.state_size,
             baseline=(calibration.log_mean, calibration.log_std**2),
@@ -122,6 +136,7 @@ class Detector:
             start_state=model.network.initial_state(1)[0],
             seasonal_bins=self.settings.seasonal_bins,
             start_range=_standardised_range(model),
+            start_peak=null.start_peak,
         )
         self._alpha = 1.0 - 2.0 ** (-1.0 / self.settings.drift_halflife)
         self._beta = 1.0 - 2.0 ** (-1.0 / self.settings.smoothing_halflife)
@@ -136,11 +151,6 @@ class Detector:
         self._range_z = self.settings.open_z / self._gamma
         self._mean = model.feature_mean.astype(np.float32)
         self._scale = model.feature_scale.astype(np.float32)
-
-    @property
-    def threshold(self) -> float:
-        """Probability at or above which an alert opens."""
-        return self.settings.open_probability
 
     def score_one(self, entity: str, values: Sequence[float], timestamp: float = 0.0) -> Decision:
         """Score a single observation (convenience around :meth:`process`)."""
@@ -229,7 +239,10 @@ class Detector:
     def _decide(self, slots: np.ndarray, scores: np.ndarray, judged: np.ndarray | None, timestamps: np.ndarray, elapsed: np.ndarray,
                 warm: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
         """Open on the fast likelihood (reported as ``probability``), close on the slow baseline
-        after as many calm messages as the alert has had anomalous ones, at most ``close_after``.
+        after as many calm messages as the alert has had anomalous ones, at most ``close_after``:
+        (probability, is_anomaly, events). ``is_anomaly`` marks the message that opens an alert and,
+        once the alert is sustained (``close_after`` anomalous messages), each of its messages
+        beyond the fit-time alert level: a short alert is reported by its onset alone.
 
         ``judged`` (None: ``scores``) is what this message is judged by, ``scores`` what the
         entity's statistics learn from: a value beyond its range is judged anomalous without
@@ -239,6 +252,7 @@ class Detector:
         log_judged = log_score if judged is None else np.log(judged + _TINY)
         steps = fields["steps"][slots]
         usual = self._seasonal(slots, log_score, timestamps, elapsed, warm)
+        rising = log_judged > np.where(steps == 0, np.inf, fields["fast_mean"][slots])  # raises the short-term average
         probability = self._likelihood(slots, log_score, log_judged, steps == 0, warm, usual)
         mean, var = fields["base_mean"][slots], fields["base_var"][slots]
         p_fit = _normal_cdf((log_judged - calibration.log_mean) / calibration.log_std)
@@ -248,14 +262,15 @@ class Detector:
         quiet = p_slow < settings.close_probability
         calm = np.where(quiet, fields["calm"][slots] + 1, 0)
         evidence = np.where(was_open, fields["evidence"][slots] + ~quiet, 1)
-        opening = ~was_open & warm & (probability >= settings.open_probability)
+        opening = ~was_open & warm & rising & (probability >= self.threshold)
         closing = was_open & (calm >= np.minimum(settings.close_after, evidence))
         is_open = (was_open | opening) & ~closing
         fields["alert_open"][slots], fields["calm"][slots], fields["steps"][slots] = is_open, np.where(is_open, calm, 0), steps + 1
         fields["evidence"][slots] = np.where(is_open, evidence, 0)
         events: dict[int, Literal["open", "close"]] = {i: "open" for i in np.flatnonzero(opening).tolist()}
         events.update((i, "close") for i in np.flatnonzero(closing).tolist())
-        return probability, is_open, events
+        sustained = is_open & (evidence >= settings.close_after) & (p_fit >= settings.open_probability)
+        return probability, opening | sustained, events
 
     def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, log_judged: np.ndarray, new: np.ndarray, warm: np.ndarray,
                     usual: np.ndarray | None) -> np.ndarray:
@@ -418,3 +433,58 @@ def _standardised_range(model: FittedModel) -> tuple[np.ndarray, np.ndarray] | N
 
 def _normal_cdf(z: np.ndarray) -> np.ndarray:
     return torch.special.ndtr(torch.from_numpy(np.asarray(z, dtype=np.float64))).numpy()
+
+
+
+@dataclass(frozen=True)
+class NullCalibration:
+    """What a simulation of normal data sets: the opening ``threshold`` (probability) and the
+    ``start_peak`` of a new entity's novelty peak (likelihood z-score)."""
+
+    threshold: float
+    start_peak: float
+
+
+def null_calibration(model: FittedModel) -> NullCalibration:
+    """Calibrate ``model``'s alert level on simulated normal data: log scores drawn independently
+    from the fit-time calibration's normal distribution, fed through the detector's own
+    likelihood (short and long averages, novelty discount) for 1,000 entities.
+
+    * ``start_peak``: the median novelty peak of those entities after 1,000 messages, where a
+      normal entity's settles; a new entity starts there, so its first messages are judged as a
+      settled entity's (from 0, every early message above the mean would count as new);
+    * ``threshold``: the probability that a fraction ``false_alarm_rate`` of their next 2,000
+      messages reaches (2 million messages).
+
+    Deterministic (a fixed seed) and computed once per process for given settings and
+    calibration (about a second). The time-of-day memory is left out: it can only lower a
+    message's likelihood, so the level errs towards fewer alerts.
+
+    >>> from detector.testing import tiny_model
+    >>> null = null_calibration(tiny_model())
+    >>> 0.9 < null.threshold < 0.999, 1.5 < null.start_peak < 2.5
+    (True, True)
+    """
+    settings, calibration = ScoringSettings(**model.scoring), model.calibration
+    key = (settings.model_dump_json(), calibration.log_mean, calibration.log_std)
+    if key not in _null_calibrations:
+        _null_calibrations[key] = _simulate_null(model, settings)
+    return _null_calibrations[key]
+
+
+def _simulate_null(model: FittedModel, settings: ScoringSettings) -> NullCalibration:
+    simulator = Detector(model, max_entities=_NULL_ENTITIES, simulate_null=False)
+    n, calibration = _NULL_ENTITIES, model.calibration
+    slots = simulator.store.slots_for([str(i) for i in range(n)], np.zeros(n, dtype=np.int32), 0.0)
+    rng = np.random.default_rng(0)
+    burn_in = settings.warmup_steps + _NULL_BURN_IN
+    probabilities = []
+    for step in range(burn_in + _NULL_STEPS):
+        log_score = calibration.log_mean + calibration.log_std * rng.standard_normal(n)
+        warm = np.full(n, step >= settings.warmup_steps)
+        probability = simulator._likelihood(slots, log_score, log_score, np.full(n, step == 0), warm, None)
+        if step == burn_in - 1:
+            start_peak = float(np.median(simulator.store.fields["peak"][slots]))
+        if step >= burn_in:
+            probabilities.append(probability)
+    return NullCalibration(float(np.quantile(np.concatenate(probabilities), 1.0 - settings.false_alarm_rate)), start_peak)

@@ -74,6 +74,7 @@ class EntityStore:
         start_state: torch.Tensor | None = None,
         seasonal_bins: int = 0,
         start_range: tuple[np.ndarray, np.ndarray] | None = None,
+        start_peak: float = 0.0,
     ):
         self.state_size, self.baseline = state_size, baseline
         self.max_entities, self.ttl_s = max_entities, ttl_s
@@ -87,7 +88,7 @@ class EntityStore:
         for name in ("range_low", "range_high"):
             self.fields[name] = np.zeros((capacity, n_features), dtype=np.float32)
         self._fresh_values = {"base_mean": baseline[0], "seasonal": baseline[0], "base_var": baseline[1], "last_ts": -np.inf,
-                              "range_low": self.start_range[0], "range_high": self.start_range[1]}
+                              "range_low": self.start_range[0], "range_high": self.start_range[1], "peak": start_peak}
         self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self.evictions = {"ttl": 0, "capacity": 0}

@@ -90,7 +90,7 @@ def test_persistent_change_stops_alerting_and_is_one_alert(fitted, tmp_path):
     decisions = Detector(fitted).process(list(observations_from_table(read_csv(path))))
     events = [(i, d.event) for i, d in enumerate(decisions) if d.event]
     flags = np.array([d.is_anomaly for d in decisions])
-    assert events and events[0][1] == "open" and 300 <= events[0][0] < 320, "the shift is detected promptly"
+    assert any(event == "open" and 300 <= i < 320 for i, event in events), "the shift is detected promptly"
     closes = [i for i, e in events if e == "close"]
     assert closes, "a persistent change must stop alerting"
     assert not flags[-1000:].any(), "no alert long after the change has become the new normal"
@@ -152,6 +152,7 @@ def test_daily_context_is_used_only_when_the_fit_covers_a_day_and_keeps_equivale
 def test_an_event_rising_over_several_messages_is_reported_once(margin, reported):
     detector = Detector(tiny_model(novelty_margin=margin, novelty_discount=3.0))
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    detector.store.fields["peak"][slot] = 0.0  # an entity whose recent peak is 0 (a new one starts at a settled entity's)
     rising = [1.5, 2.0, 2.4, 2.7]  # sub-alert z-scores of consecutive messages; 2.7 exceeds 1.5 + 1.0
     escaped = [i for i, z in enumerate(rising) if detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]))[0] == z]
     assert escaped == reported
@@ -160,6 +161,7 @@ def test_an_event_rising_over_several_messages_is_reported_once(margin, reported
 def test_the_margin_never_withholds_an_alert():
     detector = Detector(tiny_model(novelty_margin=1.0, false_alarm_rate=1e-3))  # alert level: z >= 3.09
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    detector.store.fields["peak"][slot] = 0.0
     rising = [2.6, 3.3]  # 2.6 + 1.0 would hide the alert-level 3.3: the bar stops at the alert level
     escaped = [z for z in rising if detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]))[0] == z]
     assert escaped == rising
@@ -170,24 +172,75 @@ def _decide(detector: Detector, slot: np.ndarray, score: float, timestamp: float
     return detector._decide(slot, np.array([score]), None, np.array([timestamp]), np.array([elapsed]), np.ones(1, dtype=bool))
 
 
-def _alert_flags(log_scores: list[float], close_after: int = 10) -> list[bool]:
-    """is_anomaly of one entity fed these log scores (a neutral calibration: log score 0 is normal)."""
+def _alert_run(log_scores: list[float], close_after: int = 10) -> tuple[list[int], list[int]]:
+    """(positions where the alert is open, positions marked is_anomaly) for one entity fed these
+    log scores (a neutral calibration: log score 0 is normal)."""
     detector = Detector(tiny_model(warmup_steps=0, close_after=close_after))
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    return [bool(_decide(detector, slot, np.exp(x))[1][0]) for x in log_scores]
+    is_open, marked = [], []
+    for i, x in enumerate(log_scores):
+        if _decide(detector, slot, np.exp(x))[1][0]:
+            marked.append(i)
+        if detector.store.fields["alert_open"][slot[0]]:
+            is_open.append(i)
+    return is_open, marked
 
 
 def test_a_one_message_blip_is_a_one_message_alert():
-    flags = _alert_flags([0.0] * 50 + [8.0] + [0.0] * 30)
-    assert [i for i, flag in enumerate(flags) if flag] == [50]
+    assert _alert_run([0.0] * 50 + [8.0] + [0.0] * 30) == ([50], [50])
 
 
 def test_the_hysteresis_grows_with_the_evidence_up_to_close_after():
-    three = _alert_flags([0.0] * 50 + [8.0] * 3 + [0.0] * 30)
-    assert [i for i, flag in enumerate(three) if flag] == list(range(50, 55)), "3 anomalous messages: closed by the 3rd calm one"
-    dip = _alert_flags([0.0] * 50 + [8.0] * 30 + [0.0] * 9 + [8.0] * 5 + [0.0] * 30, close_after=10)
-    opened = [i for i, flag in enumerate(dip) if flag]
-    assert opened == list(range(50, 103)), "a long anomaly survives a 9-message dip; the 10th calm message closes it"
+    three, _ = _alert_run([0.0] * 50 + [8.0] * 3 + [0.0] * 30)
+    assert three == list(range(50, 55)), "3 anomalous messages: closed by the 3rd calm one"
+    dip, _ = _alert_run([0.0] * 50 + [8.0] * 30 + [0.0] * 9 + [8.0] * 5 + [0.0] * 30, close_after=10)
+    assert dip == list(range(50, 103)), "a long anomaly survives a 9-message dip; the 10th calm message closes it"
+
+
+def test_a_burst_is_marked_by_its_onset_and_a_sustained_anomaly_while_it_lasts():
+    _, burst = _alert_run([0.0] * 50 + [8.0] * 3 + [0.0] * 30)
+    assert burst == [50], "a short alert: its onset only"
+    _, sustained = _alert_run([0.0] * 50 + [8.0] * 30 + [0.0] * 9 + [8.0] * 5 + [0.0] * 30, close_after=10)
+    expected = [50] + list(range(59, 80)) + list(range(89, 94))
+    assert sustained == expected, "from its 10th anomalous message on, every anomalous one; not the calm ones of the dip"
+    _, weak = _alert_run([0.0] * 50 + [8.0] + [2.5] * 40 + [0.0] * 30, close_after=10)
+    assert weak == [50], "messages below the fit-time alert level are not marked, however long the alert"
+
+
+def test_alerts_open_at_the_false_alarm_rate_on_normal_data():
+    model = tiny_model(warmup_steps=0, seasonal_bins=0)
+    detector, rate = Detector(model), ScoringSettings(**model.scoring).false_alarm_rate
+    assert 0.9 < detector.threshold < 1 - rate, "the novelty discount keeps normal messages below their raw likelihood"
+    slots = detector.store.slots_for([f"e{i}" for i in range(500)], np.zeros(500, dtype=np.int32), 0.0)
+    rng = np.random.default_rng(1)  # other draws than the simulation's
+    reached = []  # per message of the entities' lives: how many of the 500 reached the threshold
+    for _ in range(3000):
+        scores = np.exp(model.calibration.log_mean + model.calibration.log_std * rng.standard_normal(500))
+        probability, _, _ = detector._decide(slots, scores, None, np.zeros(500), np.ones(500), np.ones(500, dtype=bool))
+        reached.append(int((probability >= detector.threshold).sum()))
+    settled = sum(reached[1000:]) / (2000 * 500)
+    assert 0.7 * rate < settled < 1.4 * rate, settled
+    assert sum(reached[:200]) / (200 * 500) < 2 * rate, "a new entity's first messages are judged as a settled one's"
+    stricter = Detector(tiny_model(warmup_steps=0, seasonal_bins=0, false_alarm_rate=rate / 10))
+    assert stricter.threshold > detector.threshold
+
+
+def test_without_the_simulated_start_peak_a_new_entity_alerts_more_often():
+    model = tiny_model(warmup_steps=0, seasonal_bins=0)
+    calibrated = Detector(model)
+    naive = Detector(model, simulate_null=False)
+    naive.threshold = calibrated.threshold  # the same level; only the start of the novelty peak differs
+    counts = []
+    for detector in (calibrated, naive):
+        slots = detector.store.slots_for([f"e{i}" for i in range(500)], np.zeros(500, dtype=np.int32), 0.0)
+        draws = np.random.default_rng(2)
+        opened = 0
+        for _ in range(50):
+            scores = np.exp(draws.standard_normal(500))
+            events = detector._decide(slots, scores, None, np.zeros(500), np.ones(500), np.ones(500, dtype=bool))[2]
+            opened += sum(event == "open" for event in events.values())
+        counts.append(opened)
+    assert calibrated.store._fresh("peak") > 1.0 and counts[0] * 3 < counts[1], counts
 
 
 def test_a_checkpoint_from_before_evidence_was_counted_keeps_the_full_hysteresis():
@@ -199,8 +252,11 @@ def test_a_checkpoint_from_before_evidence_was_counted_keeps_the_full_hysteresis
     restored = Detector(tiny_model(warmup_steps=0, close_after=10))
     assert restored.store.restore(old, owner=0, now=0.0) == 1
     slot = restored.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    flags = [bool(_decide(restored, slot, 1.0)[1][0]) for _ in range(12)]
-    assert flags == [True] * 9 + [False] * 3, "closed by the 10th calm message, as before"
+    still_open = []
+    for _ in range(12):
+        _decide(restored, slot, 1.0)
+        still_open.append(bool(restored.store.fields["alert_open"][slot[0]]))
+    assert still_open == [True] * 9 + [False] * 3, "closed by the 10th calm message, as before"
 
 
 def _daily_opens(seasonal_bins: int, days: int = 10, extra_hour: int | None = None) -> list[int]:
