@@ -28,12 +28,12 @@ so a backtest means what production does.
   not flap. ``is_anomaly`` marks the message that opens an alert and, once the alert is sustained
   (``close_after`` anomalous messages), each of its messages whose score is beyond the fit-time
   alert level (``1 - false_alarm_rate`` of the calibration): a burst is reported once, by its
-  onset, while a lasting anomaly is marked for as long as it lasts. The slow probability judges the log score against the fit-time distribution and the
-  entity's robust drifting baseline (an exponentially weighted mean/variance with
-  ``drift_halflife`` messages or ``drift_halflife_s`` seconds, whichever is shorter, fed deviations
-  clipped to ``baseline_clip`` standard deviations), so an alert
-  stays open while a change lasts but a persistent change stops alerting after a while (a time
-  growing with the logarithm of its size).
+  onset, while a lasting anomaly is marked for as long as it lasts. The slow probability judges
+  the log score against the fit-time distribution and the entity's robust drifting baseline (an
+  exponentially weighted mean/variance with ``drift_halflife`` messages or ``drift_halflife_s``
+  seconds, whichever is shorter, fed deviations clipped to ``baseline_clip`` standard
+  deviations), so an alert stays open while a change lasts but a persistent change stops
+  alerting after a while (a time growing with the logarithm of its size).
 
 >>> from detector.testing import tiny_model
 >>> detector = Detector(tiny_model())
@@ -44,7 +44,6 @@ so a backtest means what production does.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -433,7 +432,6 @@ def _standardised_range(model: FittedModel) -> tuple[np.ndarray, np.ndarray] | N
 
 def _normal_cdf(z: np.ndarray) -> np.ndarray:
     return torch.special.ndtr(torch.from_numpy(np.asarray(z, dtype=np.float64))).numpy()
-
 
 
 @dataclass(frozen=True)
