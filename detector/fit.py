@@ -253,7 +253,7 @@ def _heldout_scores(model: FittedModel, series: list[_Series]) -> np.ndarray:
     """
     keyed = [(i, t, Observation(f"{i}/{s.entity}", s.timestamps[t], s.values[t].tolist())) for i, s in enumerate(series) for t in range(len(s.values))]
     keyed.sort(key=lambda item: item[1])  # stable: series order within a time step
-    decisions = Detector(model).process([obs for _, _, obs in keyed])
+    decisions = Detector(model, simulate_null=False).process([obs for _, _, obs in keyed])  # scores only: no alert level needed
     warmup = model_warmup(model)
     return np.asarray([d.score for (i, t, _), d in zip(keyed, decisions) if t >= max(series[i].split, warmup)])
 

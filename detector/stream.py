@@ -156,11 +156,10 @@ class Service:
 
     def run(self) -> int:
         """Consume until stopped; returns the process exit code (0 on a clean shutdown)."""
-        threshold = self.detector.threshold  # simulated once, before the first message waits for it
         self._connect()
         _freeze_startup_objects()
         log.info("service.start", version=__version__, model_version=self.model.version, topics=self.settings.kafka.input_topics, group=self.settings.kafka.group_id,
-                 alert_probability=round(threshold, 4))
+                 alert_probability=round(self.detector.threshold, 4))
         try:
             while not self._stop.is_set():
                 self._pending.extend(self._poll())

@@ -207,17 +207,23 @@ def test_a_burst_is_marked_by_its_onset_and_a_sustained_anomaly_while_it_lasts()
     assert weak == [50], "messages below the fit-time alert level are not marked, however long the alert"
 
 
+def _normal_messages(detector: Detector, steps: int, seed: int, entities: int = 500):
+    """(probability, events) of each step of ``entities`` new entities fed log scores drawn from
+    the calibration (normal data), past their warm-up."""
+    slots = detector.store.slots_for([f"e{i}" for i in range(entities)], np.zeros(entities, dtype=np.int32), 0.0)
+    draws, calibration = np.random.default_rng(seed), detector.model.calibration
+    for _ in range(steps):
+        scores = np.exp(calibration.log_mean + calibration.log_std * draws.standard_normal(entities))
+        probability, _, events = detector._decide(slots, scores, None, np.zeros(entities), np.ones(entities), np.ones(entities, dtype=bool))
+        yield probability, events
+
+
 def test_alerts_open_at_the_false_alarm_rate_on_normal_data():
     model = tiny_model(warmup_steps=0, seasonal_bins=0)
     detector, rate = Detector(model), ScoringSettings(**model.scoring).false_alarm_rate
     assert 0.9 < detector.threshold < 1 - rate, "the novelty discount keeps normal messages below their raw likelihood"
-    slots = detector.store.slots_for([f"e{i}" for i in range(500)], np.zeros(500, dtype=np.int32), 0.0)
-    rng = np.random.default_rng(1)  # other draws than the simulation's
-    reached = []  # per message of the entities' lives: how many of the 500 reached the threshold
-    for _ in range(3000):
-        scores = np.exp(model.calibration.log_mean + model.calibration.log_std * rng.standard_normal(500))
-        probability, _, _ = detector._decide(slots, scores, None, np.zeros(500), np.ones(500), np.ones(500, dtype=bool))
-        reached.append(int((probability >= detector.threshold).sum()))
+    # per message of the entities' lives: how many of the 500 reached the threshold (other draws than the simulation's)
+    reached = [int((probability >= detector.threshold).sum()) for probability, _ in _normal_messages(detector, 3000, seed=1)]
     settled = sum(reached[1000:]) / (2000 * 500)
     assert 0.7 * rate < settled < 1.4 * rate, settled
     assert sum(reached[:200]) / (200 * 500) < 2 * rate, "a new entity's first messages are judged as a settled one's"
@@ -230,16 +236,8 @@ def test_without_the_simulated_start_peak_a_new_entity_alerts_more_often():
     calibrated = Detector(model)
     naive = Detector(model, simulate_null=False)
     naive.threshold = calibrated.threshold  # the same level; only the start of the novelty peak differs
-    counts = []
-    for detector in (calibrated, naive):
-        slots = detector.store.slots_for([f"e{i}" for i in range(500)], np.zeros(500, dtype=np.int32), 0.0)
-        draws = np.random.default_rng(2)
-        opened = 0
-        for _ in range(50):
-            scores = np.exp(draws.standard_normal(500))
-            events = detector._decide(slots, scores, None, np.zeros(500), np.ones(500), np.ones(500, dtype=bool))[2]
-            opened += sum(event == "open" for event in events.values())
-        counts.append(opened)
+    counts = [sum(event == "open" for _, events in _normal_messages(detector, 50, seed=2) for event in events.values())
+              for detector in (calibrated, naive)]
     assert calibrated.store._fresh("peak") > 1.0 and counts[0] * 3 < counts[1], counts
 
 
