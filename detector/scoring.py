@@ -7,8 +7,8 @@ so a backtest means what production does.
   divided by its fit-time residual scale (about 1 on normal data; >= 0, higher is worse),
   raised to at least an alert-level score for a message beyond its entity's range by more than
   ``range_tolerance`` of the range's width (a level never seen before; the range starts at the
-  fit data's and widens with every message). The entity's statistics below learn from the
-  reconstruction score alone;
+  fit data's and absorbs ``range_absorb`` of each message's excess, so a new level stands out
+  for a few messages). The entity's statistics below learn from the reconstruction score alone;
 * probability: a Numenta-style anomaly likelihood -- a short-term average of the log score
   (half-life ``likelihood_short_halflife``) judged against the entity's long-term, unclipped
   mean/variance of it (``likelihood_long_halflife``), against the fit-time held-out
@@ -16,8 +16,9 @@ so a backtest means what production does.
   so an error recurring daily at the same hour stops alerting), the smallest of the three; it
   spikes when a change starts and decays as the entity's statistics adapt. Its z-score is
   discounted by ``novelty_discount`` unless it exceeds the entity's decaying recent peak
-  (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to the alert level), so
-  an event is reported by its onset, not by every message while it lasts;
+  (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to ``open_z``) and
+  raises the short-term average, so an event is reported by its onset, not by every message
+  while it lasts nor by the calm after it;
 * decision: an alert opens when probability reaches :attr:`Detector.threshold` (after warm-up),
   the level that a fraction ``false_alarm_rate`` of normal messages reaches (simulated, see
   :func:`null_calibration`), on a message that raises the short-term average (an excursion's
@@ -252,7 +253,7 @@ class Detector:
         steps = fields["steps"][slots]
         usual = self._seasonal(slots, log_score, timestamps, elapsed, warm)
         rising = log_judged > np.where(steps == 0, np.inf, fields["fast_mean"][slots])  # raises the short-term average
-        probability = self._likelihood(slots, log_score, log_judged, steps == 0, warm, usual)
+        probability = self._likelihood(slots, log_score, log_judged, steps == 0, warm, usual, rising)
         mean, var = fields["base_mean"][slots], fields["base_var"][slots]
         p_fit = _normal_cdf((log_judged - calibration.log_mean) / calibration.log_std)
         p_slow = np.minimum(p_fit, _normal_cdf((log_judged - mean) / np.sqrt(var)))
@@ -272,13 +273,15 @@ class Detector:
         return probability, opening | sustained, events
 
     def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, log_judged: np.ndarray, new: np.ndarray, warm: np.ndarray,
-                    usual: np.ndarray | None) -> np.ndarray:
+                    usual: np.ndarray | None, rising: np.ndarray | None = None) -> np.ndarray:
         """Numenta-style anomaly likelihood: a short-term average of the log score judged against
         the entity's longer-term (unclipped) mean and variance of it, against the fit-time
         distribution and, if given, against ``usual`` (the entity's usual log score at this time of
         day); spikes when a change starts and decays as the long-term statistics adapt. ``new`` marks
         an entity's first message (it starts from the calibration), ``warm`` the end of its warm-up.
         The message is judged by ``log_judged``; the statistics (and the novelty peak) learn ``log_score``.
+        ``rising`` (None: all) marks the messages that raise the short-term average; the others are
+        discounted as not novel (see :meth:`_novelty`).
 
         Monotone in the score for a given entity state (the short average moves with it).
         """
@@ -299,7 +302,7 @@ class Detector:
         fields["fast_mean"][slots] = fast
         fields["long_mean"][slots] = mean + self._delta * delta
         fields["long_var"][slots] = np.maximum((1 - self._delta) * (var + self._delta * delta**2), _MIN_VAR)
-        return _normal_cdf(self._novelty(slots, judged, learned, warm))
+        return _normal_cdf(self._novelty(slots, judged, learned, warm, rising))
 
     def _seasonal(self, slots: np.ndarray, log_score: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, warm: np.ndarray) -> np.ndarray | None:
         """The entity's usual log score in the time-of-day bin of each message (before this one),
@@ -322,20 +325,21 @@ class Detector:
         memory[slots, column] = usual + weight * (log_score - usual)
         return usual
 
-    def _novelty(self, slots: np.ndarray, z: np.ndarray, learned: np.ndarray, warm: np.ndarray) -> np.ndarray:
+    def _novelty(self, slots: np.ndarray, z: np.ndarray, learned: np.ndarray, warm: np.ndarray, rising: np.ndarray | None = None) -> np.ndarray:
         """Discount ``z`` by ``novelty_discount`` unless it exceeds the entity's decaying recent peak.
 
         An event is reported by the message that first reaches its level, not by every message while
         it lasts or by its echoes; a larger excursion is reported again. A message that escapes the
         discount raises the peak to its z plus ``novelty_margin``, so an event rising over several
-        messages is reported once -- but never above the alert level, so the margin cannot withhold
-        an alert. Still monotone in ``z`` for a given state (the discount only applies below the
+        messages is reported once -- but never above ``open_z`` (the z of ``1 - false_alarm_rate``),
+        so the margin cannot withhold an excursion beyond that. Still monotone in ``z`` for a given state (the discount only applies below the
         peak). The peak decays with ``novelty_halflife`` and ignores the warm-up transient. It
         learns from ``learned`` (``z`` without the range check), so a value beyond its range does
-        not hide the alerts that follow it.
+        not hide the alerts that follow it. A message that does not raise the short-term average
+        (``rising`` False: the calm after an event, whose average still lags) is discounted too.
         """
         peak = self.store.fields["peak"][slots]
-        novel = z > peak
+        novel = z > peak if rising is None else (z > peak) & rising
         bar = np.minimum(learned + self.settings.novelty_margin, np.maximum(learned, self.settings.open_z))
         raised = np.maximum(np.where(learned > peak, bar, learned), peak * self._peak_decay)
         self.store.fields["peak"][slots] = np.where(warm, raised, peak)
@@ -343,9 +347,11 @@ class Detector:
 
     def _beyond_range(self, slots: np.ndarray, standardised: np.ndarray) -> np.ndarray:
         """How far each value lies beyond its entity's range, in widths of that range (0 inside),
-        per feature; then the range widened to include it. An unknown range (NaN: restored from a
-        checkpoint written before ranges were kept) becomes the fit data's range plus this value.
-        Without a fit range (a model fitted before ranges were kept) the range is unbounded: 0."""
+        per feature; then the range widened by ``range_absorb`` of that excess (at 0.5, a level half
+        the range's width beyond it stands out by 0.5, 0.2 and 0.09 widths on its first three
+        messages). An unknown range (NaN: restored from a checkpoint written before ranges were
+        kept) becomes the fit data's range plus this value. Without a fit range (a model fitted
+        before ranges were kept) the range is unbounded: 0."""
         low, high = self.store.fields["range_low"][slots], self.store.fields["range_high"][slots]
         unknown = np.isnan(low)
         if unknown.any():
@@ -353,8 +359,9 @@ class Detector:
             low = np.where(unknown, np.minimum(start_low, standardised), low)
             high = np.where(unknown, np.maximum(start_high, standardised), high)
         beyond = np.maximum(np.maximum(standardised - high, low - standardised), 0.0) / np.maximum(high - low, _TINY)
-        self.store.fields["range_low"][slots] = np.minimum(low, standardised)
-        self.store.fields["range_high"][slots] = np.maximum(high, standardised)
+        absorb = self.settings.range_absorb
+        self.store.fields["range_low"][slots] = low - absorb * np.maximum(low - standardised, 0.0)
+        self.store.fields["range_high"][slots] = high + absorb * np.maximum(standardised - high, 0.0)
         return beyond
 
     def _with_range(self, scores: np.ndarray, beyond: np.ndarray) -> np.ndarray | None:
