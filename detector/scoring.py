@@ -332,8 +332,8 @@ class Detector:
         it lasts or by its echoes; a larger excursion is reported again. A message that escapes the
         discount raises the peak to its z plus ``novelty_margin``, so an event rising over several
         messages is reported once -- but never above ``open_z`` (the z of ``1 - false_alarm_rate``),
-        so the margin cannot withhold an excursion beyond that. Still monotone in ``z`` for a given state (the discount only applies below the
-        peak). The peak decays with ``novelty_halflife`` and ignores the warm-up transient. It
+        so the margin cannot withhold an excursion beyond that. Still monotone in ``z`` for a given
+        state (the discount only applies below the peak). The peak decays with ``novelty_halflife`` and ignores the warm-up transient. It
         learns from ``learned`` (``z`` without the range check), so a value beyond its range does
         not hide the alerts that follow it. A message that does not raise the short-term average
         (``rising`` False: the calm after an event, whose average still lags) is discounted too.
