@@ -333,9 +333,9 @@ class Detector:
         discount raises the peak to its z plus ``novelty_margin``, so an event rising over several
         messages is reported once -- but never above ``open_z`` (the z of ``1 - false_alarm_rate``),
         so the margin cannot withhold an excursion beyond that. Still monotone in ``z`` for a given
-        state (the discount only applies below the peak). The peak decays with ``novelty_halflife`` and ignores the warm-up transient. It
-        learns from ``learned`` (``z`` without the range check), so a value beyond its range does
-        not hide the alerts that follow it. A message that does not raise the short-term average
+        state (the discount only applies below the peak). The peak decays with ``novelty_halflife``
+        and ignores the warm-up transient. It learns from ``learned`` (``z`` without the range
+        check), so a value beyond its range does not hide the alerts that follow it. A message that does not raise the short-term average
         (``rising`` False: the calm after an event, whose average still lags) is discounted too.
         """
         peak = self.store.fields["peak"][slots]
@@ -358,10 +358,11 @@ class Detector:
             start_low, start_high = self.store.start_range
             low = np.where(unknown, np.minimum(start_low, standardised), low)
             high = np.where(unknown, np.maximum(start_high, standardised), high)
-        beyond = np.maximum(np.maximum(standardised - high, low - standardised), 0.0) / np.maximum(high - low, _TINY)
+        above, below = np.maximum(standardised - high, 0.0), np.maximum(low - standardised, 0.0)
+        beyond = np.maximum(above, below) / np.maximum(high - low, _TINY)
         absorb = self.settings.range_absorb
-        self.store.fields["range_low"][slots] = low - absorb * np.maximum(low - standardised, 0.0)
-        self.store.fields["range_high"][slots] = high + absorb * np.maximum(standardised - high, 0.0)
+        self.store.fields["range_low"][slots] = low - absorb * below
+        self.store.fields["range_high"][slots] = high + absorb * above
         return beyond
 
     def _with_range(self, scores: np.ndarray, beyond: np.ndarray) -> np.ndarray | None:

@@ -259,17 +259,23 @@ def test_a_checkpoint_from_before_evidence_was_counted_keeps_the_full_hysteresis
     assert still_open == [True] * 9 + [False] * 3, "closed by the 10th calm message, as before"
 
 
-def _daily_opens(seasonal_bins: int, days: int = 10, extra_hour: int | None = None) -> list[int]:
-    """Alerts opened per day for a host every 5 minutes whose log score jumps from 0 to 4 every
-    day from 03:00 to 04:00 (a nightly job) and, on the last day only, at ``extra_hour`` too."""
+def _nightly_job(seasonal_bins: int, days: int = 10, extra_hour: int | None = None):
+    """(detector, slot, day, timestamp, log score) of each message, for the caller to decide, of a
+    host reporting every 5 minutes whose log score jumps from 0 to 4 every day from 03:00 to 04:00
+    (a nightly job) and, on the last day only, at ``extra_hour`` too."""
     detector = Detector(tiny_model(warmup_steps=0, seasonal_bins=seasonal_bins, novelty_halflife=50.0))
     slot = detector.store.slots_for(["job-host"], np.zeros(1, dtype=np.int32), 0.0)
     rng = np.random.default_rng(0)
-    opens = [0] * days
     for t in np.arange(0.0, days * 86400.0, 300.0):
         day, hour = int(t // 86400), int(t % 86400 // 3600)
         burst = hour == 3 or (day == days - 1 and hour == extra_hour)
-        log_score = (4.0 if burst else 0.0) + 0.3 * rng.standard_normal()
+        yield detector, slot, day, float(t), (4.0 if burst else 0.0) + 0.3 * rng.standard_normal()
+
+
+def _daily_opens(seasonal_bins: int, days: int = 10, extra_hour: int | None = None) -> list[int]:
+    """Alerts opened per day for the nightly-job host (see :func:`_nightly_job`)."""
+    opens = [0] * days
+    for detector, slot, day, t, log_score in _nightly_job(seasonal_bins, days, extra_hour):
         _, _, events = _decide(detector, slot, np.exp(log_score), t, elapsed=300.0)
         opens[day] += events.get(0) == "open"
     return opens
@@ -286,12 +292,8 @@ def test_the_calm_after_an_event_is_not_reported_as_news():
     """At 04:00 the nightly job ends: the short-term average still lags and the new hour's memory
     does not expect it, so its likelihood can beat the recent peak -- but the message lowers the
     average, so its probability is discounted like any echo of the event."""
-    detector = Detector(tiny_model(warmup_steps=0, seasonal_bins=24, novelty_halflife=50.0))
-    slot = detector.store.slots_for(["job-host"], np.zeros(1, dtype=np.int32), 0.0)
-    rng = np.random.default_rng(0)
     high = {"rising": 0, "falling": 0}
-    for t in np.arange(0.0, 10 * 86400.0, 300.0):
-        log_score = (4.0 if t % 86400 // 3600 == 3 else 0.0) + 0.3 * rng.standard_normal()
+    for detector, slot, _, t, log_score in _nightly_job(seasonal_bins=24):
         rises = log_score > detector.store.fields["fast_mean"][slot[0]]
         probability = _decide(detector, slot, np.exp(log_score), t, elapsed=300.0)[0][0]
         if probability >= detector.threshold:
