@@ -2,7 +2,7 @@
 
     detector fit --data history.csv --out models/current
     detector score --model models/current --data today.csv --out scores.csv
-    detector evaluate --nab ../shared/data/nab --skab ../shared/data/skab
+    detector evaluate --nab ../shared/data/nab --skab ../shared/data/skab [--seeds 7,8,9]
     detector run --config config.toml
 
 Exit codes: 0 success, 2 bad input (file, settings or model), 1 unexpected failure.
@@ -58,8 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="fit and score benchmark data with its standard protocol")
     evaluate.add_argument("--nab", type=Path, default=None, help="NAB directory (data/, labels/, config/)")
     evaluate.add_argument("--skab", type=Path, default=None, help="SKAB directory (valve1/ ...)")
-    evaluate.add_argument("--limit", type=int, default=None, help="only the first N files of each benchmark")
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N files of each benchmark (of NAB: the first N with a labelled window)")
     evaluate.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    evaluate.add_argument("--seeds", type=_seed_list, default=None,
+                          help="comma-separated fit seeds (e.g. 7,8,9): run once per seed and print the mean too (default: fit.seed only)")
     evaluate.set_defaults(handler=_evaluate)
 
     run = commands.add_parser("run", help="run the streaming service on Kafka")
@@ -110,16 +112,25 @@ def _write_scores(path: Path, table: Table, rows: list[tuple[float, float, bool]
             writer.writerow([table.raw_timestamps[i], *entity, f"{score:.9g}", f"{probability:.9g}", int(flag)])
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds repeat: {text!r}")
+    return seeds
+
+
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from detector.evaluate import evaluate_nab, evaluate_skab, print_results, write_results
+    from detector.evaluate import evaluate, evaluate_seeds, print_results, write_results
 
     if not args.nab and not args.skab:
         raise DataError("<arguments>", "give --nab DIR and/or --skab DIR")
-    results = {}
-    if args.skab:
-        results["skab"] = evaluate_skab(args.skab, settings, limit=args.limit)
-    if args.nab:
-        results["nab"] = evaluate_nab(args.nab, settings, limit=args.limit)
+    if args.seeds:
+        results = evaluate_seeds(settings, args.seeds, args.skab, args.nab, args.limit)
+    else:
+        results = evaluate(settings, args.skab, args.nab, args.limit)
     print_results(results)
     if args.out:
         write_results(results, args.out)

@@ -26,12 +26,13 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_NamedStderrLogger,
         cache_logger_on_first_use=False,
     )
     _route_library_logs(_LEVELS[level], renderer)
@@ -72,6 +73,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class _NamedStderrLogger(structlog.PrintLogger):
+    """Prints to whatever ``sys.stderr`` is when an event is logged (as library records do) and
+    knows its name (``structlog.stdlib.add_logger_name`` adds it to the event)."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(sys.stderr)
+        self.name = name
+
+
 def get_logger(name: str) -> Any:
-    """A bound logger carrying ``logger=name``."""
-    return structlog.get_logger().bind(logger=name)
+    """A logger named ``name``; lazy, so one made at import time (``log = get_logger(__name__)`` in a
+    module imported before :func:`configure_logging`) follows the configuration made later."""
+    return structlog.get_logger(name)

@@ -34,3 +34,17 @@ def test_own_and_library_events_are_json_lines_at_the_configured_level():
 def test_library_info_and_debug_lines_at_debug_level():
     events = [e["event"] for e in _run("debug")]
     assert "socket detail" in events and "Successfully joined group g1" in events
+
+
+def test_a_logger_made_before_configuration_follows_it():
+    # a module-level `log = get_logger(__name__)` is made at import, often before `main` configures
+    # logging: its events must still be JSON lines on stderr, not the default console on stdout
+    code = (
+        "from detector.logs import configure_logging, get_logger\n"
+        "early = get_logger('detector.early')\n"
+        "configure_logging('info', 'json')\n"
+        "early.info('service.start', version='1')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == ""
+    assert [(e["logger"], e["event"], e["version"]) for e in map(json.loads, done.stderr.splitlines())] == [("detector.early", "service.start", "1")]

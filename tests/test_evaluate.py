@@ -1,0 +1,66 @@
+"""`detector evaluate` end to end on the first files of the shared benchmarks (quick fits)."""
+
+import json
+
+import pytest
+
+from detector.cli import main
+
+from support import QUICK_FIT, SHARED_DATA, write_config
+
+NAB, SKAB = SHARED_DATA / "nab", SHARED_DATA / "skab"
+pytestmark = pytest.mark.skipif(not (NAB.is_dir() and SKAB.is_dir()), reason=f"benchmark data not found under {SHARED_DATA}")
+
+
+def _evaluate(directory, name, *extra, seed=7):
+    config = write_config(directory / f"{name}.toml", fit={**QUICK_FIT, "seed": seed})
+    out = directory / f"{name}.json"
+    code = main(["--config", str(config), "evaluate", "--nab", str(NAB), "--skab", str(SKAB), "--limit", "1", "--out", str(out), *extra])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def seed_8(tmp_path_factory):
+    """A plain run (no --seeds) with fit seed 8 in the config, and what it printed."""
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    shown = StringIO()
+    with redirect_stdout(shown):
+        results = _evaluate(tmp_path_factory.mktemp("evaluate"), "seed8", seed=8)
+    return results, shown.getvalue()
+
+
+def test_evaluate_reports_both_benchmarks_on_their_first_files(seed_8):
+    results, shown = seed_8
+    assert results["nab"]["files"] == 1, "--limit 1 takes the first NAB file with a window (the first files have none)"
+    assert results["skab"]["files"] == 1
+    assert set(results["nab"]["profiles"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
+    for row in results["nab"]["profiles"].values():
+        assert -100.0 <= row["as_is"] <= row["optimised"] <= 100.0, "the optimised threshold is at least as good as any other"
+    pooled = results["skab"]["pooled"]
+    assert 0.0 <= pooled["f1"] <= 1.0 and pooled["tp"] + pooled["fn"] > 0
+    assert "SKAB (1 files): F1" in shown and "NAB (1 files)" in shown
+
+
+def test_evaluate_over_seeds_gives_each_seeds_run_and_their_mean(seed_8, tmp_path, capsys):
+    results = _evaluate(tmp_path, "seeds", "--seeds", "7,8")
+    assert list(results["seeds"]) == ["7", "8"]
+    assert results["seeds"]["8"] == seed_8[0], "each seed's run is the plain run with that fit seed"
+    runs = list(results["seeds"].values())
+    for name, row in results["mean"]["nab"]["profiles"].items():
+        for key in ("optimised", "as_is"):
+            assert row[key] == pytest.approx(sum(r["nab"]["profiles"][name][key] for r in runs) / 2)
+    for key in ("f1", "far", "mar"):
+        assert results["mean"]["skab"]["pooled"][key] == pytest.approx(sum(r["skab"]["pooled"][key] for r in runs) / 2)
+    shown = capsys.readouterr().out
+    assert "fit seed 7" in shown and "fit seed 8" in shown and "mean over seeds 7, 8" in shown
+
+
+@pytest.mark.parametrize("seeds", ["7,x", "7,7"])
+def test_evaluate_refuses_a_malformed_seed_list(seeds, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", "--nab", str(NAB), "--seeds", seeds])
+    assert stopped.value.code == 2
+    assert "--seeds" in capsys.readouterr().err
