@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 

@@ -335,8 +335,9 @@ class Detector:
         so the margin cannot withhold an excursion beyond that. Still monotone in ``z`` for a given
         state (the discount only applies below the peak). The peak decays with ``novelty_halflife``
         and ignores the warm-up transient. It learns from ``learned`` (``z`` without the range
-        check), so a value beyond its range does not hide the alerts that follow it. A message that does not raise the short-term average
-        (``rising`` False: the calm after an event, whose average still lags) is discounted too.
+        check), so a value beyond its range does not hide the alerts that follow it. A message
+        that does not raise the short-term average (``rising`` False: the calm after an event,
+        whose average still lags) is discounted too.
         """
         peak = self.store.fields["peak"][slots]
         novel = z > peak if rising is None else (z > peak) & rising

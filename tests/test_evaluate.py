@@ -1,6 +1,8 @@
 """`detector evaluate` end to end on the first files of the shared benchmarks (quick fits)."""
 
 import json
+from contextlib import redirect_stdout
+from io import StringIO
 
 import pytest
 
@@ -23,9 +25,6 @@ def _evaluate(directory, name, *extra, seed=7):
 @pytest.fixture(scope="module")
 def seed_8(tmp_path_factory):
     """A plain run (no --seeds) with fit seed 8 in the config, and what it printed."""
-    from contextlib import redirect_stdout
-    from io import StringIO
-
     shown = StringIO()
     with redirect_stdout(shown):
         results = _evaluate(tmp_path_factory.mktemp("evaluate"), "seed8", seed=8)
