@@ -16,9 +16,10 @@ so a backtest means what production does.
   so an error recurring daily at the same hour stops alerting), the smallest of the three; it
   spikes when a change starts and decays as the entity's statistics adapt. Its z-score is
   discounted by ``novelty_discount`` unless it exceeds the entity's decaying recent peak
-  (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to ``open_z``) and
-  raises the short-term average, so an event is reported by its onset, not by every message
-  while it lasts nor by the calm after it;
+  (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to ``open_z``, and by
+  one more margin while the entity's alert is open) and raises the short-term average, and a
+  discounted message stays that far below the alert level, so an event is reported by its
+  onset, not by every message while it lasts nor by the calm after it;
 * decision: an alert opens when probability reaches :attr:`Detector.threshold` (after warm-up),
   the level that a fraction ``false_alarm_rate`` of normal messages reaches (simulated, see
   :func:`null_calibration`), on a message that raises the short-term average (an excursion's
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+from statistics import NormalDist
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -127,6 +129,7 @@ class Detector:
         # the probability at or above which an alert opens, and where a new entity's novelty peak starts
         null = null_calibration(model) if simulate_null else NullCalibration(self.settings.open_probability, 0.0)
         self.threshold = null.threshold
+        self._threshold_z = NormalDist().inv_cdf(min(max(null.threshold, _TINY), 1.0 - _TINY))  # its likelihood z-score
         self.store = EntityStore(
             model.network.state_size,
             baseline=(calibration.log_mean, calibration.log_std**2),
@@ -332,19 +335,27 @@ class Detector:
         it lasts or by its echoes; a larger excursion is reported again. A message that escapes the
         discount raises the peak to its z plus ``novelty_margin``, so an event rising over several
         messages is reported once -- but never above ``open_z`` (the z of ``1 - false_alarm_rate``),
-        so the margin cannot withhold an excursion beyond that. Still monotone in ``z`` for a given
-        state (the discount only applies below the peak). The peak decays with ``novelty_halflife``
-        and ignores the warm-up transient. It learns from ``learned`` (``z`` without the range
-        check), so a value beyond its range does not hide the alerts that follow it. A message
-        that does not raise the short-term average (``rising`` False: the calm after an event,
-        whose average still lags) is discounted too.
+        so the margin cannot withhold a new alert beyond that. While the entity's alert is open its
+        event has been reported, so a message must beat the peak by a further ``novelty_margin``:
+        an event rising far beyond the alert level does not escape at every new high (this changes
+        ``probability`` only: alerts open on entities without one). A discounted message is held
+        at least ``novelty_discount`` below the alert level (the z-score of :attr:`threshold`), so
+        one that is not new never reaches it, however large (a huge event's later messages stayed
+        above it, each a false positive for NAB). Still monotone in ``z`` for a given state (the
+        discount only applies below the bar). The peak decays with ``novelty_halflife`` and ignores
+        the warm-up transient. It learns from ``learned`` (``z`` without the range check), so a
+        value beyond its range does not hide the alerts that follow it. A message that does not
+        raise the short-term average (``rising`` False: the calm after an event, whose average
+        still lags) is discounted too.
         """
-        peak = self.store.fields["peak"][slots]
-        novel = z > peak if rising is None else (z > peak) & rising
-        bar = np.minimum(learned + self.settings.novelty_margin, np.maximum(learned, self.settings.open_z))
-        raised = np.maximum(np.where(learned > peak, bar, learned), peak * self._peak_decay)
+        margin, peak = self.settings.novelty_margin, self.store.fields["peak"][slots]
+        bar = peak + np.where(self.store.fields["alert_open"][slots], margin, 0.0)  # an open alert's event is reported
+        novel = z > bar if rising is None else (z > bar) & rising
+        raised = np.where(learned > peak, np.minimum(learned + margin, np.maximum(learned, self.settings.open_z)), learned)
+        raised = np.maximum(raised, peak * self._peak_decay)
         self.store.fields["peak"][slots] = np.where(warm, raised, peak)
-        return np.where(novel, z, z - self.settings.novelty_discount)
+        discount = self.settings.novelty_discount
+        return np.where(novel, z, np.minimum(z, self._threshold_z) - discount) if discount > 0 else z
 
     def _beyond_range(self, slots: np.ndarray, standardised: np.ndarray) -> np.ndarray:
         """How far each value lies beyond its entity's range, in widths of that range (0 inside),
