@@ -48,9 +48,9 @@ from __future__ import annotations
 
 import math
 import time
-from statistics import NormalDist
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
@@ -256,12 +256,12 @@ class Detector:
         steps = fields["steps"][slots]
         usual = self._seasonal(slots, log_score, timestamps, elapsed, warm)
         rising = log_judged > np.where(steps == 0, np.inf, fields["fast_mean"][slots])  # raises the short-term average
-        probability = self._likelihood(slots, log_score, log_judged, steps == 0, warm, usual, rising)
+        was_open = fields["alert_open"][slots]
+        probability = self._likelihood(slots, log_score, log_judged, steps == 0, warm, usual, rising, was_open)
         mean, var = fields["base_mean"][slots], fields["base_var"][slots]
         p_fit = _normal_cdf((log_judged - calibration.log_mean) / calibration.log_std)
         p_slow = np.minimum(p_fit, _normal_cdf((log_judged - mean) / np.sqrt(var)))
         self._update_baseline(slots, log_score, mean, var, warm, self._drift_rate(elapsed))
-        was_open = fields["alert_open"][slots]
         quiet = p_slow < settings.close_probability
         calm = np.where(quiet, fields["calm"][slots] + 1, 0)
         evidence = np.where(was_open, fields["evidence"][slots] + ~quiet, 1)
@@ -276,7 +276,7 @@ class Detector:
         return probability, opening | sustained, events
 
     def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, log_judged: np.ndarray, new: np.ndarray, warm: np.ndarray,
-                    usual: np.ndarray | None, rising: np.ndarray | None = None) -> np.ndarray:
+                    usual: np.ndarray | None, rising: np.ndarray | None = None, alert_open: np.ndarray | None = None) -> np.ndarray:
         """Numenta-style anomaly likelihood: a short-term average of the log score judged against
         the entity's longer-term (unclipped) mean and variance of it, against the fit-time
         distribution and, if given, against ``usual`` (the entity's usual log score at this time of
@@ -284,7 +284,9 @@ class Detector:
         an entity's first message (it starts from the calibration), ``warm`` the end of its warm-up.
         The message is judged by ``log_judged``; the statistics (and the novelty peak) learn ``log_score``.
         ``rising`` (None: all) marks the messages that raise the short-term average; the others are
-        discounted as not novel (see :meth:`_novelty`).
+        discounted as not novel (see :meth:`_novelty`), as are those of entities whose alert is
+        ``alert_open`` (None: none, as in the simulation of normal data) unless they beat the peak
+        by a further margin.
 
         Monotone in the score for a given entity state (the short average moves with it).
         """
@@ -305,7 +307,7 @@ class Detector:
         fields["fast_mean"][slots] = fast
         fields["long_mean"][slots] = mean + self._delta * delta
         fields["long_var"][slots] = np.maximum((1 - self._delta) * (var + self._delta * delta**2), _MIN_VAR)
-        return _normal_cdf(self._novelty(slots, judged, learned, warm, rising))
+        return _normal_cdf(self._novelty(slots, judged, learned, warm, rising, alert_open))
 
     def _seasonal(self, slots: np.ndarray, log_score: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, warm: np.ndarray) -> np.ndarray | None:
         """The entity's usual log score in the time-of-day bin of each message (before this one),
@@ -328,17 +330,19 @@ class Detector:
         memory[slots, column] = usual + weight * (log_score - usual)
         return usual
 
-    def _novelty(self, slots: np.ndarray, z: np.ndarray, learned: np.ndarray, warm: np.ndarray, rising: np.ndarray | None = None) -> np.ndarray:
+    def _novelty(self, slots: np.ndarray, z: np.ndarray, learned: np.ndarray, warm: np.ndarray, rising: np.ndarray | None = None,
+                 alert_open: np.ndarray | None = None) -> np.ndarray:
         """Discount ``z`` by ``novelty_discount`` unless it exceeds the entity's decaying recent peak.
 
         An event is reported by the message that first reaches its level, not by every message while
         it lasts or by its echoes; a larger excursion is reported again. A message that escapes the
         discount raises the peak to its z plus ``novelty_margin``, so an event rising over several
         messages is reported once -- but never above ``open_z`` (the z of ``1 - false_alarm_rate``),
-        so the margin cannot withhold a new alert beyond that. While the entity's alert is open its
-        event has been reported, so a message must beat the peak by a further ``novelty_margin``:
-        an event rising far beyond the alert level does not escape at every new high (this changes
-        ``probability`` only: alerts open on entities without one). A discounted message is held
+        so the margin cannot withhold a new alert beyond that. While the entity's alert is open
+        (``alert_open``, before this message; None: none is) its event has been reported, so a
+        message must beat the peak by a further ``novelty_margin``: an event rising far beyond the
+        alert level does not escape at every new high (this changes ``probability`` only: alerts
+        open on entities without one). A discounted message is held
         at least ``novelty_discount`` below the alert level (the z-score of :attr:`threshold`), so
         one that is not new never reaches it, however large (a huge event's later messages stayed
         above it, each a false positive for NAB). Still monotone in ``z`` for a given state (the
@@ -349,7 +353,7 @@ class Detector:
         still lags) is discounted too.
         """
         margin, peak = self.settings.novelty_margin, self.store.fields["peak"][slots]
-        bar = peak + np.where(self.store.fields["alert_open"][slots], margin, 0.0)  # an open alert's event is reported
+        bar = peak if alert_open is None else peak + np.where(alert_open, margin, 0.0)  # an open alert's event is reported
         novel = z > bar if rising is None else (z > bar) & rising
         raised = np.where(learned > peak, np.minimum(learned + margin, np.maximum(learned, self.settings.open_z)), learned)
         raised = np.maximum(raised, peak * self._peak_decay)
