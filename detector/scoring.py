@@ -19,7 +19,9 @@ so a backtest means what production does.
   (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to ``open_z``, and by
   one more margin while the entity's alert is open) and raises the short-term average, and a
   discounted message stays that far below the alert level, so an event is reported by its
-  onset, not by every message while it lasts nor by the calm after it;
+  onset, not by every message while it lasts nor by the calm after it; a message that escapes
+  is reported beyond the alert level by at most as much as it beats the bar, so its
+  probability says how clearly it is new;
 * decision: an alert opens when probability reaches :attr:`Detector.threshold` (after warm-up),
   the level that a fraction ``false_alarm_rate`` of normal messages reaches (simulated, see
   :func:`null_calibration`), on a message that raises the short-term average (an excursion's
@@ -345,8 +347,13 @@ class Detector:
         open on entities without one). A discounted message is held
         at least ``novelty_discount`` below the alert level (the z-score of :attr:`threshold`), so
         one that is not new never reaches it, however large (a huge event's later messages stayed
-        above it, each a false positive for NAB). Still monotone in ``z`` for a given state (the
-        discount only applies below the bar). The peak decays with ``novelty_halflife`` and ignores
+        above it, each a false positive for NAB). A message that escapes is reported beyond the
+        alert level by at most as much as it beats the bar (``z`` itself where the bar lies below
+        the level): one that barely beats a peak raised by a recent event is barely beyond the
+        level, one that beats it by far is as sure as its ``z``. This grades ``probability`` only
+        (a message reaches the level exactly when it did before), so a threshold above the alert
+        level asks for a clear new high, not only a high ``z``. Still monotone in ``z`` for a given
+        state (the discount only applies below the bar). The peak decays with ``novelty_halflife`` and ignores
         the warm-up transient. It learns from ``learned`` (``z`` without the range check), so a
         value beyond its range does not hide the alerts that follow it. A message that does not
         raise the short-term average (``rising`` False: the calm after an event, whose average
@@ -359,7 +366,10 @@ class Detector:
         raised = np.maximum(raised, peak * self._peak_decay)
         self.store.fields["peak"][slots] = np.where(warm, raised, peak)
         discount = self.settings.novelty_discount
-        return np.where(novel, z, np.minimum(z, self._threshold_z) - discount) if discount > 0 else z
+        if discount <= 0:
+            return z
+        graded = np.minimum(z, self._threshold_z + (z - bar))  # beyond the alert level by no more than it beats the bar
+        return np.where(novel, graded, np.minimum(z, self._threshold_z) - discount)
 
     def _beyond_range(self, slots: np.ndarray, standardised: np.ndarray) -> np.ndarray:
         """How far each value lies beyond its entity's range, in widths of that range (0 inside),

@@ -151,13 +151,20 @@ def test_daily_context_is_used_only_when_the_fit_covers_a_day_and_keeps_equivale
     np.testing.assert_allclose(_scores([single.process([o])[0] for o in stream]), whole, atol=1e-5)
 
 
+def _escapes(detector: Detector, slot: np.ndarray, z: float, alert_open: bool | None = None) -> bool:
+    """Whether a rising message of likelihood z-score ``z`` escapes the novelty discount (the peak learns it either way)."""
+    is_open = None if alert_open is None else np.array([alert_open])
+    reported = detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]), None, is_open)[0]
+    return bool(reported > min(z, detector._threshold_z) - detector.settings.novelty_discount)
+
+
 @pytest.mark.parametrize(("margin", "reported"), [(0.0, [0, 1, 2, 3]), (1.0, [0, 3])])
 def test_an_event_rising_over_several_messages_is_reported_once(margin, reported):
     detector = Detector(tiny_model(novelty_margin=margin, novelty_discount=3.0))
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
     detector.store.fields["peak"][slot] = 0.0  # an entity whose recent peak is 0 (a new one starts at a settled entity's)
     rising = [1.5, 2.0, 2.4, 2.7]  # sub-alert z-scores of consecutive messages; 2.7 exceeds 1.5 + 1.0
-    escaped = [i for i, z in enumerate(rising) if detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]))[0] == z]
+    escaped = [i for i, z in enumerate(rising) if _escapes(detector, slot, z)]
     assert escaped == reported
 
 
@@ -166,7 +173,7 @@ def test_the_margin_never_withholds_an_alert():
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
     detector.store.fields["peak"][slot] = 0.0
     rising = [2.6, 3.3]  # 2.6 + 1.0 would hide the alert-level 3.3: the bar stops at the alert level
-    escaped = [z for z in rising if detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]))[0] == z]
+    escaped = [z for z in rising if _escapes(detector, slot, z)]
     assert escaped == rising
 
 
@@ -176,7 +183,7 @@ def test_while_its_alert_is_open_an_event_rising_far_beyond_the_alert_level_is_r
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
     detector.store.fields["peak"][slot] = 0.0
     rising = [3.5, 4.0, 4.2, 4.4, 5.6]  # each a new high beyond the alert level; only 5.6 beats 3.5 + 1.0
-    escaped = [z for z in rising if detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]), None, np.array([alert_open]))[0] == z]
+    escaped = [z for z in rising if _escapes(detector, slot, z, alert_open)]
     assert escaped == reported
 
 
@@ -188,6 +195,21 @@ def test_a_message_that_is_not_new_stays_below_the_alert_level_however_large():
         discounted = detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]))[0]
         assert discounted == pytest.approx(min(z, detector._threshold_z) - 3.0)
         assert NormalDist().cdf(discounted) < detector.threshold  # its probability
+
+
+@pytest.mark.parametrize(("peak", "z", "reported_beyond_level"), [
+    (None, 0.5, 0.5),  # a calm entity (peak far below the level): its z itself
+    (1.0, 1.05, 0.05),  # barely beats a peak a recent event raised: barely beyond the level
+    (1.0, 3.0, 2.0),  # beats it by far
+])
+def test_a_new_high_is_reported_beyond_the_alert_level_by_no_more_than_it_beats_the_peak(peak, z, reported_beyond_level):
+    detector = Detector(tiny_model(novelty_discount=3.0))
+    level = detector._threshold_z
+    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    detector.store.fields["peak"][slot] = -5.0 if peak is None else level + peak  # beyond the level, relative to it
+    reported = detector._novelty(slot, np.array([level + z]), np.array([level + z]), np.array([True]))[0]
+    assert reported == pytest.approx(level + reported_beyond_level)
+    assert NormalDist().cdf(reported) > detector.threshold  # it still reaches the alert level: decisions are unchanged
 
 
 def _decide(detector: Detector, slot: np.ndarray, score: float, timestamp: float = 0.0, elapsed: float = 1.0) -> tuple:
