@@ -353,8 +353,8 @@ class Detector:
         level, one that beats it by far is as sure as its ``z``. This grades ``probability`` only
         (a message reaches the level exactly when it did before), so a threshold above the alert
         level asks for a clear new high, not only a high ``z``. Still monotone in ``z`` for a given
-        state (the discount only applies below the bar). The peak decays with ``novelty_halflife`` and ignores
-        the warm-up transient. It learns from ``learned`` (``z`` without the range check), so a
+        state (the discount only applies below the bar, and the graded report grows with ``z``).
+        The peak decays with ``novelty_halflife`` and ignores the warm-up transient. It learns from ``learned`` (``z`` without the range check), so a
         value beyond its range does not hide the alerts that follow it. A message that does not
         raise the short-term average (``rising`` False: the calm after an event, whose average
         still lags) is discounted too.

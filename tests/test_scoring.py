@@ -197,8 +197,8 @@ def test_a_message_that_is_not_new_stays_below_the_alert_level_however_large():
         assert NormalDist().cdf(discounted) < detector.threshold  # its probability
 
 
-@pytest.mark.parametrize(("peak", "z", "reported_beyond_level"), [
-    (None, 0.5, 0.5),  # a calm entity (peak far below the level): its z itself
+@pytest.mark.parametrize(("peak", "z", "reported_beyond_level"), [  # peak and z relative to the alert level
+    (-5.0, 0.5, 0.5),  # a calm entity (peak far below the level): its z itself
     (1.0, 1.05, 0.05),  # barely beats a peak a recent event raised: barely beyond the level
     (1.0, 3.0, 2.0),  # beats it by far
 ])
@@ -206,7 +206,7 @@ def test_a_new_high_is_reported_beyond_the_alert_level_by_no_more_than_it_beats_
     detector = Detector(tiny_model(novelty_discount=3.0))
     level = detector._threshold_z
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    detector.store.fields["peak"][slot] = -5.0 if peak is None else level + peak  # beyond the level, relative to it
+    detector.store.fields["peak"][slot] = level + peak
     reported = detector._novelty(slot, np.array([level + z]), np.array([level + z]), np.array([True]))[0]
     assert reported == pytest.approx(level + reported_beyond_level)
     assert NormalDist().cdf(reported) > detector.threshold  # it still reaches the alert level: decisions are unchanged
