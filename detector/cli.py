@@ -16,12 +16,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from detector import __version__
 from detector.config import Settings, SettingsError, load_settings
 from detector.logs import configure_logging, get_logger
 from detector.model import ModelError, load_model
 from detector.schema import DataError, Table, observations_from_table, read_csv
 
-__all__ = ["main", "score_table"]
+__all__ = ["build_parser", "main", "score_table"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 log = get_logger(__name__)
@@ -29,7 +30,7 @@ log = get_logger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``detector`` console script."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
         configure_logging(settings.log.level, settings.log.format)
@@ -39,23 +40,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detector", description="Real-time anomaly detection with a stateful LSTM autoencoder.")
+    parser.add_argument("--version", action="version", version=f"detector {__version__}")
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (env DETECTOR_* overrides it)")
+    # --config is also accepted after the subcommand (`detector run --config FILE`, as containers write it);
+    # SUPPRESS keeps a subcommand that was not given one from resetting the value given before it.
+    config_after = argparse.ArgumentParser(add_help=False)
+    config_after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file (env DETECTOR_* overrides it)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    fit = commands.add_parser("fit", help="fit and calibrate a model on CSV files")
+    fit = commands.add_parser("fit", parents=[config_after], help="fit and calibrate a model on CSV files")
     fit.add_argument("--data", type=Path, action="append", required=True, help="CSV file (repeatable)")
     fit.add_argument("--out", type=Path, required=True, help="model directory to write")
     fit.set_defaults(handler=_fit)
 
-    score = commands.add_parser("score", help="score a CSV file in order with the service's step function")
+    score = commands.add_parser("score", parents=[config_after], help="score a CSV file in order with the service's step function")
     score.add_argument("--model", type=Path, required=True, help="model directory")
     score.add_argument("--data", type=Path, required=True, help="CSV file to score")
     score.add_argument("--out", type=Path, required=True, help="scores CSV to write")
     score.set_defaults(handler=_score)
 
-    evaluate = commands.add_parser("evaluate", help="fit and score benchmark data with its standard protocol")
+    evaluate = commands.add_parser("evaluate", parents=[config_after], help="fit and score benchmark data with its standard protocol")
     evaluate.add_argument("--nab", type=Path, default=None, help="NAB directory (data/, labels/, config/)")
     evaluate.add_argument("--skab", type=Path, default=None, help="SKAB directory (valve1/ ...)")
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N files of each benchmark (of NAB: the first N with a labelled window)")
@@ -64,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="comma-separated fit seeds (e.g. 7,8,9): run once per seed and print the mean too (default: fit.seed only)")
     evaluate.set_defaults(handler=_evaluate)
 
-    run = commands.add_parser("run", help="run the streaming service on Kafka")
+    run = commands.add_parser("run", parents=[config_after], help="run the streaming service on Kafka")
     run.set_defaults(handler=_run)
     return parser
 
