@@ -226,6 +226,9 @@ class Metrics:
         self.publish_failures_total = Counter(
             "detector_publish_failures_total", "Failed publishes (alerts, dead letters, checkpoints).",
             registry=r)
+        self.publish_fatal_total = Counter(
+            "detector_publish_fatal_total", "Publishes that failed in a way retrying cannot mend (the service stops), by error.",
+            ["error"], registry=r)
         self.loop_last_progress = Gauge(
             "detector_loop_last_progress_timestamp_seconds",
             "Unix time of the last processing-loop iteration.", registry=r)
@@ -338,6 +341,10 @@ class Metrics:
     def publish_failed(self) -> None:
         """Count one failed publish."""
         self.publish_failures_total.inc()
+
+    def publish_fatal(self, error: str) -> None:
+        """Count one publish failure that stops the service (``error``: the exception's class name)."""
+        self.publish_fatal_total.labels(error=error).inc()
 
     # ------------------------------------------------------------ entity state
     def set_entities(self, n: int) -> None:

@@ -38,6 +38,8 @@ from detector import __version__
 from detector.alerts import Publisher, Source, alert_record, dead_letter_record, score_record
 from detector.checkpoints import CheckpointStore, PendingWrite
 from detector.config import KafkaSettings, Settings
+from detector.delivery import PublishFatal, StoppedUnacknowledged, confirm_until_acknowledged
+from detector.kafka_internals import check_internals, coordinator_unknown, last_heartbeat_answer
 from detector.logs import get_logger
 from detector.metrics import Health, Metrics, serve
 from detector.model import FittedModel, load_model
@@ -99,6 +101,10 @@ class _Commit:
         return self._done.wait(timeout_s)
 
 
+def _names(partitions: Iterable[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)
+
+
 def _count(fetched: list[_Fetched]) -> int:
     return sum(len(f.records) for f in fetched)
 
@@ -139,6 +145,7 @@ class Service:
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of each partition's last checkpoint
         self._checkpoint_queue: list[TopicPartition] = []  # partitions due for their periodic checkpoint
         self._commit_in_flight: _Commit | None = None
+        self._unacknowledged: set[TopicPartition] = set()  # states advanced by a batch whose outputs were not acknowledged
         self._commit_retry: dict[TopicPartition, int] = {}  # offsets whose commit failed
         self._last_checkpoint = time.monotonic()
         self._last_housekeeping = float("-inf")
@@ -160,16 +167,34 @@ class Service:
         _freeze_startup_objects()
         log.info("service.start", version=__version__, model_version=self.model.version, topics=self.settings.kafka.input_topics, group=self.settings.kafka.group_id,
                  alert_probability=round(self.detector.threshold, 4))
+        code = 0
         try:
             while not self._stop.is_set():
                 self._pending.extend(self._poll())
                 self._restore_assigned()
-                self._process_pending()
+                self._process_batch()
                 self._housekeeping()
+        except PublishFatal as error:
+            log.error("publish.fatal", error=repr(error.error), reason=error.reason, partitions_held_back=_names(self._unacknowledged),
+                      note="nothing past the last acknowledged batch is committed or checkpointed; it is processed again after a restart")
+            code = 1
+        except StoppedUnacknowledged as error:
+            log.warning("service.stopped_unacknowledged", error=str(error), partitions_held_back=_names(self._unacknowledged),
+                        note="the batch in hand is processed again after a restart")
         finally:
             self._shutdown()
             gc.unfreeze()  # a process running services one after another (tests) gets them collected again
-        return 0
+        return code
+
+    def _process_batch(self) -> None:
+        """:meth:`_process_pending`; if it does not finish, the partitions in hand hold states
+        ahead of their acknowledged outputs and are never checkpointed again by this instance."""
+        in_hand = {f.tp for f in self._pending}
+        try:
+            self._process_pending()
+        except BaseException:
+            self._unacknowledged.update(in_hand)
+            raise
 
     def _connect(self) -> None:
         kafka, common = self.settings.kafka, kafka_client_config(self.settings.kafka)
@@ -188,6 +213,7 @@ class Service:
             fetch_max_wait_ms=kafka.fetch_max_wait_ms,
             fetch_min_bytes=kafka.fetch_min_bytes,
         )
+        check_internals(self.consumer)
         self.consumer.subscribe(kafka.input_topics, listener=_Rebalance(self))
         self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
         self.metrics.set_build_info(__version__)
@@ -198,11 +224,11 @@ class Service:
         self.health.set_ready(False, "shutting down")
         try:
             self._finish_join()
-            self._process_pending()
+            self._process_batch()
             self._await_commit()
             self._commit(self._assigned, wait=True)
             self._checkpoint(self._assigned, reason="shutdown")
-        except KafkaError as error:
+        except (KafkaError, PublishFatal, StoppedUnacknowledged) as error:
             log.error("service.shutdown_incomplete", error=repr(error), note="uncommitted messages will be replayed")
         finally:
             if self.consumer is not None:
@@ -319,20 +345,8 @@ class Service:
             log.warning("stream.dead_letters", count=len(dead), example_reason=error.reason, example_detail=error.detail[:200], topic=tp.topic, partition=tp.partition, offset=records[position].offset)
 
     def _confirm(self) -> None:
-        """Wait for the broker to acknowledge; retry until it does or we are told to stop."""
-        delay = 0.5
-        while True:
-            try:
-                self.publisher.confirm(timeout_s=self.settings.kafka.request_timeout_ms / 1000)
-                return
-            except Exception as error:
-                self.metrics.publish_failed()
-                log.error("stream.publish_failed", error=repr(error), retry_in_s=delay)
-                if self._stop.is_set():
-                    raise KafkaError(f"alerts not acknowledged at shutdown: {error!r}") from error
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                self.publisher.retry_failed()
+        """Wait for the broker to acknowledge the batch's outputs (see :mod:`detector.delivery`)."""
+        confirm_until_acknowledged(self.publisher, self.settings.kafka.request_timeout_ms / 1000, self._stop, self.metrics)
 
     def _commit(self, partitions: Iterable[TopicPartition], wait: bool = False) -> None:
         """Commit the processed offsets of ``partitions`` (their alerts are acknowledged already).
@@ -353,7 +367,7 @@ class Service:
             return
         request = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
         # without a known coordinator kafka-python's async commit returns the lookup's future, not the commit's
-        if wait or self.consumer._coordinator.coordinator_unknown():  # type: ignore[union-attr]
+        if wait or coordinator_unknown(self.consumer):  # type: ignore[arg-type]
             try:
                 self.consumer.commit(request)  # type: ignore[union-attr]
             except (CommitFailedError, KafkaError) as error:
@@ -422,10 +436,9 @@ class Service:
         An idle service has nothing to fail on, so /readyz (and the log) is where a broker outage
         shows; /healthz fails too once the loop is blocked on work it cannot acknowledge.
         """
-        heartbeat = getattr(getattr(self.consumer, "_coordinator", None), "heartbeat", None)
-        last = getattr(heartbeat, "last_receive", None)
-        if not self._assigned or last is None:
+        if not self._assigned or self.consumer is None:
             return
+        last = last_heartbeat_answer(self.consumer)
         silent = time.monotonic() - max(last, self._joined_at)  # no answer since the join: silent since the join
         broker_lost = silent > self.settings.kafka.session_timeout_ms / 1000
         confirmed, self._broker_silent = self._broker_silent, broker_lost
@@ -482,6 +495,10 @@ class Service:
         return self._next_offset[tp] not in (self._checkpointed.get(tp), in_flight.next_offset if in_flight else None)
 
     def _send_checkpoint(self, tp: TopicPartition, reason: str) -> None:
+        if tp in self._unacknowledged:
+            log.warning("state.checkpoint_skipped", topic=tp.topic, partition=tp.partition, reason=reason,
+                        note="its states include messages whose outputs were not acknowledged; the last checkpoint stays")
+            return
         started = time.perf_counter()
         try:
             blob = self.detector.store.export(self._owners[tp], tag=self.model.version)
