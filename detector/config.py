@@ -118,6 +118,7 @@ class KafkaSettings(_Section):
     fetch_max_wait_ms: int = Field(10, ge=0, le=10000, description="Longest the broker may hold a fetch waiting for data. Apache Kafka answers as soon as data arrives (use e.g. 500: no added latency, little idle load); the bundled Tansu broker answered only after about the whole wait when measured, hence 10.")
     fetch_min_bytes: int = Field(1, ge=1, description="Data the broker gathers before answering a fetch, within fetch_max_wait_ms (higher: fewer, larger fetches under load).")
     request_timeout_ms: int = Field(30000, ge=1000, description="Broker request timeout.")
+    create_topics: bool = Field(False, description="Create the alert, dead-letter, checkpoint (compacted) and scores topics at start-up if they are missing (one partition each); otherwise a missing one stops the start with exit 2.")
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> "KafkaSettings":

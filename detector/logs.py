@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["KafkaLogLimiter", "configure_logging", "get_logger"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -49,6 +51,7 @@ def _route_library_logs(level: int, renderer: Any) -> None:
         )
     )
     handler.addFilter(_drop_close_noise)
+    handler.addFilter(KafkaLogLimiter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -59,6 +62,38 @@ def _route_library_logs(level: int, renderer: Any) -> None:
 def _drop_close_noise(record: logging.LogRecord) -> bool:
     """kafka-python 3 logs "Metadata refresh: failed Cancelled" at error level on every clean close."""
     return not (record.name == "kafka.cluster" and record.getMessage() == "Metadata refresh: failed Cancelled")
+
+
+class KafkaLogLimiter(logging.Filter):
+    """Keeps kafka-python's warnings and errors to rate-limited warnings.
+
+    Against a broker that is down kafka-python logs several lines per connection attempt; the
+    service's own ``kafka.unreachable`` event says what matters. Each kind of kafka-python line
+    (logger and message template) passes at most once per ``every_s``, at most ``per_window``
+    lines of all kinds pass per window, and errors are shown as warnings.
+    """
+
+    def __init__(self, every_s: float = 30.0, per_window: int = 6, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.every_s, self.per_window, self.clock = every_s, per_window, clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._window_start, self._in_window = float("-inf"), 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("kafka") or record.levelno < logging.WARNING:
+            return True
+        now = self.clock()
+        key = (record.name, str(record.msg))
+        if now - self._last.get(key, float("-inf")) < self.every_s:
+            return False
+        if now - self._window_start >= self.every_s:
+            self._window_start, self._in_window = now, 0
+        if self._in_window >= self.per_window:
+            return False
+        self._last[key] = now
+        self._in_window += 1
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

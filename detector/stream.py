@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -45,6 +46,7 @@ from detector.metrics import Health, Metrics, serve
 from detector.model import FittedModel, load_model
 from detector.schema import BadMessage, MessageDecoder, MessageFields
 from detector.scoring import Detector, Outcomes
+from detector.startup import StartupError, check_topics, wait_for_broker
 from detector.state import CheckpointError
 
 __all__ = ["Service", "kafka_client_config", "run_service"]
@@ -163,6 +165,8 @@ class Service:
 
     def run(self) -> int:
         """Consume until stopped; returns the process exit code (0 on a clean shutdown)."""
+        if not self._broker_ready():
+            return 0
         self._connect()
         _freeze_startup_objects()
         log.info("service.start", version=__version__, model_version=self.model.version, topics=self.settings.kafka.input_topics, group=self.settings.kafka.group_id,
@@ -195,6 +199,21 @@ class Service:
         except BaseException:
             self._unacknowledged.update(in_hand)
             raise
+
+    def _broker_ready(self) -> bool:
+        """Wait for the broker and check the output topics; False if stopped meanwhile.
+
+        Raises :class:`detector.startup.StartupError` for a missing or forbidden topic."""
+        self.health.set_ready(False, "connecting to the broker")
+        admin = wait_for_broker(kafka_client_config(self.settings.kafka), self._stop, self.health)
+        if admin is None:
+            log.info("service.stopped", note="stopped before the broker was reached")
+            return False
+        try:
+            check_topics(admin, self.settings.kafka)
+        finally:
+            admin.close()
+        return True
 
     def _connect(self) -> None:
         kafka, common = self.settings.kafka, kafka_client_config(self.settings.kafka)
@@ -638,6 +657,9 @@ def run_service(settings: Settings) -> int:
     watchdog.start()
     try:
         return service.run()
+    except StartupError as error:
+        print(f"detector run: {error}", file=sys.stderr)
+        return 2
     finally:
         server.close()
 
