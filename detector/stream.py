@@ -49,7 +49,7 @@ from detector.scoring import Detector, Outcomes
 from detector.startup import StartupError, check_topics, wait_for_broker
 from detector.state import CheckpointError
 
-__all__ = ["Service", "kafka_client_config", "run_service"]
+__all__ = ["Service", "consumer_config", "kafka_client_config", "producer_config", "run_service"]
 
 log = get_logger(__name__)
 _DEAD_LETTER_LOG_EVERY_S = 10.0
@@ -72,6 +72,27 @@ def kafka_client_config(kafka: KafkaSettings) -> dict[str, Any]:
         config.update(sasl_mechanism=kafka.sasl_mechanism, sasl_plain_username=kafka.sasl_username)
         config["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
     return config
+
+
+def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """The service's producer: every record acknowledged by all in-sync replicas."""
+    return {**kafka_client_config(kafka), "acks": "all", "linger_ms": 5, "retries": 5, "max_request_size": 2 * 1024 * 1024}
+
+
+def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """The service's group member: offsets committed by the service, never automatically."""
+    return {
+        **kafka_client_config(kafka),
+        "group_id": kafka.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "max_poll_records": kafka.max_poll_records,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
+        "fetch_min_bytes": kafka.fetch_min_bytes,
+    }
 
 
 def _str(value: Any) -> str | None:
@@ -216,22 +237,11 @@ class Service:
         return True
 
     def _connect(self) -> None:
-        kafka, common = self.settings.kafka, kafka_client_config(self.settings.kafka)
-        self.producer = KafkaProducer(**common, acks="all", linger_ms=5, retries=5, max_request_size=2 * 1024 * 1024)
+        kafka = self.settings.kafka
+        self.producer = KafkaProducer(**producer_config(kafka))
         self.publisher = Publisher(self.producer)
-        self.checkpoints = CheckpointStore(self.producer, kafka.checkpoint_topic, kafka.group_id, common)
-        self.consumer = KafkaConsumer(
-            **common,
-            group_id=kafka.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=kafka.session_timeout_ms,
-            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-            max_poll_interval_ms=kafka.max_poll_interval_ms,
-            max_poll_records=kafka.max_poll_records,
-            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-            fetch_min_bytes=kafka.fetch_min_bytes,
-        )
+        self.checkpoints = CheckpointStore(self.producer, kafka.checkpoint_topic, kafka.group_id, kafka_client_config(kafka))
+        self.consumer = KafkaConsumer(**consumer_config(kafka))
         check_internals(self.consumer)
         self.consumer.subscribe(kafka.input_topics, listener=_Rebalance(self))
         self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
