@@ -391,7 +391,9 @@ class Service:
         for tp, offset in self._commit_retry.items():
             offsets[tp] = max(offsets.get(tp, 0), offset)
         self._commit_retry = {}
-        offsets = {tp: offset for tp, offset in offsets.items() if tp in self._assigned}
+        # a partition replaying up to its committed offset must not move that offset back: a
+        # crash meanwhile would have the next owner publish everything after it a second time
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in self._assigned and offset > self._replay_until.get(tp, -1)}
         if not offsets:
             return
         request = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
@@ -572,6 +574,7 @@ class Service:
         self._assigned.discard(tp)
         self._next_offset.pop(tp, None)
         self._replay_until.pop(tp, None)
+        self._commit_retry.pop(tp, None)
         self._checkpointed.pop(tp, None)
         self.metrics.forget_partition(tp.topic, tp.partition)
 

@@ -169,3 +169,38 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_are_scored(kafka_b
     assert all(l["source"]["topic"] == topics.input and "offset" in l["source"] and l["detail"] for l in letters)
     assert len(scores.records) == len(stream)
     _assert_scores_match(scores.records, _offline(model_dir, stream))
+
+
+def test_replay_after_a_restart_never_moves_committed_offsets_back(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+    """A restarted service replays from its checkpoint to the committed offsets (to rebuild
+    states) without committing anything lower: a crash during the replay must not have the next
+    owner publish again what the first one published."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    stream = generate_stream(40, 100, {"pump-3"}, seed=17)
+    topics = make_topics(topic_factory)
+    produce(kafka_bootstrap, topics.input, stream)
+    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__BATCH_MAX_MESSAGES="50", DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="3600")
+    reader = TopicReader(kafka_bootstrap, topics.scores)
+    first = ServiceProcess(env, tmp_path / "first.log")
+    reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=120, alive=first.alive)
+    time.sleep(1)  # the last batch's commit lands
+    first.kill()
+    watcher = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=topics.group, enable_auto_commit=False)
+    partitions = [TopicPartition(topics.input, p) for p in range(4)]
+    committed_at_kill = {tp: watcher.committed(tp) for tp in partitions}
+    assert all(committed_at_kill.values()), committed_at_kill
+    second = ServiceProcess(env, tmp_path / "second.log")
+    lowest = dict(committed_at_kill)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and sum(e["event"] == "state.replay_done" for e in second.log_events()) < len(partitions):
+            for tp in partitions:
+                lowest[tp] = min(lowest[tp], watcher.committed(tp) or 0)
+            time.sleep(0.05)
+        replays = [e for e in second.log_events() if e["event"] == "state.restore"]
+    finally:
+        watcher.close()
+        assert second.terminate() == 0
+    assert all(e["replay_until"] for e in replays), "every partition replayed from the start-up checkpoint"
+    assert lowest == committed_at_kill
