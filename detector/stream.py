@@ -39,7 +39,7 @@ from detector import __version__
 from detector.alerts import Publisher, Source, alert_record, dead_letter_record, score_record
 from detector.checkpoints import CheckpointStore, PendingWrite
 from detector.config import KafkaSettings, Settings
-from detector.delivery import PublishFatal, StoppedUnacknowledged, confirm_until_acknowledged
+from detector.delivery import PublishFatal, StoppedUnacknowledged, confirm_until_acknowledged, fatal_reason
 from detector.kafka_internals import check_internals, coordinator_unknown, last_heartbeat_answer
 from detector.logs import get_logger
 from detector.metrics import Health, Metrics, serve
@@ -203,6 +203,10 @@ class Service:
             log.error("publish.fatal", error=repr(error.error), reason=error.reason, partitions_held_back=_names(self._unacknowledged),
                       note="nothing past the last acknowledged batch is committed or checkpointed; it is processed again after a restart")
             code = 1
+        except KafkaError as error:
+            log.error("stream.kafka_failed", error=repr(error), partitions_held_back=_names(self._unacknowledged),
+                      note="nothing past the last acknowledged batch is committed or checkpointed; it is processed again after a restart")
+            code = 1
         except StoppedUnacknowledged as error:
             log.warning("service.stopped_unacknowledged", error=str(error), partitions_held_back=_names(self._unacknowledged),
                         note="the batch in hand is processed again after a restart")
@@ -217,8 +221,11 @@ class Service:
         in_hand = {f.tp for f in self._pending}
         try:
             self._process_pending()
-        except BaseException:
+        except BaseException as error:
             self._unacknowledged.update(in_hand)
+            reason = fatal_reason(error) if isinstance(error, KafkaError) else None
+            if reason is not None:  # raised by the producer's send itself, e.g. a record over max_request_size
+                raise PublishFatal(error, reason) from error
             raise
 
     def _broker_ready(self) -> bool:
