@@ -43,10 +43,11 @@ def test_unreachable_broker_waits_quietly_not_ready_and_stops_on_sigterm(model_d
         started = time.monotonic()
         while _status(f"http://127.0.0.1:{metrics_port}/readyz") == -1 and time.monotonic() - started < 60:
             time.sleep(0.2)  # the metrics server is up once the model is loaded
-        statuses = []
+        statuses, live = [], []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             statuses.append(_status(f"http://127.0.0.1:{metrics_port}/readyz"))
+            live.append(_status(f"http://127.0.0.1:{metrics_port}/healthz"))
             time.sleep(1)
         assert process.poll() is None, "still waiting for the broker"
         process.send_signal(signal.SIGTERM)
@@ -58,6 +59,7 @@ def test_unreachable_broker_waits_quietly_not_ready_and_stops_on_sigterm(model_d
     events = [json.loads(line) for line in lines if line.startswith("{")]
     assert code == 0
     assert set(statuses) == {503}, statuses
+    assert set(live) == {200}, "alive while waiting: a restart would not bring the broker back"
     assert len(lines) <= 12, "\n".join(lines)
     assert not any("Traceback" in line for line in lines)
     [unreachable] = [e for e in events if e["event"] == "kafka.unreachable"]
