@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -79,6 +81,17 @@ class ServiceProcess:
             if line.startswith("{"):
                 events.append(json.loads(line))
         return events
+
+
+def http_status(url: str) -> int:
+    """The HTTP status ``url`` answers with; -1 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return -1
 
 
 def produce(bootstrap: str, topic: str, messages: Iterable[Message | tuple[bytes | None, bytes | None]]) -> int:

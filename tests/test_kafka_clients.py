@@ -18,7 +18,7 @@ from detector.checkpoints import CheckpointStore
 from detector.config import KafkaSettings
 from detector.kafka_internals import TESTED_VERSIONS, KafkaInternalsChanged, check_internals, coordinator_unknown, last_heartbeat_answer
 from detector.logs import KafkaLogLimiter
-from detector.stream import consumer_config, kafka_client_config, producer_config
+from detector.kafka_config import consumer_config, kafka_client_config, producer_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SECURE = KafkaSettings(security_protocol="SASL_SSL", ssl_cafile=Path("/etc/ca.pem"), ssl_certfile=Path("/etc/client.pem"), ssl_keyfile=Path("/etc/client.key"),

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from kafka import KafkaAdminClient
@@ -18,19 +16,9 @@ from detector.broker import free_port
 from detector.config import KafkaSettings
 from detector.metrics import Health
 from detector.startup import StartupError, _check_one, check_topics, wait_for_broker
-from detector.stream import kafka_client_config
+from detector.kafka_config import kafka_client_config
 
-from service_harness import make_topics, service_env
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return -1
+from service_harness import http_status, make_topics, service_env
 
 
 def test_unreachable_broker_waits_quietly_not_ready_and_stops_on_sigterm(model_dir, tmp_path):
@@ -41,13 +29,13 @@ def test_unreachable_broker_waits_quietly_not_ready_and_stops_on_sigterm(model_d
     process = subprocess.Popen([sys.executable, "-m", "detector.cli", "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         started = time.monotonic()
-        while _status(f"http://127.0.0.1:{metrics_port}/readyz") == -1 and time.monotonic() - started < 60:
+        while http_status(f"http://127.0.0.1:{metrics_port}/readyz") == -1 and time.monotonic() - started < 60:
             time.sleep(0.2)  # the metrics server is up once the model is loaded
         statuses, live = [], []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            statuses.append(_status(f"http://127.0.0.1:{metrics_port}/readyz"))
-            live.append(_status(f"http://127.0.0.1:{metrics_port}/healthz"))
+            statuses.append(http_status(f"http://127.0.0.1:{metrics_port}/readyz"))
+            live.append(http_status(f"http://127.0.0.1:{metrics_port}/healthz"))
             time.sleep(1)
         assert process.poll() is None, "still waiting for the broker"
         process.send_signal(signal.SIGTERM)

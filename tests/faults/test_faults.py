@@ -23,7 +23,7 @@ from detector.model import load_model
 from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation, parse_message
 from detector.scoring import Detector
 
-from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
+from service_harness import ServiceProcess, TopicReader, http_status, make_topics, offsets_seen, produce, service_env
 
 import numpy as np
 
@@ -113,16 +113,16 @@ def test_broker_outage_20s(model_dir, tmp_path):
             health_during, ready_during = [], []
             for _ in range(20):
                 time.sleep(1)
-                health_during.append(_status(f"http://127.0.0.1:{port}/healthz"))
-                ready_during.append(_status(f"http://127.0.0.1:{port}/readyz"))
+                health_during.append(http_status(f"http://127.0.0.1:{port}/healthz"))
+                ready_during.append(http_status(f"http://127.0.0.1:{port}/readyz"))
                 assert service.alive(), "the service survives the outage"
             broker.resume()
             produce(broker.bootstrap_servers, topics.input, stream[half:])
             reader = TopicReader(broker.bootstrap_servers, topics.scores)
             records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=180, alive=service.alive)
             time.sleep(2)
-            health_after = _status(f"http://127.0.0.1:{port}/healthz")
-            ready_after = _status(f"http://127.0.0.1:{port}/readyz")
+            health_after = http_status(f"http://127.0.0.1:{port}/healthz")
+            ready_after = http_status(f"http://127.0.0.1:{port}/readyz")
         finally:
             code = service.terminate()
         FIGURES["outage"] = {"messages": len(stream), "lost": len(stream) - len(offsets_seen(records)), "healthz_during": sorted(set(health_during)), "readyz_during": sorted(set(ready_during)), "healthz_after": health_after, "readyz_after": ready_after}
@@ -132,16 +132,6 @@ def test_broker_outage_20s(model_dir, tmp_path):
         assert health_after == 200 and ready_after == 200
         assert 503 in ready_during[-10:], "/readyz reflects the broker outage"
         _check_scores(records, _offline(model_dir, stream))
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return -1
 
 
 def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory, model_dir, tmp_path):
