@@ -405,7 +405,7 @@ def test_readyz_goes_ready_after_assignment_and_the_lifecycle_is_logged(kafka_bo
     first_ok = codes.index(200)
     assert set(codes[:first_ok]) == {503} and set(codes[first_ok:]) == {200}, f"one transition 503 -> 200: {codes}"
     reasons = {body for _, status, body in answered if status == 503}
-    assert reasons <= {"starting", "waiting for partition assignment", "restoring checkpoints"}, reasons
+    assert reasons <= {"starting", "connecting to the broker", "waiting for partition assignment", "restoring checkpoints"}, reasons
     not_ready_for = answered[first_ok][0] - answered[0][0]
     assert not_ready_for > 1.0, f"the group join takes seconds, yet ready after {not_ready_for:.2f} s"
     print(f"\n/readyz: {first_ok} x 503 ({sorted(reasons)}) for {not_ready_for:.1f} s, then {len(codes) - first_ok} x 200")
