@@ -30,7 +30,6 @@ log = get_logger(__name__)
 
 BOOTSTRAP_TIMEOUT_MS = 2000  # one connection attempt: also the longest a stop waits while trying
 RETRY_EVERY_S = 5.0
-_WRITE = 4  # kafka.admin.acl_resource.ACLOperation.WRITE: bit (1 << 4) of a topic's authorized_operations
 _UNREACHABLE = (kafka_errors.KafkaTimeoutError, kafka_errors.KafkaConnectionError)
 
 
@@ -104,6 +103,6 @@ def _check_one(name: str, role: str, description: dict[str, Any]) -> None:
         raise StartupError(f"{role} topic {name!r}: not authorised to describe it\nhelp: grant the service's principal DESCRIBE and WRITE on the topic")
     if code:
         raise StartupError(f"{role} topic {name!r}: the broker answered {kafka_errors.for_code(code).__name__}")
-    operations = description.get("authorized_operations")
-    if isinstance(operations, int) and operations >= 0 and not operations & (1 << _WRITE):
+    operations = set(description.get("authorized_operations") or ())  # names kafka-python decodes; empty when the broker does not report them
+    if operations and not operations & {"WRITE", "ALL"}:
         raise StartupError(f"{role} topic {name!r}: not authorised to write to it\nhelp: grant the service's principal WRITE on the topic")
