@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from detector import __version__
 from detector.config import Settings, SettingsError, load_settings
+from detector.environment import unknown_variables
 from detector.logs import configure_logging, get_logger
-from detector.model import ModelError, load_model
 from detector.schema import DataError, Table, observations_from_table, read_csv
+
+if TYPE_CHECKING:  # torch is imported by the commands that need it, so that --help and input errors answer at once
+    from detector.model import FittedModel
+    from detector.scoring import Decision
 
 __all__ = ["build_parser", "main", "score_table"]
 
@@ -30,25 +36,65 @@ log = get_logger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``detector`` console script."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as error:
+        return _explain(None, str(error), error.help)
+    for variable in unknown_variables(os.environ):
+        print(variable.message(), file=sys.stderr)
     try:
         settings = load_settings(args.config)
         configure_logging(settings.log.level, settings.log.format)
         return int(args.handler(args, settings) or EXIT_OK)
-    except (SettingsError, DataError, ModelError) as error:
-        print(f"detector {args.command}: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except _user_errors() as error:
+        return _explain(args.command, str(error), getattr(error, "help", None) or _help_for(error))
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean the input (arguments, settings, files, model) is wrong.
+    A model error can only have been raised if its module was imported."""
+    model = sys.modules.get("detector.model")
+    return (SettingsError, DataError) + ((model.ModelError,) if model is not None else ())
+
+
+def _help_for(error: Exception) -> str | None:
+    if str(error).startswith("no model in"):
+        return "fit one with `detector fit --data FILE.csv --out DIR`, then give that DIR"
+    return None
+
+
+def _explain(command: str | None, message: str, help: str | None) -> int:
+    """Print a user error as one line (and a ``help:`` line); the exit code for bad input."""
+    print(f"detector{' ' + command if command else ''}: error: {message}", file=sys.stderr)
+    if help:
+        print(f"help: {help}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+class _UsageError(Exception):
+    """Arguments argparse refused; ``help`` points to the command's --help."""
+
+    def __init__(self, message: str, help: str):
+        super().__init__(message)
+        self.help = help
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports a mistake as one line instead of the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message, f"see `{self.prog} --help`")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detector", description="Real-time anomaly detection with a stateful LSTM autoencoder.")
+    parser = _Parser(prog="detector", description="Real-time anomaly detection with a stateful LSTM autoencoder.")
     parser.add_argument("--version", action="version", version=f"detector {__version__}")
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (env DETECTOR_* overrides it)")
     # --config is also accepted after the subcommand (`detector run --config FILE`, as containers write it);
     # SUPPRESS keeps a subcommand that was not given one from resetting the value given before it.
-    config_after = argparse.ArgumentParser(add_help=False)
+    config_after = _Parser(add_help=False)
     config_after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file (env DETECTOR_* overrides it)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fit = commands.add_parser("fit", parents=[config_after], help="fit and calibrate a model on CSV files")
     fit.add_argument("--data", type=Path, action="append", required=True, help="CSV file (repeatable)")
@@ -76,11 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fit(args: argparse.Namespace, settings: Settings) -> int:
+    tables = [_read_ordered(path, settings) for path in args.data]
+    _writable_directory(args.out, "--out")
     from detector.fit import fit_tables, write_model
 
-    tables = [read_csv(path) for path in args.data]
     model, history = fit_tables(tables, settings.model, settings.fit, settings.scoring, progress=sys.stderr.isatty())
-    write_model(model, history, args.out, report=settings.fit.report)
+    try:
+        write_model(model, history, args.out, report=settings.fit.report)
+    except OSError as error:
+        raise DataError(str(args.out), f"cannot write the model: {error.strerror}") from None
     cal = model.calibration
     print(
         f"model {model.version} -> {args.out}: {model.info['rows']} rows, {model.info['epochs']} epochs "
@@ -91,31 +141,67 @@ def _fit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
-    table = read_csv(args.data)
-    model = load_model(args.model, features=table.features)
-    rows = score_table(model, table)
-    _write_scores(args.out, table, rows)
-    alerts = sum(1 for _, _, flag in rows if flag)
-    print(f"scored {len(rows)} rows of {args.data} -> {args.out}: {alerts} anomalous")
+    table = _read_ordered(args.data, settings)
+    _writable_directory(args.out.parent, "--out")
+    from detector.model import load_model
+
+    model = load_model(args.model)
+    ignored = [f for f in table.features if f not in model.features]
+    table = table.with_features(model.features, str(args.data))
+    decisions = score_table(model, table)
+    try:
+        _write_scores(args.out, table, decisions)
+    except OSError as error:
+        raise DataError(str(args.out), f"cannot write the scores: {error.strerror}") from None
+    anomalous, opened = sum(d.is_anomaly for d in decisions), sum(d.event == "open" for d in decisions)
+    print(f"scored {len(decisions)} rows of {args.data} -> {args.out}: {anomalous} anomalous, {opened} alerts opened"
+          + (f" (columns the model does not know, ignored: {', '.join(ignored)})" if ignored else ""))
     return EXIT_OK
 
 
-def score_table(model, table: Table) -> list[tuple[float, float, bool]]:  # type: ignore[no-untyped-def]
-    """(score, probability, is_anomaly) per row, in file order, via the service's step function."""
+def _read_ordered(path: Path, settings: Settings) -> Table:
+    """The CSV file at ``path``, its rows in time order per entity (the stream's rule: with
+    ``stream.reject_out_of_order`` an older row is refused, else it is taken in file order)."""
+    table = read_csv(path)
+    disorder = table.first_out_of_order()
+    if disorder is not None:
+        row, earlier = disorder
+        entity = table.entity_of(row - 2)
+        message = (f"entity {entity!r} goes back in time: {table.raw_timestamps[row - 2]!r} "
+                   f"is older than {table.raw_timestamps[earlier - 2]!r} on row {earlier}")
+        if settings.stream.reject_out_of_order:
+            raise DataError(str(path), message, row, help="sort the rows by time (each entity's rows in time order), "
+                            "or set stream.reject_out_of_order = false to take them in file order")
+        log.warning("input.out_of_order", file=str(path), row=row, entity=entity, detail=message)
+    return table
+
+
+def _writable_directory(directory: Path, option: str) -> None:
+    """Create ``directory`` now, so that a path that cannot be written fails before the work."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(str(directory), f"{option} cannot be created: {error.strerror}",
+                        help=f"give {option} a path in a directory you can write") from None
+    if not os.access(directory, os.W_OK):
+        raise DataError(str(directory), f"{option} is not writable", help=f"give {option} a path in a directory you can write")
+
+
+def score_table(model: FittedModel, table: Table) -> list[Decision]:
+    """The decision of each row, in file order, via the service's step function."""
     from detector.scoring import Detector
 
-    decisions = Detector(model).process(list(observations_from_table(table)))
-    return [(d.score, d.probability, d.is_anomaly) for d in decisions]
+    return Detector(model).process(list(observations_from_table(table)))
 
 
-def _write_scores(path: Path, table: Table, rows: list[tuple[float, float, bool]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_scores(path: Path, table: Table, decisions: list[Decision]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["timestamp"] + (["entity"] if table.entities is not None else []) + ["score", "probability", "is_anomaly"])
-        for i, (score, probability, flag) in enumerate(rows):
+        writer.writerow(["timestamp"] + (["entity"] if table.entities is not None else []) + ["score", "probability", "is_anomaly", "event"])
+        for i, decision in enumerate(decisions):
             entity = [table.entities[i]] if table.entities is not None else []
-            writer.writerow([table.raw_timestamps[i], *entity, f"{score:.9g}", f"{probability:.9g}", int(flag)])
+            writer.writerow([table.raw_timestamps[i], *entity, f"{decision.score:.9g}", f"{decision.probability:.9g}", int(decision.is_anomaly),
+                             decision.event or ""])
 
 
 def _seed_list(text: str) -> list[int]:
@@ -133,6 +219,9 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.nab and not args.skab:
         raise DataError("<arguments>", "give --nab DIR and/or --skab DIR")
+    for directory in (args.nab, args.skab):
+        if directory is not None and not directory.is_dir():
+            raise DataError(str(directory), "no such directory", help="give the directory the benchmark was unpacked in")
     if args.seeds:
         results = evaluate_seeds(settings, args.seeds, args.skab, args.nab, args.limit)
     else:

@@ -12,6 +12,7 @@ file given with ``--config``, then the defaults below (which ``config.example.to
 
 from __future__ import annotations
 
+import os
 import tomllib
 from statistics import NormalDist
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -179,12 +181,22 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment wins over the TOML file, which is passed as init arguments.
-        return env_settings, init_settings
+        # Environment wins over the TOML file, which is passed as init arguments. A variable that names
+        # no setting is ignored (the command line warns about it, see detector.environment).
+        from detector.environment import known_only
+
+        def known_environment() -> dict[str, Any]:
+            return known_only(env_settings())
+
+        return known_environment, init_settings
 
 
 class SettingsError(ValueError):
-    """Settings could not be loaded; the message names the file and the field."""
+    """Settings could not be loaded; the message names the file and the field, ``help`` what to do."""
+
+    def __init__(self, message: str, help: str | None = None):
+        super().__init__(message)
+        self.help = help
 
 
 def load_settings(config_path: Path | str | None, **overrides: Any) -> Settings:
@@ -193,6 +205,11 @@ def load_settings(config_path: Path | str | None, **overrides: Any) -> Settings:
     Raises :class:`SettingsError` naming the offending field, e.g.
     ``invalid setting model.num_layers: Input should be less than or equal to 2``.
     """
+    from detector.environment import bad_json_value
+
+    bad = bad_json_value(os.environ)
+    if bad is not None:
+        raise SettingsError(f"invalid setting {bad[0]}={bad[1]!r}: not a JSON list", help=bad[2])
     values: dict[str, Any] = _read_toml(Path(config_path)) if config_path else {}
     for section, fields in overrides.items():
         values.setdefault(section, {}).update(fields)
@@ -200,6 +217,8 @@ def load_settings(config_path: Path | str | None, **overrides: Any) -> Settings:
         return Settings(**values)
     except ValidationError as error:
         raise SettingsError(_describe(error, config_path)) from None
+    except PydanticSettingsError as error:  # a value the environment source cannot parse
+        raise SettingsError(f"invalid DETECTOR_* environment: {error}", help="write lists and tables as JSON") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -207,7 +226,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise SettingsError(f"config file not found: {path}") from None
+        raise SettingsError(f"config file not found: {path}", help="give --config an existing TOML file, or leave it out for the defaults") from None
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
 

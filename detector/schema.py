@@ -57,12 +57,12 @@ _MS_THRESHOLD = 1e11  # epoch values above this are milliseconds (year 5138 in s
 
 
 class DataError(ValueError):
-    """A bad input file; ``str()`` is the one-line message the CLI prints."""
+    """A bad input file; ``str()`` is the one-line message the CLI prints, ``help`` what to do."""
 
-    def __init__(self, file: str, message: str, row: int | None = None, column: str | None = None):
+    def __init__(self, file: str, message: str, row: int | None = None, column: str | None = None, help: str | None = None):
         where = f"{file}" + (f", row {row}" if row is not None else "") + (f", column {column!r}" if column else "")
         super().__init__(f"{where}: {message}")
-        self.file, self.row, self.column = file, row, column
+        self.file, self.row, self.column, self.help = file, row, column, help
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,45 @@ class Table:
     entities: list[str] | None  # None when the file has no entity column
     features: list[str]
     values: np.ndarray  # (rows, features) float64
+    name: str = "<table>"  # the file it was read from, for messages
 
     def entity_of(self, row: int) -> str:
         """Entity of ``row``; ``"default"`` for a file without an entity column."""
         return self.entities[row] if self.entities is not None else DEFAULT_ENTITY
+
+    def with_features(self, features: Sequence[str], name: str) -> Table:
+        """The table with the columns ``features`` in that order (a model's order), matched by
+        header name; other feature columns are left out, as a message's extra fields are.
+        Raises :class:`DataError` naming the missing columns.
+
+        >>> table = Table([0.0], ["0"], None, ["b", "a", "extra"], np.array([[2.0, 1.0, 9.0]]))
+        >>> table.with_features(["a", "b"], "x.csv").values.tolist()
+        [[1.0, 2.0]]
+        """
+        missing = [f for f in features if f not in self.features]
+        if missing:
+            raise DataError(name, f"feature schema mismatch: missing column{'s' if len(missing) > 1 else ''} "
+                                  f"{', '.join(map(repr, missing))} of the features {list(features)}", 1,
+                            help="give the file a column for each of the model's features (any order), or fit a model on this file")
+        columns = [self.features.index(f) for f in features]
+        return Table(self.timestamps, self.raw_timestamps, self.entities, list(features), self.values[:, columns], self.name)
+
+    def first_out_of_order(self) -> tuple[int, int] | None:
+        """(row, earlier row) of the first row older than its entity's previous row (row numbers
+        as an editor shows them, the header being row 1), or None when every entity's rows are in
+        time order. Equal timestamps are in order, as in the stream.
+
+        >>> Table([1.0, 5.0, 3.0, 2.0], ["1", "5", "3", "2"], ["a", "a", "b", "a"], ["f"], np.zeros((4, 1))).first_out_of_order()
+        (5, 3)
+        """
+        last: dict[str, tuple[float, int]] = {}
+        for row, timestamp in enumerate(self.timestamps):
+            entity = self.entity_of(row)
+            previous = last.get(entity)
+            if previous is not None and timestamp < previous[0]:
+                return row + 2, previous[1] + 2
+            last[entity] = (timestamp, row)
+        return None
 
 
 def parse_timestamp(value: Any) -> float:
@@ -136,14 +171,19 @@ def parse_csv(handle: IO[str], name: str) -> Table:
         if entities is not None:
             entities.append(_cell_entity(row[e_col], name, number))
         values[number - 2] = [_cell_number(row[c], name, number, header[c]) for c in f_cols]
-    return Table(timestamps, raw, entities, features, values)
+    return Table(timestamps, raw, entities, features, values, name)
 
 
 def _check_header(header: list[str], name: str) -> list[str]:
     if not header or header == [""]:
         raise DataError(name, "empty file (no header)")
     if TIMESTAMP not in header:
-        raise DataError(name, "missing column", 1, TIMESTAMP)
+        separator = _other_separator(header)
+        if separator is not None:
+            raise DataError(name, f"the file looks {separator!r}-separated (header {','.join(header)!r}); the input is comma-separated", 1,
+                            help=f"write the file with ',' between fields, e.g. python -c \"import csv,sys; csv.writer(sys.stdout).writerows(csv.reader(sys.stdin, delimiter='{separator}'))\" < in.csv > out.csv")
+        raise DataError(name, f"missing column (the header has {header})", 1, TIMESTAMP,
+                        help="name the time column 'timestamp' (ISO 8601 or epoch seconds); columns may come in any order")
     duplicates = {c for c in header if header.count(c) > 1}
     if duplicates:
         raise DataError(name, "duplicate column", 1, sorted(duplicates)[0])
@@ -151,6 +191,19 @@ def _check_header(header: list[str], name: str) -> list[str]:
     if not features:
         raise DataError(name, "no feature column (every column but timestamp and entity is a feature)", 1)
     return features
+
+
+def _other_separator(header: list[str]) -> str | None:
+    """The separator a one-column header seems to use instead of ',' (';', tab or '|'), or None.
+
+    >>> _other_separator(["timestamp;entity;a"]), _other_separator(["time", "a"])
+    (';', None)
+    """
+    if len(header) != 1:
+        return None
+    counts = {separator: header[0].count(separator) for separator in (";", "\t", "|")}
+    separator = max(counts, key=counts.__getitem__)
+    return separator if counts[separator] else None
 
 
 def _cell_timestamp(text: str, name: str, row: int) -> float:
