@@ -19,19 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from detector import __version__
-from detector.config import Settings, SettingsError, load_settings
-from detector.environment import unknown_variables
-from detector.logs import configure_logging, get_logger
-from detector.schema import DataError, Table, observations_from_table, read_csv
 
-if TYPE_CHECKING:  # torch is imported by the commands that need it, so that --help and input errors answer at once
+# Only the standard library at import: --help answers at once. Settings and input checks (pydantic,
+# numpy) are imported once the arguments are parsed, torch only by the commands that need it.
+if TYPE_CHECKING:
+    from detector.config import Settings
     from detector.model import FittedModel
+    from detector.schema import Table
     from detector.scoring import Decision
 
 __all__ = ["build_parser", "main", "score_table"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
-log = get_logger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except _UsageError as error:
         return _explain(None, str(error), error.help)
+    from detector.config import load_settings
+    from detector.environment import unknown_variables
+    from detector.logs import configure_logging
+
     for variable in unknown_variables(os.environ):
         print(variable.message(), file=sys.stderr)
     try:
@@ -51,10 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """The exceptions that mean the input (arguments, settings, files, model) is wrong.
-    A model error can only have been raised if its module was imported."""
-    model = sys.modules.get("detector.model")
-    return (SettingsError, DataError) + ((model.ModelError,) if model is not None else ())
+    """The exceptions that mean the input (settings, files, model) is wrong: those of the modules
+    imported so far (an exception can only have been raised by a module that was imported)."""
+    classes = {"detector.config": "SettingsError", "detector.schema": "DataError", "detector.model": "ModelError"}
+    return tuple(getattr(sys.modules[module], name) for module, name in classes.items() if module in sys.modules)
 
 
 def _help_for(error: Exception) -> str | None:
@@ -97,13 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fit = commands.add_parser("fit", parents=[config_after], help="fit and calibrate a model on CSV files")
-    fit.add_argument("--data", type=Path, action="append", required=True, help="CSV file (repeatable)")
+    fit.add_argument("--data", type=_existing_file, action="append", required=True, help="CSV file (repeatable)")
     fit.add_argument("--out", type=Path, required=True, help="model directory to write")
     fit.set_defaults(handler=_fit)
 
     score = commands.add_parser("score", parents=[config_after], help="score a CSV file in order with the service's step function")
-    score.add_argument("--model", type=Path, required=True, help="model directory")
-    score.add_argument("--data", type=Path, required=True, help="CSV file to score")
+    score.add_argument("--model", type=_existing_directory, required=True, help="model directory (written by `detector fit`)")
+    score.add_argument("--data", type=_existing_file, required=True, help="CSV file to score")
     score.add_argument("--out", type=Path, required=True, help="scores CSV to write")
     score.set_defaults(handler=_score)
 
@@ -122,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fit(args: argparse.Namespace, settings: Settings) -> int:
+    from detector.schema import DataError
+
     tables = [_read_ordered(path, settings) for path in args.data]
     _writable_directory(args.out, "--out")
     from detector.fit import fit_tables, write_model
@@ -141,13 +146,14 @@ def _fit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
-    table = _read_ordered(args.data, settings)
+    from detector.schema import DataError
+
     _writable_directory(args.out.parent, "--out")
     from detector.model import load_model
 
     model = load_model(args.model)
-    ignored = [f for f in table.features if f not in model.features]
-    table = table.with_features(model.features, str(args.data))
+    table = _read_ordered(args.data, settings, model.features)
+    ignored = [f for f in _header(args.data) if f not in model.features and f not in ("timestamp", "entity")]
     decisions = score_table(model, table)
     try:
         _write_scores(args.out, table, decisions)
@@ -159,10 +165,18 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _read_ordered(path: Path, settings: Settings) -> Table:
+def _header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        return [column.strip() for column in next(csv.reader(handle), [])]
+
+
+def _read_ordered(path: Path, settings: Settings, features: Sequence[str] | None = None) -> Table:
     """The CSV file at ``path``, its rows in time order per entity (the stream's rule: with
     ``stream.reject_out_of_order`` an older row is refused, else it is taken in file order)."""
-    table = read_csv(path)
+    from detector.logs import get_logger
+    from detector.schema import DataError, read_csv
+
+    table = read_csv(path, features)
     disorder = table.first_out_of_order()
     if disorder is not None:
         row, earlier = disorder
@@ -172,12 +186,14 @@ def _read_ordered(path: Path, settings: Settings) -> Table:
         if settings.stream.reject_out_of_order:
             raise DataError(str(path), message, row, help="sort the rows by time (each entity's rows in time order), "
                             "or set stream.reject_out_of_order = false to take them in file order")
-        log.warning("input.out_of_order", file=str(path), row=row, entity=entity, detail=message)
+        get_logger(__name__).warning("input.out_of_order", file=str(path), row=row, entity=entity, detail=message)
     return table
 
 
 def _writable_directory(directory: Path, option: str) -> None:
     """Create ``directory`` now, so that a path that cannot be written fails before the work."""
+    from detector.schema import DataError
+
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -189,6 +205,7 @@ def _writable_directory(directory: Path, option: str) -> None:
 
 def score_table(model: FittedModel, table: Table) -> list[Decision]:
     """The decision of each row, in file order, via the service's step function."""
+    from detector.schema import observations_from_table
     from detector.scoring import Detector
 
     return Detector(model).process(list(observations_from_table(table)))
@@ -204,6 +221,18 @@ def _write_scores(path: Path, table: Table, decisions: list[Decision]) -> None:
                              decision.event or ""])
 
 
+def _existing_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file" if Path(text).exists() else f"no such file: {text!r}")
+    return Path(text)
+
+
+def _existing_directory(text: str) -> Path:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory" if Path(text).exists() else f"no such directory: {text!r}")
+    return Path(text)
+
+
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",")]
@@ -216,6 +245,7 @@ def _seed_list(text: str) -> list[int]:
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from detector.evaluate import evaluate, evaluate_seeds, print_results, write_results
+    from detector.schema import DataError
 
     if not args.nab and not args.skab:
         raise DataError("<arguments>", "give --nab DIR and/or --skab DIR")

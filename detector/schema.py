@@ -140,22 +140,28 @@ def parse_timestamp(value: Any) -> float:
     return number / 1000.0 if number > _MS_THRESHOLD else number
 
 
-def read_csv(path: Path | str) -> Table:
-    """Read and validate a CSV file; raises :class:`DataError` naming file, row and column."""
+def read_csv(path: Path | str, features: Sequence[str] | None = None) -> Table:
+    """Read and validate a CSV file; raises :class:`DataError` naming file, row and column.
+    ``features``: only these columns, in this order (see :func:`parse_csv`)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            return parse_csv(handle, str(path))
+            return parse_csv(handle, str(path), features)
     except OSError as error:
         raise DataError(str(path), f"cannot read file: {error.strerror}") from None
     except UnicodeDecodeError:
         raise DataError(str(path), "file is not UTF-8 text") from None
 
 
-def parse_csv(handle: IO[str], name: str) -> Table:
-    """Parse an open CSV stream (see module docstring for the contract)."""
+def parse_csv(handle: IO[str], name: str, features: Sequence[str] | None = None) -> Table:
+    """Parse an open CSV stream (see module docstring for the contract). Columns are matched by
+    header name, in any order. With ``features`` (a model's), the table holds those columns in
+    that order and other columns are not read, as a message's extra fields are ignored."""
     reader = csv.reader(handle)
     header = [column.strip() for column in next(reader, [])]
-    features = _check_header(header, name)
+    present = _check_header(header, name)
+    if features is not None:
+        Table([], [], None, present, np.empty((0, len(present))), name).with_features(features, name)  # names the missing ones
+    features = present if features is None else list(features)
     rows = list(reader)
     if not rows:
         raise DataError(name, "no data rows")
