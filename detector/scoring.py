@@ -67,6 +67,7 @@ __all__ = ["Decision", "Detector", "Outcomes", "NullCalibration", "null_calibrat
 
 _MIN_VAR = 1e-2  # floor of the baseline variance of the log score (std 0.1, as the calibration's)
 _TINY = 1e-9
+_RANGE_GRADE_CAP = 4.0  # beyond this many tolerances out of range, a score grows in proportion to the distance
 _NULL_ENTITIES, _NULL_BURN_IN, _NULL_STEPS = 1000, 1000, 2000  # simulated normal entities (see null_calibration)
 _null_calibrations: dict[tuple[str, float, float], NullCalibration] = {}
 
@@ -394,15 +395,18 @@ class Detector:
     def _with_range(self, scores: np.ndarray, beyond: np.ndarray) -> np.ndarray | None:
         """The scores raised for messages beyond their range by more than ``range_tolerance``
         (None when there is none): such a message scores ``_range_z`` fit-time standard deviations
-        above the calibration's median at the tolerance, proportionally more further out (up to 4x)."""
+        above the calibration's median at the tolerance, proportionally more further out up to 4x,
+        and beyond that in proportion to its distance, so a value twice as far out scores twice as
+        high and alerts can be ranked by how far out they are."""
         widths = np.sqrt(np.mean(beyond**2, axis=1))  # across features, as the score
         tolerance = self.settings.range_tolerance
         out_of_range = widths > tolerance
         if not out_of_range.any():
             return None
         calibration = self.model.calibration
-        grade = np.clip(widths / max(tolerance, _TINY), 1.0, 4.0)
-        range_score = np.exp(calibration.log_mean + calibration.log_std * self._range_z * grade)
+        grade = np.maximum(widths / max(tolerance, _TINY), 1.0)
+        range_score = np.exp(calibration.log_mean + calibration.log_std * self._range_z * np.minimum(grade, _RANGE_GRADE_CAP))
+        range_score *= np.maximum(grade / _RANGE_GRADE_CAP, 1.0)
         return np.where(out_of_range, np.maximum(scores, range_score), scores)
 
     def _drift_rate(self, elapsed: np.ndarray) -> np.ndarray:
