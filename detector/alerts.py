@@ -1,13 +1,15 @@
 """Alert and dead-letter records, and a publisher that knows when the broker has them.
 
 An alert is published when an entity's alert opens and when it closes (hysteresis lives in
-:mod:`detector.scoring`), keyed by entity:
+:mod:`detector.scoring`), keyed by entity. Its ``open`` and ``close`` share an ``alert_id``, and
+the ``close`` says when the alert opened and how long it lasted. Every timestamp on every topic
+is ISO 8601 in UTC (``2026-11-25T01:00:00Z``):
 
->>> from detector.scoring import Decision
->>> record = alert_record(Decision("pump-7", 1795568400.0, 9.5, 0.9995, True, "open", [("temperature", 0.8)]),
-...                       threshold=0.999, model_version="v1", source=Source("sensors", 3, 1200))
->>> record["state"], record["entity"], record["source"]["offset"], record["top_features"][0]["feature"]
-('open', 'pump-7', 1200, 'temperature')
+>>> from detector.scoring import Contribution, Decision
+>>> record = alert_record(Decision("pump-7", 1795568400.0, 9.5, 0.9995, True, "open", [Contribution("temperature", 0.8, 91.5, 70.2)],
+...                                opened_at=1795568400.0), threshold=0.999, model_version="v1", source=Source("sensors", 3, 1200))
+>>> record["state"], record["entity"], record["timestamp"], record["source"]["offset"], record["top_features"][0]
+('open', 'pump-7', '2026-11-25T01:00:00Z', 1200, {'feature': 'temperature', 'share': 0.8, 'value': 91.5, 'expected': 70.2})
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -23,7 +26,7 @@ from kafka import KafkaProducer
 
 from detector.scoring import Decision
 
-__all__ = ["Publisher", "Source", "alert_record", "dead_letter_record", "score_record"]
+__all__ = ["Publisher", "Source", "alert_id", "alert_record", "dead_letter_record", "score_record"]
 
 
 @dataclass(frozen=True)
@@ -39,19 +42,37 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+_ALERT_IDS = uuid.UUID("5b0c3a52-8f1e-4c67-9d3e-2a51f0c7d9e4")  # namespace of alert ids
+
+
+def alert_id(entity: str, opened_at: float) -> str:
+    """The id of the entity's alert that opened at ``opened_at``: the same for its ``open`` and
+    ``close``, and for a replayed duplicate of either (a UUID derived from both, no counter to keep).
+
+    >>> alert_id("pump-7", 1795568400.0) == alert_id("pump-7", 1795568400.0) != alert_id("pump-8", 1795568400.0)
+    True
+    """
+    return str(uuid.uuid5(_ALERT_IDS, f"{entity}\x00{opened_at!r}"))
+
+
 def alert_record(decision: Decision, threshold: float, model_version: str, source: Source) -> dict[str, Any]:
-    """The JSON body of an alert (state ``open`` or ``close``)."""
+    """The JSON body of an alert (state ``open`` or ``close``). ``alert_id``, ``opened_at`` and
+    ``duration_s`` are null only for an alert opened before the service kept its opening time."""
+    opened = decision.opened_at
     return {
         "type": "anomaly_alert",
         "state": decision.event,
+        "alert_id": alert_id(decision.entity, opened) if opened is not None else None,
         "entity": decision.entity,
         "timestamp": _iso(decision.timestamp),
+        "opened_at": _iso(opened) if opened is not None else None,
+        "duration_s": round(decision.timestamp - opened, 3) if opened is not None else None,
         "score": round(decision.score, 6),
         "probability": round(decision.probability, 6),
         "threshold": threshold,
         "model_version": model_version,
         "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
-        "top_features": [{"feature": f, "share": s} for f, s in decision.top_features],
+        "top_features": [{"feature": c.feature, "share": c.share, "value": c.value, "expected": c.expected} for c in decision.top_features],
         "decided_at": _iso(time.time()),
     }
 
@@ -60,7 +81,7 @@ def score_record(decision: Decision, source: Source) -> dict[str, Any]:
     """The JSON body of a per-message decision (published only when ``scores_topic`` is set)."""
     return {
         "entity": decision.entity,
-        "timestamp": decision.timestamp,
+        "timestamp": _iso(decision.timestamp),
         "score": decision.score,
         "probability": decision.probability,
         "is_anomaly": int(decision.is_anomaly),

@@ -39,6 +39,7 @@ FIELDS: dict[str, type] = {
     "alert_open": np.bool_,  # an alert is open (hysteresis)
     "calm": np.int32,  # consecutive calm observations while open
     "evidence": np.int32,  # observations of the open alert that were not calm (its hysteresis grows with them)
+    "opened_ts": np.float64,  # timestamp (epoch s) of the message that opened the entity's alert (NaN: none open, or unknown)
     "last_ts": np.float64,  # last message timestamp (epoch s), for out-of-order checks
     "last_seen": np.float64,  # wall-clock time last seen, for TTL eviction
     "owner": np.int32,  # partition (or other owner id) the entity's messages come from
@@ -51,9 +52,10 @@ _CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] 
 # Fields added after checkpoints were first written; a checkpoint without one restores what a
 # fresh entity gets, except that an open alert keeps the full hysteresis it had before evidence
 # was counted (evidence 1 << 20) and the range is unknown (NaN: the entity has wandered since the
-# fit, so its next message completes the fit data's range instead of being judged by it).
-_ADDED_LATER = ("evidence", "seasonal", "range_low", "range_high")
-_RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.nan}
+# fit, so its next message completes the fit data's range instead of being judged by it), and an
+# open alert's opening time is unknown (NaN: its close carries no alert id or duration).
+_ADDED_LATER = ("evidence", "seasonal", "range_low", "range_high", "opened_ts")
+_RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.nan, "opened_ts": np.nan}
 
 
 class CheckpointError(ValueError):
@@ -88,7 +90,8 @@ class EntityStore:
         for name in ("range_low", "range_high"):
             self.fields[name] = np.zeros((capacity, n_features), dtype=np.float32)
         self._fresh_values = {"base_mean": baseline[0], "seasonal": baseline[0], "base_var": baseline[1], "last_ts": -np.inf,
-                              "range_low": self.start_range[0], "range_high": self.start_range[1], "peak": start_peak}
+                              "range_low": self.start_range[0], "range_high": self.start_range[1], "peak": start_peak,
+                              "opened_ts": np.nan}
         self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self.evictions = {"ttl": 0, "capacity": 0}
