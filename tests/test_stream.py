@@ -8,7 +8,7 @@ import time
 import pytest
 
 from detector.demo import Message, generate_stream
-from detector.schema import Observation
+from detector.schema import Observation, parse_timestamp
 from detector.scoring import Detector
 
 from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
@@ -26,7 +26,7 @@ def _offline(model_dir, messages: list[Message]) -> dict[tuple[str, float], tupl
 def _assert_scores_match(records: list[dict], expected: dict) -> None:
     assert records
     for r in records:
-        score, probability, flag = expected[(r["entity"], r["timestamp"])]
+        score, probability, flag = expected[(r["entity"], parse_timestamp(r["timestamp"]))]  # ISO 8601 on every topic
         assert r["score"] == pytest.approx(score, abs=1e-5), r
         assert r["probability"] == pytest.approx(probability, abs=1e-5), r
         assert r["is_anomaly"] == flag, r

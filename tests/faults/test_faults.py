@@ -19,7 +19,7 @@ from kafka import KafkaProducer
 from detector.broker import free_port, start_broker
 from detector.demo import FEATURES, generate_stream
 from detector.model import load_model
-from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation, parse_message
+from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation, parse_message, parse_timestamp
 from detector.scoring import Detector
 
 from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
@@ -37,7 +37,7 @@ def _offline(model_dir, messages):
 
 def _check_scores(records, expected):
     for r in records:
-        d = expected[(r["entity"], r["timestamp"])]
+        d = expected[(r["entity"], parse_timestamp(r["timestamp"]))]  # ISO 8601 on every topic
         assert r["score"] == pytest.approx(d.score, abs=1e-5) and r["is_anomaly"] == int(d.is_anomaly), r
 
 
