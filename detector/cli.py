@@ -4,6 +4,7 @@
     detector score --model models/current --data today.csv --out scores.csv
     detector evaluate --nab ../shared/data/nab --skab ../shared/data/skab [--seeds 7,8,9]
     detector run --config config.toml
+    detector broker | send --data today.csv | read --topic detector-alerts   (trying it out)
 
 Exit codes: 0 success, 2 bad input (file, settings or model), 1 unexpected failure.
 """
@@ -121,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", parents=[config_after], help="run the streaming service on Kafka")
     run.set_defaults(handler=_run)
+
+    broker = commands.add_parser("broker", parents=[config_after], help="run the bundled broker at kafka.bootstrap_servers, with the service's topics (for trying it out)")
+    broker.set_defaults(handler=_broker)
+    send = commands.add_parser("send", parents=[config_after], help="publish the rows of a CSV file as messages (for trying it out)")
+    send.add_argument("--data", type=_existing_file, required=True, help="CSV file whose rows to send, in order")
+    send.add_argument("--topic", default=None, help="topic (default: the first of kafka.input_topics)")
+    send.set_defaults(handler=_send)
+    read = commands.add_parser("read", parents=[config_after], help="print a topic's records as JSON lines (for trying it out)")
+    read.add_argument("--topic", default=None, help="topic (default: kafka.alert_topic)")
+    read.add_argument("--count", type=int, default=1, help="stop after this many records (default 1)")
+    read.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds, exit 1 (default 60)")
+    read.set_defaults(handler=_read)
     return parser
 
 
@@ -266,6 +279,24 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from detector.stream import run_service
 
     return run_service(settings)
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from detector.tryout import run_broker
+
+    return run_broker(settings)
+
+
+def _send(args: argparse.Namespace, settings: Settings) -> int:
+    from detector.tryout import send_csv
+
+    return send_csv(settings, args.data, args.topic)
+
+
+def _read(args: argparse.Namespace, settings: Settings) -> int:
+    from detector.tryout import read_topic
+
+    return read_topic(settings, args.topic, args.count, args.timeout)
 
 
 if __name__ == "__main__":
