@@ -1,4 +1,4 @@
-"""Command line: ``detector fit | score | evaluate | run``.
+"""Command line: ``detector fit | score | evaluate | run | broker | send | read``.
 
     detector fit --data history.csv --out models/current
     detector score --model models/current --data today.csv --out scores.csv

@@ -37,7 +37,10 @@ so a backtest means what production does.
   exponentially weighted mean/variance with ``drift_halflife`` messages or ``drift_halflife_s``
   seconds, whichever is shorter, fed deviations clipped to ``baseline_clip`` standard
   deviations), so an alert stays open while a change lasts but a persistent change stops
-  alerting after a while (a time growing with the logarithm of its size).
+  alerting after a while (a time growing with the logarithm of its size). While an alert is
+  young (fewer than four times ``close_after`` anomalous messages), its messages beyond the
+  fit-time alert level do not teach the baseline, so a lasting fault is not absorbed while it is
+  being reported.
 
 >>> from detector.testing import tiny_model
 >>> detector = Detector(tiny_model())
@@ -67,6 +70,7 @@ __all__ = ["Contribution", "Decision", "Detector", "Outcomes", "NullCalibration"
 
 _MIN_VAR = 1e-2  # floor of the baseline variance of the log score (std 0.1, as the calibration's)
 _TINY = 1e-9
+_HOLD_EVIDENCE = 4  # an open alert's baseline holds for this many times close_after of its anomalous messages
 _RANGE_GRADE_CAP = 4.0  # beyond this many tolerances out of range, a score grows in proportion to the distance
 _NULL_ENTITIES, _NULL_BURN_IN, _NULL_STEPS = 1000, 1000, 2000  # simulated normal entities (see null_calibration)
 _null_calibrations: dict[tuple[str, float, float], NullCalibration] = {}
@@ -284,9 +288,10 @@ class Detector:
         p_fit = _normal_cdf((log_judged - calibration.log_mean) / calibration.log_std)
         p_slow = np.minimum(p_fit, _normal_cdf((log_judged - mean) / np.sqrt(var)))
         beyond_level = p_fit >= settings.open_probability  # beyond the fit-time alert level
-        # an open alert's messages beyond the fit-time level do not teach the baseline that they are usual:
+        # a young alert's messages beyond the fit-time level do not teach the baseline that they are usual:
         # otherwise a lasting fault is absorbed and its alert closes while the fault goes on
-        self._update_baseline(slots, log_score, mean, var, warm & ~(was_open & beyond_level), self._drift_rate(elapsed))
+        held = was_open & beyond_level & (fields["evidence"][slots] < _HOLD_EVIDENCE * settings.close_after)
+        self._update_baseline(slots, log_score, mean, var, warm & ~held, self._drift_rate(elapsed))
         quiet = p_slow < settings.close_probability
         calm = np.where(quiet, fields["calm"][slots] + 1, 0)
         evidence = np.where(was_open, fields["evidence"][slots] + ~quiet, 1)
