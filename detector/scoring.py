@@ -38,7 +38,7 @@ so a backtest means what production does.
   seconds, whichever is shorter, fed deviations clipped to ``baseline_clip`` standard
   deviations), so an alert stays open while a change lasts but a persistent change stops
   alerting after a while (a time growing with the logarithm of its size). While an alert is
-  young (fewer than four times ``close_after`` anomalous messages), its messages beyond the
+  young (fewer than twice ``close_after`` anomalous messages), its messages beyond the
   fit-time alert level do not teach the baseline, so a lasting fault is not absorbed while it is
   being reported.
 
@@ -70,7 +70,7 @@ __all__ = ["Contribution", "Decision", "Detector", "Outcomes", "NullCalibration"
 
 _MIN_VAR = 1e-2  # floor of the baseline variance of the log score (std 0.1, as the calibration's)
 _TINY = 1e-9
-_HOLD_EVIDENCE = 4  # an open alert's baseline holds for this many times close_after of its anomalous messages
+_HOLD_EVIDENCE = 2  # a young alert: fewer anomalous messages than this many times close_after
 _RANGE_GRADE_CAP = 4.0  # beyond this many tolerances out of range, a score grows in proportion to the distance
 _NULL_ENTITIES, _NULL_BURN_IN, _NULL_STEPS = 1000, 1000, 2000  # simulated normal entities (see null_calibration)
 _null_calibrations: dict[tuple[str, float, float], NullCalibration] = {}

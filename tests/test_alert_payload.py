@@ -44,12 +44,12 @@ def test_a_lasting_fault_stays_alerted_while_it_lasts():
 
 
 def test_a_lasting_level_shift_in_generated_pumps_keeps_its_alert_open(model_dir):
-    """Three generated pumps; pump-1's vibration runs high for 100 messages (a bearing fault). Its
+    """Three generated pumps; pump-1's vibration runs high for 80 messages (a bearing fault). Its
     alert used to close 72 messages in, while the fault went on at seven times the alert level."""
     from detector.model import load_model
 
     stream = generate_stream(3, 260, seed=2)
-    fault = range(100, 200)
+    fault = range(100, 180)
     observations = [Observation(m.entity, m.timestamp, [v + (0.5 if f == 2 and m.entity == "pump-1" and i // 3 in fault else 0.0)
                                                         for f, v in enumerate(m.values)]) for i, m in enumerate(stream)]
     decisions = [d for d in Detector(load_model(model_dir)).process(observations) if d.entity == "pump-1"]
