@@ -9,7 +9,8 @@ what ``make setup`` installs on the host.
     python3 deploy/image/build.py                      # tags detector:<version from pyproject.toml>
     TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu python3 deploy/image/build.py
 
-``PYTHON_IMAGE`` set in the environment skips the stand-in and builds on that image instead.
+``PYTHON_IMAGE`` set in the environment skips the stand-in and builds on that image instead;
+``DEBIAN_MIRROR`` replaces deb.debian.org for debootstrap.
 The podman flags this machine needs are in :data:`PODMAN` and :data:`CONTAINER_FLAGS`; the
 container test imports them from here.
 """
@@ -31,6 +32,7 @@ SUITE = "bookworm"
 BASE_IMAGE = f"localhost/python:3.11-slim-{SUITE}"
 BASE_TARBALL = CACHE / f"python3.11-{SUITE}-minbase.tar"
 BASE_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
 EXPECTED_PYTHON = "3.11"
 
 # runc and cgroupfs: podman's defaults (crun, systemd) are not available on these machines.
@@ -85,7 +87,8 @@ def make_base_tarball(target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="detector-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         print(f"image: debootstrap {SUITE} into {rootfs} (a few minutes, once)", flush=True)
-        subprocess.run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(rootfs)],
+        mirror = os.environ.get("DEBIAN_MIRROR") or DEFAULT_MIRROR
+        subprocess.run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(rootfs), mirror],
                        check=True, stdout=subprocess.DEVNULL)
         found = subprocess.run(["chroot", str(rootfs), "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                                check=True, text=True, capture_output=True).stdout.strip()

@@ -69,7 +69,11 @@ class Container:
 
     def __init__(self, image: str, args: list[str], flags: list[str]) -> None:
         self.name = f"detector-test-{uuid.uuid4().hex[:8]}"
-        build.podman("run", "--detach", "--name", self.name, *build.CONTAINER_FLAGS, *flags, image, *args, capture=True)
+        started = build.podman("run", "--detach", "--name", self.name, *build.CONTAINER_FLAGS, *flags, image, *args,
+                               capture=True, check=False)
+        if started.returncode != 0:
+            self.remove()
+            pytest.fail(f"podman run failed ({started.returncode}): {started.stderr}")
 
     def state(self) -> tuple[str, int]:
         out = build.podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self.name, capture=True).stdout.split()
