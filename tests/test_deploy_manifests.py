@@ -133,6 +133,9 @@ def test_topics_job_creates_what_the_configmap_names(tmp_path: Path) -> None:
     settings = configmap_settings(tmp_path)
     assert env["BOOTSTRAP_SERVERS"] == settings.kafka.bootstrap_servers
     script = container["args"][0]
+    assert container["command"][0] == "/bin/bash"
+    syntax = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True, timeout=30)
+    assert syntax.returncode == 0, syntax.stderr
     topics = created_topics(script)
     assert topics.keys() == service_topics(settings)
     assert "--if-not-exists" in script
