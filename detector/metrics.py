@@ -82,10 +82,12 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
     "too_large",
     "timestamp",
     "stale_timestamp",
+    "future_timestamp",
+    "internal_error",
 )
 ALERT_KINDS: tuple[str, ...] = ("open", "close")
 EVICTION_REASONS: tuple[str, ...] = ("ttl", "capacity")
-RESTORE_FALLBACK_REASONS: tuple[str, ...] = ("corrupt", "schema_mismatch", "missing")
+RESTORE_FALLBACK_REASONS: tuple[str, ...] = ("corrupt", "invalid", "schema_mismatch", "missing")
 
 SCORE_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 100, 250, 1000)
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)

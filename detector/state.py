@@ -20,12 +20,13 @@ import ctypes.util
 import functools
 import io
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "EntityStore", "release_freed_memory"]
+__all__ = ["CheckpointError", "EntityStore", "Snapshot", "release_freed_memory"]
 
 # Scoring state carried per entity next to the recurrent state.
 FIELDS: dict[str, type] = {
@@ -58,6 +59,16 @@ _RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.
 
 class CheckpointError(ValueError):
     """A checkpoint blob that cannot be restored (corrupt or from another model)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Copies of some entities' states, to undo a step that failed half-way (:meth:`EntityStore.roll_back`)."""
+
+    known: list[str]  # tracked when the snapshot was taken: their rows below
+    new: list[str]  # not tracked then: forgotten on roll-back
+    rnn: torch.Tensor
+    fields: dict[str, np.ndarray]
 
 
 class EntityStore:
@@ -122,6 +133,45 @@ class EntityStore:
         self.fields["last_seen"][slots] = now
         self.fields["owner"][slots] = owners
         return slots
+
+    def snapshot(self, entities: Iterable[str]) -> Snapshot:
+        """The current states of ``entities`` (repeats allowed), to restore with :meth:`roll_back`.
+
+        >>> store = EntityStore(state_size=2, baseline=(0.0, 1.0))
+        >>> _ = store.slots_for(["a"], owner=0, now=0.0)
+        >>> before = store.snapshot(["a", "b"])
+        >>> store.fields["steps"][store.slots_for(["a", "b"], owner=0, now=1.0)] = 5
+        >>> store.roll_back(before)
+        >>> store.entities(), int(store.fields["steps"][store.slot_of("a")])
+        (['a'], 0)
+        """
+        index = self._index
+        distinct = list(dict.fromkeys(entities))
+        known = [e for e in distinct if e in index]
+        slots = np.fromiter(map(index.__getitem__, known), dtype=np.int64, count=len(known))
+        return Snapshot(known, [e for e in distinct if e not in index], self.rnn[torch.from_numpy(slots)],
+                        {name: array[slots] for name, array in self.fields.items()})  # fancy indexing copies
+
+    def roll_back(self, snapshot: Snapshot) -> None:
+        """Put the states of a :meth:`snapshot` back: its new entities are forgotten, its known ones
+        get their rows back (re-tracked if the step evicted them)."""
+        for entity in snapshot.new:
+            if entity in self._index:
+                self._remove(entity)
+        for entity in snapshot.known:
+            if entity not in self._index:
+                self._index[entity] = self._allocate()
+        slots = np.fromiter(map(self._index.__getitem__, snapshot.known), dtype=np.int64, count=len(snapshot.known))
+        self.rnn[torch.from_numpy(slots)] = snapshot.rnn
+        for name, rows in snapshot.fields.items():
+            self.fields[name][slots] = rows
+
+    def forget(self, entities: Iterable[str]) -> int:
+        """Drop the states of ``entities`` (their next message starts fresh); returns how many were tracked."""
+        gone = [e for e in dict.fromkeys(entities) if e in self._index]
+        for entity in gone:
+            self._remove(entity)
+        return len(gone)
 
     def evict_idle(self, now: float) -> int:
         """Evict entities not seen for ``ttl_s`` seconds; returns how many."""
