@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import functools
 import io
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -57,8 +58,17 @@ _ADDED_LATER = ("evidence", "seasonal", "range_low", "range_high")
 _RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.nan}
 
 
+_FINITE = ("base_mean", "base_var", "fast_mean", "long_mean", "long_var", "peak", "error_ewma", "seasonal")  # finite in any state
+_NON_NEGATIVE = ("base_var", "long_var", "steps", "calm", "evidence")
+
+
 class CheckpointError(ValueError):
-    """A checkpoint blob that cannot be restored (corrupt or from another model)."""
+    """A checkpoint blob that cannot be restored: ``reason`` is ``corrupt`` (unreadable) or
+    ``invalid`` (readable, but not states of this model that can be trusted)."""
+
+    def __init__(self, message: str, reason: str = "invalid"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -210,7 +220,7 @@ class EntityStore:
     def restore(self, blob: bytes, owner: int, now: float, tag: str = "") -> int:
         """Load states written by :meth:`export` for ``owner``; raises :class:`CheckpointError`."""
         widths = {name: self.fields[name].shape[1:] for name in _WIDE}
-        payload = _load_payload(blob, self.state_size, tag, widths)
+        payload = _load_payload(blob, self.state_size, tag, widths, self.max_entities)
         entities: list[str] = payload["entities"]
         slots = self.slots_for(entities, owner, now)
         self.rnn[torch.from_numpy(slots)] = payload["rnn"]
@@ -298,20 +308,48 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def _load_payload(blob: bytes, state_size: int, tag: str, widths: dict[str, tuple[int, ...]]) -> dict:
-    """The checkpoint's tensors, checked against this store (``state_size``, ``tag`` and the
-    ``widths`` of its two-dimensional fields); raises :class:`CheckpointError`."""
+def _load_payload(blob: bytes, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int) -> dict:
+    """The checkpoint's tensors, checked against this store (``state_size``, ``tag``, the ``widths``
+    of its two-dimensional fields, ``max_entities``) and for values no state can hold (NaN, a
+    negative count); raises :class:`CheckpointError`. Nothing is trusted before it is checked."""
     try:
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        entities, rnn = payload["entities"], payload["rnn"]
-        sizes_ok = all(len(payload[name]) == len(entities) for name in _CHECKPOINTED if name in payload or name not in _ADDED_LATER)
     except Exception as error:
-        raise CheckpointError(f"corrupt checkpoint: {type(error).__name__}: {error}") from None
-    if payload.get("tag", "") != tag:
-        raise CheckpointError(f"checkpoint is for {payload.get('tag')!r}, not {tag!r}")
-    if rnn.ndim != 2 or rnn.shape[1] != state_size or rnn.shape[0] != len(entities) or not sizes_ok:
-        raise CheckpointError(f"checkpoint shapes do not match this model (state size {state_size})")
-    for name, width in widths.items():
-        if name in payload and tuple(payload[name].shape[1:]) != width:
-            raise CheckpointError(f"checkpoint field {name} has shape {tuple(payload[name].shape[1:])}, this model {width}")
+        raise CheckpointError(f"corrupt checkpoint: {type(error).__name__}: {str(error)[:200]}", "corrupt") from None
+    problem = _payload_problem(payload, state_size, tag, widths, max_entities)
+    if problem:
+        raise CheckpointError(problem, "invalid")
     return payload
+
+
+def _payload_problem(payload: object, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int) -> str:
+    """What makes a loaded checkpoint unusable ("" when nothing does)."""
+    if not isinstance(payload, dict):
+        return f"checkpoint is a {type(payload).__name__}, not a dict"
+    if payload.get("tag", "") != tag:
+        return f"checkpoint is for {payload.get('tag')!r}, not {tag!r}"
+    entities = payload.get("entities")
+    if not isinstance(entities, list) or not all(isinstance(e, str) for e in entities) or len(set(entities)) != len(entities):
+        return "checkpoint entities are not a list of distinct names"
+    if len(entities) > max_entities:
+        return f"checkpoint holds {len(entities)} entities, more than max_entities ({max_entities})"
+    rnn = payload.get("rnn")
+    if not isinstance(rnn, torch.Tensor) or rnn.ndim != 2 or rnn.shape[1] != state_size or rnn.shape[0] != len(entities):
+        return f"checkpoint shapes do not match this model (state size {state_size})"
+    if not torch.isfinite(rnn).all():
+        return "checkpoint recurrent states are not finite"
+    for name in _CHECKPOINTED:
+        value = payload.get(name)
+        if value is None and name in _ADDED_LATER:
+            continue
+        if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != len(entities):
+            return f"checkpoint field {name} is missing or not one row per entity"
+        if tuple(value.shape[1:]) != widths.get(name, ()):
+            return f"checkpoint field {name} has shape {tuple(value.shape[1:])}, this model {widths.get(name, ())}"
+        if name in _FINITE and not torch.isfinite(value).all():
+            return f"checkpoint field {name} is not finite"
+        if name in _NON_NEGATIVE and (value < 0).any():
+            return f"checkpoint field {name} is negative"
+        if name == "last_ts" and (value.isnan() | (value == math.inf)).any():
+            return "checkpoint field last_ts is NaN or infinite"
+    return ""

@@ -610,22 +610,34 @@ class Service:
         self._checkpoint([tp], reason="initial")
 
     def _load(self, tp: TopicPartition, checkpoint: Any) -> bool:
-        if checkpoint.corrupt:
-            self.metrics.restore_fallback("corrupt")
-            log.error("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason=checkpoint.corrupt)
-            return False
+        """Restore ``tp``'s states from ``checkpoint`` if every part of it checks out (see
+        :mod:`detector.checkpoints` and :meth:`EntityStore.restore`); else count the fallback."""
+        if checkpoint.corrupt or checkpoint.invalid:
+            return self._fallback(tp, "corrupt" if checkpoint.corrupt else "invalid", checkpoint.corrupt or checkpoint.invalid)
         if checkpoint.model_version != self.model.version:
             self.metrics.restore_fallback("schema_mismatch")
             log.warning("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason="checkpoint from model " + checkpoint.model_version)
             return False
+        first = self.consumer.beginning_offsets([tp])[tp]  # type: ignore[union-attr]
+        end = self.consumer.end_offsets([tp])[tp]  # type: ignore[union-attr]
+        if not first <= checkpoint.next_offset <= end:
+            return self._fallback(tp, "invalid", f"checkpoint offset {checkpoint.next_offset} outside the partition's {first}..{end}")
+        owner = self._owners[tp]
         try:
-            count = self.detector.store.restore(checkpoint.blob, self._owners[tp], time.time(), tag=self.model.version)
+            count = self.detector.store.restore(checkpoint.blob, owner, time.time(), tag=self.model.version)
         except CheckpointError as error:
-            self.metrics.restore_fallback("corrupt")
-            log.error("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason=str(error))
-            return False
+            return self._fallback(tp, error.reason, str(error))
+        except Exception as error:  # checked states that still did not fit: none of them stays
+            self.detector.store.drop_owner(owner)
+            return self._fallback(tp, "invalid", f"{type(error).__name__}: {error}"[:300])
         log.info("state.restored", topic=tp.topic, partition=tp.partition, entities=count, offset=checkpoint.next_offset)
         return True
+
+    def _fallback(self, tp: TopicPartition, reason: str, detail: str) -> bool:
+        """Count and log an unusable checkpoint (the partition starts from fresh states); False."""
+        self.metrics.restore_fallback(reason)
+        log.error("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason=detail, fallback=reason)
+        return False
 
 
 def run_service(settings: Settings) -> int:
