@@ -580,7 +580,7 @@ class Service:
 
     def _restore(self, tp: TopicPartition, checkpoint: Any) -> None:
         committed = self.consumer.committed(tp)  # type: ignore[union-attr]
-        restored = checkpoint is not None and self._load(tp, checkpoint)
+        restored = checkpoint is not None and self._load(tp, checkpoint, committed)
         if restored:
             self._checkpointed[tp] = checkpoint.next_offset
             self.consumer.seek(tp, checkpoint.next_offset)  # type: ignore[union-attr]
@@ -609,9 +609,13 @@ class Service:
         self._next_offset[tp] = position
         self._checkpoint([tp], reason="initial")
 
-    def _load(self, tp: TopicPartition, checkpoint: Any) -> bool:
+    def _load(self, tp: TopicPartition, checkpoint: Any, committed: int | None) -> bool:
         """Restore ``tp``'s states from ``checkpoint`` if every part of it checks out (see
-        :mod:`detector.checkpoints` and :meth:`EntityStore.restore`); else count the fallback."""
+        :mod:`detector.checkpoints` and :meth:`EntityStore.restore`); else count the fallback.
+
+        Its offset must lie in the partition: from the first offset to the end, or to the
+        committed offset where that is beyond the end the broker reports (the bundled Tansu
+        broker reports the last batch's first offset plus one)."""
         if checkpoint.corrupt or checkpoint.invalid:
             return self._fallback(tp, "corrupt" if checkpoint.corrupt else "invalid", checkpoint.corrupt or checkpoint.invalid)
         if checkpoint.model_version != self.model.version:
@@ -619,7 +623,7 @@ class Service:
             log.warning("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason="checkpoint from model " + checkpoint.model_version)
             return False
         first = self.consumer.beginning_offsets([tp])[tp]  # type: ignore[union-attr]
-        end = self.consumer.end_offsets([tp])[tp]  # type: ignore[union-attr]
+        end = max(self.consumer.end_offsets([tp])[tp], committed or 0)  # type: ignore[union-attr]
         if not first <= checkpoint.next_offset <= end:
             return self._fallback(tp, "invalid", f"checkpoint offset {checkpoint.next_offset} outside the partition's {first}..{end}")
         owner = self._owners[tp]
