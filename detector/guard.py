@@ -66,6 +66,8 @@ class BatchGuard:
         self.max_future_skew_s, self.clock = max_future_skew_s, clock
         model = detector.model
         self._mean, self._scale = model.feature_mean.astype(np.float32), model.feature_scale.astype(np.float32)
+        # below this magnitude no value can overflow once standardised: the exact check is skipped
+        self._safe = float(np.finfo(np.float32).max) / 2 * min(1.0, float(self._scale.min())) - float(np.abs(self._mean).max(initial=0.0))
         self._failures, self._last_failure_log = 0, float("-inf")  # batched steps that failed; when last logged
 
     def score(self, raws: Sequence[bytes | None], keys: Sequence[bytes | None], owners: np.ndarray, drop_stale: bool = False) -> Guarded:
@@ -112,9 +114,11 @@ class BatchGuard:
 
     def _validate(self, accepted: np.ndarray, batch: Columns, refused: list[Refused]) -> tuple[np.ndarray, Columns]:
         """Refuse timestamps beyond the allowed skew and values that overflow the model's float32."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            standardised = (batch.values.astype(np.float32) - self._mean) / self._scale
-        overflow = ~np.isfinite(standardised).all(axis=1)
+        overflow = np.zeros(len(batch), dtype=bool)
+        if len(batch) and np.abs(batch.values).max() > self._safe:
+            with np.errstate(over="ignore", invalid="ignore"):
+                standardised = (batch.values.astype(np.float32) - self._mean) / self._scale  # as the detector's step computes it
+            overflow = ~np.isfinite(standardised).all(axis=1)
         future = batch.timestamps > self.clock() + self.max_future_skew_s
         bad = overflow | future
         if not bad.any():
