@@ -149,3 +149,18 @@ def test_a_failed_batched_step_is_redone_message_by_message_without_double_steps
     assert detector.store.slot_of("h-poison") is None, "the failing message's step was undone"
     assert steps[detector.store.slot_of("pump-2")] == 2, "each message stepped once (the failed batch's steps were dropped)"
     assert steps[detector.store.slot_of("pump-1")] == 1, "a batch entity restarts fresh: its earlier state was suspect"
+
+
+def test_valid_batches_score_as_the_unguarded_detector_does(model_dir):
+    """The guard changes nothing for valid input: same positions, same scores and decisions."""
+    model = load_model(model_dir)
+    plain, guarded = Detector(model), Detector(model)
+    guard = BatchGuard(MessageDecoder(FEATURES, MessageFields()), guarded, max_future_skew_s=86400)
+    raws = [_valid(f"pump-{i % 7}", NOW + i) for i in range(60)]
+    for start in range(0, 60, 20):
+        chunk = raws[start:start + 20]
+        accepted, batch, _ = DECODE.decode_many(chunk, [None] * 20)
+        expected = plain.process_columns(batch, owner=0, drop_stale=True)
+        result = guard.score(chunk, [None] * 20, np.zeros(20, dtype=np.int32), drop_stale=True)
+        assert result.accepted.tolist() == accepted.tolist() == list(range(20)) and not result.refused and not result.fell_back
+        assert result.outcomes.score.tolist() == expected.score.tolist() and result.outcomes.events == expected.events
