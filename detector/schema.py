@@ -54,6 +54,7 @@ TIMESTAMP = "timestamp"
 ENTITY = "entity"
 DEFAULT_ENTITY = "default"
 _MS_THRESHOLD = 1e11  # epoch values above this are milliseconds (year 5138 in seconds)
+MAX_EPOCH_S = 253402300799.0  # 9999-12-31T23:59:59Z: the last second an ISO 8601 timestamp can show
 
 
 class DataError(ValueError):
@@ -132,12 +133,18 @@ def parse_timestamp(value: Any) -> float:
             parsed = datetime.fromisoformat(value.strip())
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=timezone.utc)
-            return parsed.timestamp()
+            number = parsed.timestamp()
+            if not 0 <= number <= MAX_EPOCH_S:
+                raise ValueError("timestamp must lie between 1970 and 9999") from None
+            return number
     else:
         raise ValueError("timestamp must be a number or ISO 8601 text")
     if not math.isfinite(number) or number < 0:
         raise ValueError("timestamp must be a finite, non-negative epoch")
-    return number / 1000.0 if number > _MS_THRESHOLD else number
+    seconds = number / 1000.0 if number > _MS_THRESHOLD else number
+    if seconds > MAX_EPOCH_S:
+        raise ValueError("timestamp lies beyond the year 9999 (in seconds or milliseconds)")
+    return seconds
 
 
 def read_csv(path: Path | str, features: Sequence[str] | None = None) -> Table:
@@ -239,11 +246,25 @@ def _cell_number(text: str, name: str, row: int, column: str) -> float:
 
 
 class BadMessage(ValueError):
-    """A message that cannot be scored; ``reason`` is a small fixed vocabulary for metrics."""
+    """A message that cannot be scored; ``reason`` is a small fixed vocabulary for metrics,
+    ``error_type`` names the exception behind it (``BadMessage`` when a check refused it)."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, error_type: str = "BadMessage"):
         super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.error_type = reason, detail, error_type
+
+    @classmethod
+    def unexpected(cls, error: BaseException) -> BadMessage:
+        """An exception nobody foresaw, as the dead letter of the message that raised it."""
+        return cls("internal_error", f"{type(error).__name__}: {_shown(error)}", type(error).__name__)
+
+
+def _shown(error: BaseException) -> str:
+    """An exception's message, bounded (some repeat their whole input)."""
+    try:
+        return str(error)[:300]
+    except Exception:  # a message that cannot even be rendered
+        return "(unprintable)"
 
 
 @dataclass(frozen=True)
@@ -254,6 +275,7 @@ class MessageFields:
     timestamp: str = "timestamp"
     values: str = "values"
     max_bytes: int = 65536
+    max_entity_chars: int = 256  # longer entity names (after trimming) are refused, never cut
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more per instance on the hot path
@@ -305,7 +327,7 @@ def parse_message(raw: bytes | None, key: bytes | None, features: Sequence[str],
     document = _decode_json(raw)
     if not isinstance(document, dict):
         raise BadMessage("schema", f"expected a JSON object, got {type(document).__name__}")
-    entity = _message_entity(document.get(fields.entity), key, fields.entity)
+    entity = _message_entity(document.get(fields.entity), key, fields)
     try:
         timestamp = parse_timestamp(document.get(fields.timestamp))
     except (ValueError, TypeError, OverflowError) as error:
@@ -342,11 +364,19 @@ class MessageDecoder:
         self._strict = msgspec.json.Decoder(_strict_shape(self.features, fields)).decode
 
     def __call__(self, raw: bytes | None, key: bytes | None) -> Observation:
+        """The observation; raises :class:`BadMessage`, and nothing else, for any input."""
         try:
             observation = self._fast(raw, key)
-        except (msgspec.MsgspecError, KeyError, ValueError, TypeError, OverflowError):
+        except Exception:  # anything the fast path cannot vouch for goes the careful way
             observation = None
-        return observation if observation is not None else parse_message(raw, key, self.features, self.fields)
+        if observation is not None:
+            return observation
+        try:
+            return parse_message(raw, key, self.features, self.fields)
+        except BadMessage:
+            raise
+        except Exception as error:  # a gap in the checks: still this message's dead letter
+            raise BadMessage.unexpected(error) from None
 
     def decode_many(self, raws: Sequence[bytes | None], keys: Sequence[bytes | None]) -> tuple[np.ndarray, Columns, list[tuple[int, BadMessage]]]:
         """Validate a batch: (positions accepted, their columns, (position, reason) of the rest).
@@ -360,7 +390,10 @@ class MessageDecoder:
         >>> ok.tolist(), batch.values.tolist(), [(i, e.reason) for i, e in bad]
         ([0], [[2.0]], [(1, 'not_json')])
         """
-        columns = self._columnar(raws)
+        try:
+            columns = self._columnar(raws)
+        except Exception:  # e.g. RecursionError on deep nesting: the per-message path names it
+            columns = None
         if columns is not None:
             return np.arange(len(raws)), columns, []
         accepted, observations, dead = [], [], []
@@ -384,6 +417,8 @@ class MessageDecoder:
         if not (np.isfinite(timestamps).all() and (timestamps >= 0).all()):
             return None
         timestamps = np.where(timestamps > _MS_THRESHOLD, timestamps / 1000.0, timestamps)
+        if (timestamps > MAX_EPOCH_S).any():
+            return None
         entities = [m.entity for m in messages]
         if any(e != e.strip() for e in entities):  # the careful path trims (a msgspec pattern cost ~1 us/msg)
             return None
@@ -398,8 +433,8 @@ class MessageDecoder:
         entity = message.entity if message.entity is not None else (key.decode("utf-8") if key else None)
         if entity is None or message.values is None:
             return None
-        entity = str(entity).strip()[:256]
-        if not entity:
+        entity = str(entity).strip()
+        if not entity or len(entity) > self.fields.max_entity_chars:
             return None
         # msgspec floats are finite: NaN/Infinity are not JSON and out-of-range numbers fail to decode
         values = self._pick(message.values)
@@ -407,31 +442,43 @@ class MessageDecoder:
 
 
 def _strict_shape(features: Sequence[str], fields: MessageFields) -> type:
-    """The msgspec shape of a plain message: a non-empty entity string (<= 256 characters), a numeric
-    timestamp and every feature a (finite: JSON has no NaN) number; other fields are ignored."""
+    """The msgspec shape of a plain message: a non-empty entity string (at most ``max_entity_chars``;
+    msgspec refuses lone surrogates), a numeric timestamp and every feature a (finite: JSON has no
+    NaN) number; other fields are ignored."""
     slots = [f"f{i}" for i in range(len(features))]
     values = msgspec.defstruct("Values", [(slot, float) for slot in slots], rename=dict(zip(slots, features)))
-    entity = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]  # untrimmed ones: see MessageDecoder._columnar
+    entity = Annotated[str, msgspec.Meta(min_length=1, max_length=fields.max_entity_chars)]  # untrimmed ones: see MessageDecoder._columnar
     return msgspec.defstruct("PlainMessage", [("entity", entity), ("timestamp", float), ("values", values)],
                              rename={"entity": fields.entity, "timestamp": fields.timestamp, "values": fields.values})
 
 
 def _decode_json(raw: bytes) -> Any:
+    """The JSON document; any failure (bad UTF-8, syntax, nesting too deep, an integer beyond
+    Python's digit limit) is the message's ``not_json``."""
     try:
-        return json.loads(raw.decode("utf-8"))  # str: skips json's encoding detection
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise BadMessage("not_json", str(error)[:200]) from None
+        return json.loads(raw.decode("utf-8"))  # str: skips json's encoding detection (which lets lone surrogates through)
+    except Exception as error:
+        raise BadMessage("not_json", _shown(error)[:200], type(error).__name__) from None
 
 
-def _message_entity(value: Any, key: bytes | None, name: str) -> str:
+def _message_entity(value: Any, key: bytes | None, fields: MessageFields) -> str:
     if value is None and key:
         try:
             value = key.decode("utf-8")
         except UnicodeDecodeError:
-            raise BadMessage("schema", "message key is not UTF-8") from None
-    if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).strip():
-        return str(value).strip()[:256]
-    raise BadMessage("schema", f"field {name!r} missing or not a non-empty string (and no message key)")
+            raise BadMessage("schema", "message key is not UTF-8", "UnicodeDecodeError") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # JSON integers have at most Python's digit limit (json refuses longer ones)
+    entity = value.strip() if isinstance(value, str) else ""
+    if not entity:
+        raise BadMessage("schema", f"field {fields.entity!r} missing or not a non-empty string (and no message key)")
+    if len(entity) > fields.max_entity_chars:
+        raise BadMessage("schema", f"entity of {len(entity)} characters, more than stream.max_entity_chars ({fields.max_entity_chars})")
+    try:
+        entity.encode("utf-8")  # a lone surrogate ("\ud800") cannot become a Kafka key
+    except UnicodeEncodeError:
+        raise BadMessage("schema", "entity is not valid Unicode (a lone surrogate)", "UnicodeEncodeError") from None
+    return entity
 
 
 def _message_values(document: Any, features: Sequence[str], name: str) -> list[float]:

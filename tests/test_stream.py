@@ -11,7 +11,7 @@ from detector.demo import Message, generate_stream
 from detector.schema import Observation, parse_timestamp
 from detector.scoring import Detector
 
-from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
+from service_harness import ServiceProcess, TopicReader, dead_letter_view, make_topics, offsets_seen, produce, service_env
 
 pytestmark = pytest.mark.kafka
 
@@ -158,7 +158,7 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_are_scored(kafka_b
                 expected_reasons.append(reason)
     produce(kafka_bootstrap, topics.input, mixed)
     service = ServiceProcess(service_env(kafka_bootstrap, topics, model_dir), tmp_path / "service.log")
-    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters)
+    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view)
     try:
         scores.wait_for(lambda r: len(r) >= len(stream), timeout_s=120, alive=service.alive)
         letters = dead.wait_for(lambda r: len(r) >= len(expected_reasons), timeout_s=60, alive=service.alive)

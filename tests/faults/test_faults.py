@@ -22,7 +22,7 @@ from detector.model import load_model
 from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation, parse_message, parse_timestamp
 from detector.scoring import Detector
 
-from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
+from service_harness import ServiceProcess, TopicReader, dead_letter_view, make_topics, offsets_seen, produce, service_env
 
 import numpy as np
 
@@ -224,7 +224,7 @@ def test_fuzzed_messages_in_a_live_stream(messages, kafka_bootstrap, topic_facto
                 verdicts.append(error.reason)
     produce(kafka_bootstrap, topics.input, mixed)
     service = ServiceProcess(service_env(kafka_bootstrap, topics, model_dir), tmp_path / "service.log")
-    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters)
+    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view)
     bad = [v for v in verdicts if v != "ok"]
     try:
         dead.wait_for(lambda r: len(r) >= len(bad), timeout_s=120, alive=service.alive)
