@@ -34,7 +34,7 @@ __all__ = ["HEADERS", "Context", "DeadLetter", "dead_letter"]
 PREFIX = "detector.errors."
 HEADERS = {
     "reason": PREFIX + "reason",  # the small fixed vocabulary of detector_dead_letters_total
-    "stage": PREFIX + "stage",  # decode, score or output: where the message failed
+    "stage": PREFIX + "stage",  # decode, validate, score or output: where the message failed
     "exception": PREFIX + "exception.class.name",  # BadMessage when a check refused it
     "message": PREFIX + "exception.message",  # the detail, one line
     "topic": PREFIX + "topic",

@@ -191,14 +191,14 @@ def test_every_alert_has_severity_and_annotations() -> None:
         name = block.split()[0]
         for key in ("severity:", "summary:", "description:", "runbook:"):
             assert key in block, f"{name} lacks {key}"
-        anchor = re.search(r"runbook:\s*\"?deploy/README.md#([a-z]+)", block)
+        anchor = re.search(r"runbook:\s*\"?docs/operations.md#([a-z]+)", block)
         assert anchor and anchor.group(1) == name.lower(), name
 
 
-def test_runbook_sections_exist_in_readme() -> None:
+def test_runbook_sections_exist_in_operations_docs() -> None:
     headings = {
         re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
-        for line in (DEPLOY / "README.md").read_text().splitlines()
+        for line in (DEPLOY.parent / "docs" / "operations.md").read_text().splitlines()
         if line.startswith("#")
     }
     missing = {name.lower() for name in EXPECTED_ALERTS} - headings
