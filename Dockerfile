@@ -1,24 +1,32 @@
 # syntax=docker/dockerfile:1
 # Detector image: CPU-only torch, the detector package, non-root, no build tools.
-#   docker build -t detector:latest .
-#   docker run -p 9100:9100 -v "$PWD/models:/models:ro" detector:latest
+#   docker build -t detector:0.1.0 .
+#   docker run -p 9100:9100 -v "$PWD/models:/models:ro" detector:0.1.0
+# Without a registry (podman, a debootstrap base, the host's pip set-up): `make image`.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------- build stage
 FROM ${PYTHON_IMAGE} AS build
+# Where torch comes from: the CPU wheel index by default (PyPI's Linux wheel is the multi-GB
+# CUDA build); empty: pip's own configuration decides (a local wheel, a mirror).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+SHELL ["/bin/sh", "-eu", "-c"]
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# torch first, from the CPU wheel index, in its own layer (large, rarely changes).
-# The package's own pin (torch==2.13.0) is then satisfied by 2.13.0+cpu.
-RUN pip install --upgrade pip \
- && pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# torch first, in its own layer (large, rarely changes); the package's own pin
+# (torch==2.13.0) is then satisfied by the CPU build.
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+        pip install --no-cache-dir torch==2.13.0 --index-url "$TORCH_INDEX_URL"; \
+    else \
+        pip install --no-cache-dir torch==2.13.0; \
+    fi
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY detector ./detector
-RUN pip install . \
+RUN pip install --no-cache-dir . \
  && python -c "import detector, torch; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------- runtime stage

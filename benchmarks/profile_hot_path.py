@@ -219,7 +219,7 @@ def service_loop(model_dir: Path, raw: list[tuple[bytes, bytes]], partitions: in
                      "_record_outcomes", "_housekeeping", "_count_reconnects", "_restore_assigned", "_checkpoint"):
             watch.patch(service, name, f"Service.{name}")
         watch.patch(service.detector, "process_columns", "Detector.process_columns")
-        watch.patch(service._decode, "decode_many", "MessageDecoder.decode_many")
+        watch.patch(service._guard.decode, "decode_many", "MessageDecoder.decode_many")
         marks: dict[str, float] = {}
         marks_seconds: dict[str, float] = {}
         scored = service.metrics.messages_total.labels(outcome="scored")

@@ -34,6 +34,7 @@ SCRIPTS = {
     "memory": ("memory.py", True),
     "fit": ("fit_bench.py", False),
     "profile": ("profile_hot_path.py", True),
+    "cli": ("cli_startup.py", False),
 }
 
 

@@ -426,6 +426,8 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
         "lag_last": lags[-1] if lags else float("nan"),
     }
     if exact:
+        from detector.schema import parse_timestamp
+
         consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False, group_id=None)
         scores_partitions = [TopicPartition(deployment.scores_topic, p) for p in range(partitions)]
         consumer.assign(scores_partitions)
@@ -439,8 +441,9 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
                 for r in records:
                     body = json.loads(r.value)
                     kinds.add(r.timestamp_type)
-                    if start_ts <= body["timestamp"] < end_ts:
-                        latencies.append(r.timestamp / 1000 - body["timestamp"])
+                    sent = parse_timestamp(body["timestamp"])  # the scores topic writes ISO 8601
+                    if start_ts <= sent < end_ts:
+                        latencies.append(r.timestamp / 1000 - sent)
                 idle_since = time.monotonic()
         consumer.close()
         import numpy as np

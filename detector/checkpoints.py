@@ -21,6 +21,7 @@ waiting; ``settle_all`` waits). The service's periodic checkpoints travel while 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Iterable
@@ -33,6 +34,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 __all__ = ["Checkpoint", "CheckpointStore", "PendingWrite"]
 
 CHUNK_BYTES = 512 * 1024
+MAX_CHUNKS = 4096  # 2 GiB of states: a manifest claiming more is refused before anything is allocated
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class Checkpoint:
     model_version: str
     written_at: float
     blob: bytes
-    corrupt: str = ""  # why the checkpoint cannot be used, if it cannot
+    corrupt: str = ""  # why the checkpoint cannot be read, if it cannot (not JSON, chunks missing)
+    invalid: str = ""  # why a readable checkpoint cannot be trusted, if it cannot (a field's type or range)
 
 
 @dataclass(frozen=True)
@@ -152,15 +155,19 @@ class CheckpointStore:
         found = {}
         for key, manifest in manifests.items():
             topic, partition = wanted[key]
-            if "error" in manifest:
-                found[(topic, partition)] = Checkpoint(topic, partition, 0, "", 0.0, b"", corrupt=manifest["error"])
+            if "error" in manifest or "invalid" in manifest:
+                found[(topic, partition)] = Checkpoint(topic, partition, 0, "", 0.0, b"", corrupt=manifest.get("error", ""), invalid=manifest.get("invalid", ""))
                 continue
-            parts = [chunks.get(f"{key}/{manifest['id']}/{i}") for i in range(manifest["chunks"])]
+            parts = [chunks.get(f"{key}/{manifest['id']}/{i}") for i in range(manifest["chunks"])]  # at most MAX_CHUNKS
             if any(part is None for part in parts):
                 found[(topic, partition)] = Checkpoint(topic, partition, 0, "", 0.0, b"", corrupt="chunks missing")
                 continue
+            blob = b"".join(parts)  # type: ignore[arg-type]  # no None left
+            if "bytes" in manifest and len(blob) != manifest["bytes"]:
+                found[(topic, partition)] = Checkpoint(topic, partition, 0, "", 0.0, b"", invalid=f"states of {len(blob)} bytes, manifest says {manifest['bytes']}")
+                continue
             self._previous_chunks[(topic, partition)] = [f"{key}/{manifest['id']}/{i}" for i in range(manifest["chunks"])]
-            found[(topic, partition)] = Checkpoint(topic, partition, int(manifest["next_offset"]), str(manifest["model_version"]), float(manifest["written_at"]), b"".join(parts))  # type: ignore[arg-type]
+            found[(topic, partition)] = Checkpoint(topic, partition, manifest["next_offset"], manifest["model_version"], float(manifest["written_at"]), blob)
         return found
 
     def _scan(self, keys: set[str], timeout_s: float) -> tuple[dict[str, dict], dict[str, bytes]]:
@@ -175,7 +182,7 @@ class CheckpointStore:
             manifests: dict[str, dict] = {}
             chunks: dict[str, bytes] = {}
             for record in _read_to_end(consumer, partitions, timeout_s):
-                key = record.key.decode() if record.key else ""
+                key = record.key.decode("utf-8", "replace") if record.key else ""
                 if key in keys and record.value is not None:
                     manifests[key] = _manifest(record.value)
                 elif key.rsplit("/", 2)[0] in keys:
@@ -189,13 +196,36 @@ class CheckpointStore:
 
 
 def _manifest(value: bytes) -> dict[str, Any]:
-    """A parsed manifest, or ``{"error": ...}`` when it is not one."""
+    """A parsed manifest, ``{"error": ...}`` when it is not JSON, ``{"invalid": ...}`` when a field is off."""
     try:
         manifest = json.loads(value)
-        int(manifest["next_offset"]), int(manifest["chunks"]), str(manifest["id"]), str(manifest["model_version"])
-        return manifest
-    except (ValueError, KeyError, TypeError) as error:
+    except Exception as error:  # not UTF-8, not JSON, nested too deep, ...
         return {"error": f"unreadable manifest: {type(error).__name__}"}
+    problem = _manifest_problem(manifest)
+    return {"invalid": f"manifest: {problem}"} if problem else manifest
+
+
+def _manifest_problem(manifest: Any) -> str:
+    """What is wrong with a parsed manifest ("" when nothing is)."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    wanted = {"id": str, "chunks": int, "next_offset": int, "model_version": str, "written_at": (int, float)}
+    for name, kind in wanted.items():
+        value = manifest.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"field {name!r} is {type(value).__name__}"
+    if not 0 < len(manifest["id"]) <= 64 or "/" in manifest["id"]:
+        return "bad id"
+    if not 1 <= manifest["chunks"] <= MAX_CHUNKS:
+        return f"{manifest['chunks']} chunks (1 to {MAX_CHUNKS})"
+    if manifest["next_offset"] < 0:
+        return f"negative offset {manifest['next_offset']}"
+    if not math.isfinite(manifest["written_at"]):
+        return "written_at is not finite"
+    size = manifest.get("bytes")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= manifest["chunks"] * CHUNK_BYTES):
+        return f"bytes {size!r} does not fit {manifest['chunks']} chunks"
+    return ""
 
 
 def _read_to_end(consumer: KafkaConsumer, partitions: list[TopicPartition], timeout_s: float) -> Iterable[Any]:

@@ -12,6 +12,7 @@ file given with ``--config``, then the defaults below (which ``config.example.to
 
 from __future__ import annotations
 
+import os
 import tomllib
 from statistics import NormalDist
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -136,6 +138,9 @@ class StreamSettings(_Section):
     batch_max_messages: int = Field(1000, ge=1, description="Micro-batch size cap.")
     batch_max_ms: int = Field(10, ge=1, description="Longest wait (milliseconds) for the first messages of a micro-batch; what is already fetched is then taken without waiting.")
     max_message_bytes: int = Field(65536, ge=64, description="Larger messages are dead-lettered.")
+    max_entity_chars: int = Field(256, ge=1, le=65536, description="Longest entity name (characters, after trimming spaces); a message naming a longer one is dead-lettered (reason schema), never cut.")
+    max_future_skew_s: float = Field(86400.0, ge=0, description="A message whose timestamp lies more than this many seconds ahead of the wall clock is dead-lettered (reason future_timestamp), so one bad clock cannot make its entity's later messages stale. Old timestamps are scored.")
+    dead_letter_max_bytes: int = Field(1_000_000, ge=4096, le=2_000_000, description="Largest dead-letter record (key, value and headers); a larger original value is cut to fit and marked by the header detector.errors.value.truncated.from. Keep it below the dead-letter topic's max.message.bytes.")
     reject_out_of_order: bool = Field(True, description="Dead-letter a message older than its entity's last one.")
     max_entities: int = Field(1_000_000, ge=1, description="Tracked entities; least recently seen are evicted beyond it.")
     entity_ttl_s: float = Field(86400.0, gt=0, description="Idle entities are evicted after this many seconds.")
@@ -180,12 +185,22 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment wins over the TOML file, which is passed as init arguments.
-        return env_settings, init_settings
+        # Environment wins over the TOML file, which is passed as init arguments. A variable that names
+        # no setting is ignored (the command line warns about it, see detector.environment).
+        from detector.environment import known_only
+
+        def known_environment() -> dict[str, Any]:
+            return known_only(env_settings())
+
+        return known_environment, init_settings
 
 
 class SettingsError(ValueError):
-    """Settings could not be loaded; the message names the file and the field."""
+    """Settings could not be loaded; the message names the file and the field, ``help`` what to do."""
+
+    def __init__(self, message: str, help: str | None = None):
+        super().__init__(message)
+        self.help = help
 
 
 def load_settings(config_path: Path | str | None, **overrides: Any) -> Settings:
@@ -194,6 +209,11 @@ def load_settings(config_path: Path | str | None, **overrides: Any) -> Settings:
     Raises :class:`SettingsError` naming the offending field, e.g.
     ``invalid setting model.num_layers: Input should be less than or equal to 2``.
     """
+    from detector.environment import bad_json_value
+
+    bad = bad_json_value(os.environ)
+    if bad is not None:
+        raise SettingsError(f"invalid setting {bad[0]}={bad[1]!r}: not a JSON list", help=bad[2])
     values: dict[str, Any] = _read_toml(Path(config_path)) if config_path else {}
     for section, fields in overrides.items():
         values.setdefault(section, {}).update(fields)
@@ -201,6 +221,8 @@ def load_settings(config_path: Path | str | None, **overrides: Any) -> Settings:
         return Settings(**values)
     except ValidationError as error:
         raise SettingsError(_describe(error, config_path)) from None
+    except PydanticSettingsError as error:  # a value the environment source cannot parse
+        raise SettingsError(f"invalid DETECTOR_* environment: {error}", help="write lists and tables as JSON") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -208,7 +230,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise SettingsError(f"config file not found: {path}") from None
+        raise SettingsError(f"config file not found: {path}", help="give --config an existing TOML file, or leave it out for the defaults") from None
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
 

@@ -2,7 +2,9 @@
 
 Starts the bundled broker, fits a model on generated sensor history, runs ``detector run`` as a
 separate process on a generated multi-entity stream with injected anomalies, prints the alerts
-and a summary with precision and recall against the injected anomalies, and exits 0.
+and a summary with precision and recall against the injected anomalies, and exits 0. It then
+says what ``scoring.false_alarm_rate`` means for the demo's fleet (false alerts a day) and
+re-scores the stream offline with a rate sized for the fleet, to show the precision it gives.
 
 The generator is also what the integration tests and benchmarks use:
 
@@ -27,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FEATURES", "Message", "generate_history", "generate_stream", "main", "write_csv"]
+__all__ = ["FEATURES", "Message", "RateOutcome", "generate_history", "generate_stream", "main", "rate_outcomes", "write_csv"]
 
 FEATURES = ["temperature", "pressure", "vibration", "current", "voltage", "flow", "rpm", "humidity"]
 START = 1_795_568_400.0  # 2026-11-25T01:00:00Z
+INTERVAL_S = 60.0  # one message a minute per entity
+FLEET_FALSE_ALERTS_PER_DAY = 3.0  # what the fleet-sized rate aims at for the whole fleet
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,58 @@ def generate_stream(entities: int, messages: int, anomalous: Iterable[str] = (),
                 values[1] += 1.5  # pressure
                 values[5] -= 8.0  # flow
                 values[2] += 0.6  # vibration
-            out.append(Message(entity, START + i * 60.0, values.tolist(), injected))
+            out.append(Message(entity, START + i * INTERVAL_S, values.tolist(), injected))
     return out
+
+
+@dataclass(frozen=True)
+class RateOutcome:
+    """What one ``false_alarm_rate`` gives on a stream: the alert level and the alerts' quality."""
+
+    rate: float
+    alert_level: float  # probability at or above which an alert opens
+    false_alerts_per_day: float  # expected on normal data, for the whole fleet
+    alerted: int  # entities with an alert in the stream
+    precision: float
+    recall: float
+
+    def describe(self, entities: int) -> str:
+        """Two lines for the demo's output."""
+        return (f"   false_alarm_rate {self.rate:.2g}: alerts open at probability >= {self.alert_level:.4f}; on normal data that is "
+                f"{self.false_alerts_per_day / entities:.2f} false alerts a day per entity, {self.false_alerts_per_day:,.0f} a day for {entities} entities\n"
+                f"      on this stream: {self.alerted} entities alerted, precision {self.precision:.2f}, recall {self.recall:.2f}")
+
+
+def fleet_rate(entities: int, interval_s: float = INTERVAL_S, false_alerts_per_day: float = FLEET_FALSE_ALERTS_PER_DAY) -> float:
+    """The per-message rate at which ``entities`` reporting every ``interval_s`` seconds make
+    about ``false_alerts_per_day`` false alerts a day together (at least 1e-5, what the
+    simulated alert level resolves).
+
+    >>> round(fleet_rate(200), 7)
+    1.04e-05
+    """
+    return max(false_alerts_per_day / (entities * 86400.0 / interval_s), 1e-5)
+
+
+def rate_outcomes(model_dir: Path, stream: list[Message], anomalous: set[str], rates: Iterable[float], interval_s: float = INTERVAL_S) -> list[RateOutcome]:
+    """Score ``stream`` offline (the service's step function) at each ``false_alarm_rate``."""
+    from dataclasses import replace
+
+    from detector.model import load_model
+    from detector.schema import Observation
+    from detector.scoring import Detector
+
+    model = load_model(model_dir)
+    entities = len({m.entity for m in stream})
+    outcomes = []
+    for rate in rates:
+        detector = Detector(replace(model, scoring={**model.scoring, "false_alarm_rate": rate}))
+        decisions = detector.process([Observation(m.entity, m.timestamp, m.values) for m in stream])
+        opened = {d.entity for d in decisions if d.event == "open"}
+        hits = len(opened & anomalous)
+        outcomes.append(RateOutcome(rate, detector.threshold, rate * entities * 86400.0 / interval_s, len(opened),
+                                    hits / len(opened) if opened else 0.0, hits / len(anomalous) if anomalous else 0.0))
+    return outcomes
 
 
 def write_csv(messages: Iterable[Message], path: Path) -> Path:
@@ -128,7 +182,21 @@ def main() -> int:  # pragma: no cover - exercised by `make demo`
         service.send_signal(signal.SIGTERM)
         code = service.wait(timeout=60)
     _summarise(alerts, stream, anomalous, code, work)
+    _explain_rate(work / "model", stream, anomalous, entities)
     return 0 if code == 0 else 1
+
+
+def _explain_rate(model_dir: Path, stream: list[Message], anomalous: set[str], entities: int) -> None:
+    """What the alert level means for this fleet, and the precision of a rate sized for it."""
+    default = json.loads((model_dir / "model.json").read_text())["scoring"]["false_alarm_rate"]
+    print(f"== what false_alarm_rate means here: {entities} entities, one message a minute each "
+          f"({entities * 86400 / INTERVAL_S:,.0f} messages a day); re-scored offline with the service's step function")
+    for outcome in rate_outcomes(model_dir, stream, anomalous, [default, fleet_rate(entities)]):
+        print(outcome.describe(entities))
+    print(f"   the default rate suits a few entities; for a fleet, size it to the false alerts you can afford: about\n"
+          f"   false alerts a day / (entities x messages a day per entity), e.g. DETECTOR_SCORING__FALSE_ALARM_RATE={fleet_rate(entities):.2g} "
+          f"for {FLEET_FALSE_ALERTS_PER_DAY:g} a day here,\n"
+          f"   set when fitting: a model keeps the scoring settings it was fitted with")
 
 
 def _run(command: list[str]) -> None:

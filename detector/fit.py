@@ -29,11 +29,12 @@ from detector.model import Calibration, FittedModel, StreamAutoencoder, save_mod
 from detector.schema import DataError, Observation, Table
 from detector.scoring import Detector
 
-__all__ = ["FitHistory", "fit_tables", "write_model"]
+__all__ = ["FitHistory", "fit_tables", "minimum_rows", "write_model"]
 
 log = get_logger(__name__)
 _RESIDUAL_FLOOR = 1e-2  # in standardised units: a perfectly predictable feature is not infinitely sensitive
 _LOG_STD_FLOOR = 0.1
+MIN_HELDOUT_SCORES = 10  # per entity: the calibration's median and tail need a few held-out scores
 
 
 @dataclass
@@ -71,8 +72,9 @@ def fit_tables(
     tables: Sequence[Table], model_settings: ModelSettings, fit: FitSettings, scoring: ScoringSettings, progress: bool = True
 ) -> tuple[FittedModel, FitHistory]:
     """Fit and calibrate a model on ``tables`` (same features); returns the model and its history."""
-    features = _common_features(tables)
-    series = _split_series(tables, fit.holdout_fraction)
+    features = tables[0].features
+    tables = [table.with_features(features, table.name) if table.features != features else table for table in tables]
+    series = _split_series(tables, fit.holdout_fraction, scoring.warmup_steps)
     mean, scale = _feature_scaling(series)
     torch.manual_seed(fit.seed)
     np.random.seed(fit.seed)
@@ -120,25 +122,35 @@ def write_model(model: FittedModel, history: FitHistory, directory: Path, report
     return directory
 
 
-def _common_features(tables: Sequence[Table]) -> list[str]:
-    features = tables[0].features
-    for table in tables[1:]:
-        if table.features != features:
-            raise DataError("<inputs>", f"files have different feature columns: {features} vs {table.features}")
-    return features
+def _split(rows: int, holdout_fraction: float) -> int:
+    """Rows of a series that train; the rest are held out."""
+    return max(1, min(rows - 1, math.floor(rows * (1 - holdout_fraction))))
 
 
-def _split_series(tables: Sequence[Table], holdout_fraction: float) -> list[_Series]:
-    series = []
+def minimum_rows(holdout_fraction: float, warmup_steps: int) -> int:
+    """The fewest rows per entity that fit can calibrate on: ``MIN_HELDOUT_SCORES`` held-out
+    rows past the warm-up, after at least as many training rows.
+
+    >>> minimum_rows(0.2, 10)
+    46
+    """
+    rows = 2 * MIN_HELDOUT_SCORES
+    while rows - max(_split(rows, holdout_fraction), warmup_steps) < MIN_HELDOUT_SCORES or _split(rows, holdout_fraction) < MIN_HELDOUT_SCORES:
+        rows += 1
+    return rows
+
+
+def _split_series(tables: Sequence[Table], holdout_fraction: float, warmup_steps: int) -> list[_Series]:
+    series, needed = [], minimum_rows(holdout_fraction, warmup_steps)
     for table in tables:
         entities = table.entities or ["default"] * len(table.timestamps)
         for entity in dict.fromkeys(entities):
             rows = [i for i, e in enumerate(entities) if e == entity]
-            values = table.values[rows]
-            split = max(1, min(len(rows) - 1, math.floor(len(rows) * (1 - holdout_fraction))))
-            if len(rows) < 4:
-                raise DataError("<inputs>", f"entity {entity!r} has {len(rows)} rows; at least 4 are needed to fit")
-            series.append(_Series(entity, values, [table.timestamps[i] for i in rows], split))
+            if len(rows) < needed:
+                raise DataError(table.name, f"entity {entity!r} has {len(rows)} rows; fit needs at least {needed} per entity "
+                                f"({MIN_HELDOUT_SCORES} held-out rows after the {warmup_steps}-message warm-up, with holdout_fraction {holdout_fraction})",
+                                help=f"give fit more history (at least {needed} rows of each entity), or lower scoring.warmup_steps")
+            series.append(_Series(entity, table.values[rows], [table.timestamps[i] for i in rows], _split(len(rows), holdout_fraction)))
     return series
 
 

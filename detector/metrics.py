@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -59,6 +59,8 @@ from prometheus_client import (
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+from waitress import wasyncore
+from waitress.server import create_server
 
 __all__ = [
     "ALERT_KINDS",
@@ -82,10 +84,12 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
     "too_large",
     "timestamp",
     "stale_timestamp",
+    "future_timestamp",
+    "internal_error",
 )
 ALERT_KINDS: tuple[str, ...] = ("open", "close")
 EVICTION_REASONS: tuple[str, ...] = ("ttl", "capacity")
-RESTORE_FALLBACK_REASONS: tuple[str, ...] = ("corrupt", "schema_mismatch", "missing")
+RESTORE_FALLBACK_REASONS: tuple[str, ...] = ("corrupt", "invalid", "schema_mismatch", "missing")
 
 SCORE_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 100, 250, 1000)
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -472,23 +476,26 @@ class Health:
         return (True, "ok") if alive else (False, why)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+# The endpoint's bounds: requests run on a few threads, and a connection only reaches one once
+# its request has arrived (waitress reads requests asynchronously), so idle or slow clients hold
+# a file descriptor each, never a thread; beyond the connection limit new ones wait in the
+# listen backlog, and idle connections are closed after the channel timeout.
+HTTP_THREADS = 4
+HTTP_CONNECTION_LIMIT = 400
+HTTP_CHANNEL_TIMEOUT_S = 10
+HTTP_CLEANUP_INTERVAL_S = 5
 
 
 class MetricsServer:
     """A running metrics/health HTTP server; see :func:`serve`."""
 
-    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread) -> None:
-        self._httpd = httpd
+    def __init__(self, server: Any, thread: threading.Thread) -> None:
+        self._server = server
         self._thread = thread
-        self.host: str = httpd.server_address[0]
-        self.port: int = httpd.server_address[1]
+        # a host name with several addresses ("localhost") gives one socket each: the first is shown
+        host, port = server.effective_listen[0] if hasattr(server, "effective_listen") else (server.effective_host, server.effective_port)
+        self.host: str = host
+        self.port: int = int(port)
 
     @property
     def url(self) -> str:
@@ -498,48 +505,35 @@ class MetricsServer:
 
     def close(self) -> None:
         """Stop serving and release the port (idempotent)."""
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.task_dispatcher.shutdown()
+        sockets = self._server.map if hasattr(self._server, "map") else self._server._map
+        wasyncore.close_all(sockets)  # empties the map: the serving loop returns
         self._thread.join(timeout=5)
 
 
-def _make_handler(metrics: Metrics, health: Health) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to ``metrics`` and ``health``."""
+def _make_app(metrics: Metrics, health: Health) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
+    """The WSGI application serving ``metrics`` and ``health``."""
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "detector"
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+        ctype = "text/plain; charset=utf-8"
+        if method not in ("GET", "HEAD"):
+            status, body = 405, b"method not allowed\n"
+        elif path == "/metrics":
+            status, body, ctype = 200, metrics.render(), CONTENT_TYPE_LATEST
+        elif path in ("/healthz", "/readyz"):
+            ok, reason = health.is_alive() if path == "/healthz" else health.is_ready()
+            status, body = 200 if ok else 503, (reason + "\n").encode()
+        else:
+            status, body = 404, b"not found\n"
+        start_response(f"{status} {HTTPStatus(status).phrase}", [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+        return [body] if method == "GET" else []
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._send_check(*health.is_alive())
-            elif path == "/readyz":
-                self._send_check(*health.is_ready())
-            else:
-                self._send(404, b"not found\n")
-
-        def _send_check(self, ok: bool, reason: str) -> None:
-            self._send(200 if ok else 503, (reason + "\n").encode())
-
-        def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            """Silence the default per-request logging to stderr."""
-
-    return Handler
+    return app
 
 
 def serve(metrics: Metrics, health: Health, host: str = "0.0.0.0", port: int = 9100) -> MetricsServer:
-    """Serve /metrics, /healthz and /readyz in a daemon thread.
+    """Serve /metrics, /healthz and /readyz in a daemon thread, within the bounds above.
 
     ``port=0`` picks a free port; read it back from ``.port``::
 
@@ -547,11 +541,12 @@ def serve(metrics: Metrics, health: Health, host: str = "0.0.0.0", port: int = 9
         print(server.url + "/metrics")
         server.close()
     """
-    server_class = _Server6 if ":" in host else _Server
-    httpd = server_class((host, port), _make_handler(metrics, health))
-    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    server = create_server(_make_app(metrics, health), host=host, port=port, ident="detector", threads=HTTP_THREADS,
+                           connection_limit=HTTP_CONNECTION_LIMIT, channel_timeout=HTTP_CHANNEL_TIMEOUT_S,
+                           cleanup_interval=HTTP_CLEANUP_INTERVAL_S, asyncore_use_poll=True, asyncore_loop_timeout=0.2)
+    thread = threading.Thread(target=server.run, name="metrics-http", daemon=True)
     thread.start()
-    return MetricsServer(httpd, thread)
+    return MetricsServer(server, thread)
 
 
 def metrics_table() -> str:

@@ -54,15 +54,16 @@ TIMESTAMP = "timestamp"
 ENTITY = "entity"
 DEFAULT_ENTITY = "default"
 _MS_THRESHOLD = 1e11  # epoch values above this are milliseconds (year 5138 in seconds)
+MAX_EPOCH_S = 253402300799.0  # 9999-12-31T23:59:59Z: the last second an ISO 8601 timestamp can show
 
 
 class DataError(ValueError):
-    """A bad input file; ``str()`` is the one-line message the CLI prints."""
+    """A bad input file; ``str()`` is the one-line message the CLI prints, ``help`` what to do."""
 
-    def __init__(self, file: str, message: str, row: int | None = None, column: str | None = None):
+    def __init__(self, file: str, message: str, row: int | None = None, column: str | None = None, help: str | None = None):
         where = f"{file}" + (f", row {row}" if row is not None else "") + (f", column {column!r}" if column else "")
         super().__init__(f"{where}: {message}")
-        self.file, self.row, self.column = file, row, column
+        self.file, self.row, self.column, self.help = file, row, column, help
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,45 @@ class Table:
     entities: list[str] | None  # None when the file has no entity column
     features: list[str]
     values: np.ndarray  # (rows, features) float64
+    name: str = "<table>"  # the file it was read from, for messages
 
     def entity_of(self, row: int) -> str:
         """Entity of ``row``; ``"default"`` for a file without an entity column."""
         return self.entities[row] if self.entities is not None else DEFAULT_ENTITY
+
+    def with_features(self, features: Sequence[str], name: str) -> Table:
+        """The table with the columns ``features`` in that order (a model's order), matched by
+        header name; other feature columns are left out, as a message's extra fields are.
+        Raises :class:`DataError` naming the missing columns.
+
+        >>> table = Table([0.0], ["0"], None, ["b", "a", "extra"], np.array([[2.0, 1.0, 9.0]]))
+        >>> table.with_features(["a", "b"], "x.csv").values.tolist()
+        [[1.0, 2.0]]
+        """
+        missing = [f for f in features if f not in self.features]
+        if missing:
+            raise DataError(name, f"feature schema mismatch: missing column{'s' if len(missing) > 1 else ''} "
+                                  f"{', '.join(map(repr, missing))} of the features {list(features)}", 1,
+                            help="give the file a column for each of the model's features (any order), or fit a model on this file")
+        columns = [self.features.index(f) for f in features]
+        return Table(self.timestamps, self.raw_timestamps, self.entities, list(features), self.values[:, columns], self.name)
+
+    def first_out_of_order(self) -> tuple[int, int] | None:
+        """(row, earlier row) of the first row older than its entity's previous row (row numbers
+        as an editor shows them, the header being row 1), or None when every entity's rows are in
+        time order. Equal timestamps are in order, as in the stream.
+
+        >>> Table([1.0, 5.0, 3.0, 2.0], ["1", "5", "3", "2"], ["a", "a", "b", "a"], ["f"], np.zeros((4, 1))).first_out_of_order()
+        (5, 3)
+        """
+        last: dict[str, tuple[float, int]] = {}
+        for row, timestamp in enumerate(self.timestamps):
+            entity = self.entity_of(row)
+            previous = last.get(entity)
+            if previous is not None and timestamp < previous[0]:
+                return row + 2, previous[1] + 2
+            last[entity] = (timestamp, row)
+        return None
 
 
 def parse_timestamp(value: Any) -> float:
@@ -97,30 +133,42 @@ def parse_timestamp(value: Any) -> float:
             parsed = datetime.fromisoformat(value.strip())
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=timezone.utc)
-            return parsed.timestamp()
+            number = parsed.timestamp()
+            if not 0 <= number <= MAX_EPOCH_S:
+                raise ValueError("timestamp must lie between 1970 and 9999") from None
+            return number
     else:
         raise ValueError("timestamp must be a number or ISO 8601 text")
     if not math.isfinite(number) or number < 0:
         raise ValueError("timestamp must be a finite, non-negative epoch")
-    return number / 1000.0 if number > _MS_THRESHOLD else number
+    seconds = number / 1000.0 if number > _MS_THRESHOLD else number
+    if seconds > MAX_EPOCH_S:
+        raise ValueError("timestamp lies beyond the year 9999 (in seconds or milliseconds)")
+    return seconds
 
 
-def read_csv(path: Path | str) -> Table:
-    """Read and validate a CSV file; raises :class:`DataError` naming file, row and column."""
+def read_csv(path: Path | str, features: Sequence[str] | None = None) -> Table:
+    """Read and validate a CSV file; raises :class:`DataError` naming file, row and column.
+    ``features``: only these columns, in this order (see :func:`parse_csv`)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            return parse_csv(handle, str(path))
+            return parse_csv(handle, str(path), features)
     except OSError as error:
         raise DataError(str(path), f"cannot read file: {error.strerror}") from None
     except UnicodeDecodeError:
         raise DataError(str(path), "file is not UTF-8 text") from None
 
 
-def parse_csv(handle: IO[str], name: str) -> Table:
-    """Parse an open CSV stream (see module docstring for the contract)."""
+def parse_csv(handle: IO[str], name: str, features: Sequence[str] | None = None) -> Table:
+    """Parse an open CSV stream (see module docstring for the contract). Columns are matched by
+    header name, in any order. With ``features`` (a model's), the table holds those columns in
+    that order and other columns are not read, as a message's extra fields are ignored."""
     reader = csv.reader(handle)
     header = [column.strip() for column in next(reader, [])]
-    features = _check_header(header, name)
+    present = _check_header(header, name)
+    if features is not None:
+        Table([], [], None, present, np.empty((0, len(present))), name).with_features(features, name)  # names the missing ones
+    features = present if features is None else list(features)
     rows = list(reader)
     if not rows:
         raise DataError(name, "no data rows")
@@ -136,14 +184,19 @@ def parse_csv(handle: IO[str], name: str) -> Table:
         if entities is not None:
             entities.append(_cell_entity(row[e_col], name, number))
         values[number - 2] = [_cell_number(row[c], name, number, header[c]) for c in f_cols]
-    return Table(timestamps, raw, entities, features, values)
+    return Table(timestamps, raw, entities, features, values, name)
 
 
 def _check_header(header: list[str], name: str) -> list[str]:
     if not header or header == [""]:
         raise DataError(name, "empty file (no header)")
     if TIMESTAMP not in header:
-        raise DataError(name, "missing column", 1, TIMESTAMP)
+        separator = _other_separator(header)
+        if separator is not None:
+            raise DataError(name, f"the file looks {separator!r}-separated (header {','.join(header)!r}); the input is comma-separated", 1,
+                            help=f"write the file with ',' between fields, e.g. python -c \"import csv,sys; csv.writer(sys.stdout).writerows(csv.reader(sys.stdin, delimiter='{separator}'))\" < in.csv > out.csv")
+        raise DataError(name, f"missing column (the header has {header})", 1, TIMESTAMP,
+                        help="name the time column 'timestamp' (ISO 8601 or epoch seconds); columns may come in any order")
     duplicates = {c for c in header if header.count(c) > 1}
     if duplicates:
         raise DataError(name, "duplicate column", 1, sorted(duplicates)[0])
@@ -151,6 +204,19 @@ def _check_header(header: list[str], name: str) -> list[str]:
     if not features:
         raise DataError(name, "no feature column (every column but timestamp and entity is a feature)", 1)
     return features
+
+
+def _other_separator(header: list[str]) -> str | None:
+    """The separator a one-column header seems to use instead of ',' (';', tab or '|'), or None.
+
+    >>> _other_separator(["timestamp;entity;a"]), _other_separator(["time", "a"])
+    (';', None)
+    """
+    if len(header) != 1:
+        return None
+    counts = {separator: header[0].count(separator) for separator in (";", "\t", "|")}
+    separator = max(counts, key=counts.__getitem__)
+    return separator if counts[separator] else None
 
 
 def _cell_timestamp(text: str, name: str, row: int) -> float:
@@ -180,11 +246,25 @@ def _cell_number(text: str, name: str, row: int, column: str) -> float:
 
 
 class BadMessage(ValueError):
-    """A message that cannot be scored; ``reason`` is a small fixed vocabulary for metrics."""
+    """A message that cannot be scored; ``reason`` is a small fixed vocabulary for metrics,
+    ``error_type`` names the exception behind it (``BadMessage`` when a check refused it)."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, error_type: str = "BadMessage"):
         super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.error_type = reason, detail, error_type
+
+    @classmethod
+    def unexpected(cls, error: BaseException) -> BadMessage:
+        """An exception nobody foresaw, as the dead letter of the message that raised it."""
+        return cls("internal_error", f"{type(error).__name__}: {_shown(error)}", type(error).__name__)
+
+
+def _shown(error: BaseException) -> str:
+    """An exception's message, bounded (some repeat their whole input)."""
+    try:
+        return str(error)[:300]
+    except Exception:  # a message that cannot even be rendered
+        return "(unprintable)"
 
 
 @dataclass(frozen=True)
@@ -195,6 +275,7 @@ class MessageFields:
     timestamp: str = "timestamp"
     values: str = "values"
     max_bytes: int = 65536
+    max_entity_chars: int = 256  # longer entity names (after trimming) are refused, never cut
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more per instance on the hot path
@@ -246,7 +327,7 @@ def parse_message(raw: bytes | None, key: bytes | None, features: Sequence[str],
     document = _decode_json(raw)
     if not isinstance(document, dict):
         raise BadMessage("schema", f"expected a JSON object, got {type(document).__name__}")
-    entity = _message_entity(document.get(fields.entity), key, fields.entity)
+    entity = _message_entity(document.get(fields.entity), key, fields)
     try:
         timestamp = parse_timestamp(document.get(fields.timestamp))
     except (ValueError, TypeError, OverflowError) as error:
@@ -283,11 +364,19 @@ class MessageDecoder:
         self._strict = msgspec.json.Decoder(_strict_shape(self.features, fields)).decode
 
     def __call__(self, raw: bytes | None, key: bytes | None) -> Observation:
+        """The observation; raises :class:`BadMessage`, and nothing else, for any input."""
         try:
             observation = self._fast(raw, key)
-        except (msgspec.MsgspecError, KeyError, ValueError, TypeError, OverflowError):
+        except Exception:  # anything the fast path cannot vouch for goes the careful way
             observation = None
-        return observation if observation is not None else parse_message(raw, key, self.features, self.fields)
+        if observation is not None:
+            return observation
+        try:
+            return parse_message(raw, key, self.features, self.fields)
+        except BadMessage:
+            raise
+        except Exception as error:  # a gap in the checks: still this message's dead letter
+            raise BadMessage.unexpected(error) from None
 
     def decode_many(self, raws: Sequence[bytes | None], keys: Sequence[bytes | None]) -> tuple[np.ndarray, Columns, list[tuple[int, BadMessage]]]:
         """Validate a batch: (positions accepted, their columns, (position, reason) of the rest).
@@ -301,7 +390,10 @@ class MessageDecoder:
         >>> ok.tolist(), batch.values.tolist(), [(i, e.reason) for i, e in bad]
         ([0], [[2.0]], [(1, 'not_json')])
         """
-        columns = self._columnar(raws)
+        try:
+            columns = self._columnar(raws)
+        except Exception:  # e.g. RecursionError on deep nesting: the per-message path names it
+            columns = None
         if columns is not None:
             return np.arange(len(raws)), columns, []
         accepted, observations, dead = [], [], []
@@ -325,6 +417,8 @@ class MessageDecoder:
         if not (np.isfinite(timestamps).all() and (timestamps >= 0).all()):
             return None
         timestamps = np.where(timestamps > _MS_THRESHOLD, timestamps / 1000.0, timestamps)
+        if (timestamps > MAX_EPOCH_S).any():
+            return None
         entities = [m.entity for m in messages]
         if any(e != e.strip() for e in entities):  # the careful path trims (a msgspec pattern cost ~1 us/msg)
             return None
@@ -339,8 +433,8 @@ class MessageDecoder:
         entity = message.entity if message.entity is not None else (key.decode("utf-8") if key else None)
         if entity is None or message.values is None:
             return None
-        entity = str(entity).strip()[:256]
-        if not entity:
+        entity = str(entity).strip()
+        if not entity or len(entity) > self.fields.max_entity_chars:
             return None
         # msgspec floats are finite: NaN/Infinity are not JSON and out-of-range numbers fail to decode
         values = self._pick(message.values)
@@ -348,31 +442,43 @@ class MessageDecoder:
 
 
 def _strict_shape(features: Sequence[str], fields: MessageFields) -> type:
-    """The msgspec shape of a plain message: a non-empty entity string (<= 256 characters), a numeric
-    timestamp and every feature a (finite: JSON has no NaN) number; other fields are ignored."""
+    """The msgspec shape of a plain message: a non-empty entity string (at most ``max_entity_chars``;
+    msgspec refuses lone surrogates), a numeric timestamp and every feature a (finite: JSON has no
+    NaN) number; other fields are ignored."""
     slots = [f"f{i}" for i in range(len(features))]
     values = msgspec.defstruct("Values", [(slot, float) for slot in slots], rename=dict(zip(slots, features)))
-    entity = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]  # untrimmed ones: see MessageDecoder._columnar
+    entity = Annotated[str, msgspec.Meta(min_length=1, max_length=fields.max_entity_chars)]  # untrimmed ones: see MessageDecoder._columnar
     return msgspec.defstruct("PlainMessage", [("entity", entity), ("timestamp", float), ("values", values)],
                              rename={"entity": fields.entity, "timestamp": fields.timestamp, "values": fields.values})
 
 
 def _decode_json(raw: bytes) -> Any:
+    """The JSON document; any failure (bad UTF-8, syntax, nesting too deep, an integer beyond
+    Python's digit limit) is the message's ``not_json``."""
     try:
-        return json.loads(raw.decode("utf-8"))  # str: skips json's encoding detection
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise BadMessage("not_json", str(error)[:200]) from None
+        return json.loads(raw.decode("utf-8"))  # str: skips json's encoding detection (which lets lone surrogates through)
+    except Exception as error:
+        raise BadMessage("not_json", _shown(error)[:200], type(error).__name__) from None
 
 
-def _message_entity(value: Any, key: bytes | None, name: str) -> str:
+def _message_entity(value: Any, key: bytes | None, fields: MessageFields) -> str:
     if value is None and key:
         try:
             value = key.decode("utf-8")
         except UnicodeDecodeError:
-            raise BadMessage("schema", "message key is not UTF-8") from None
-    if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).strip():
-        return str(value).strip()[:256]
-    raise BadMessage("schema", f"field {name!r} missing or not a non-empty string (and no message key)")
+            raise BadMessage("schema", "message key is not UTF-8", "UnicodeDecodeError") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # JSON integers have at most Python's digit limit (json refuses longer ones)
+    entity = value.strip() if isinstance(value, str) else ""
+    if not entity:
+        raise BadMessage("schema", f"field {fields.entity!r} missing or not a non-empty string (and no message key)")
+    if len(entity) > fields.max_entity_chars:
+        raise BadMessage("schema", f"entity of {len(entity)} characters, more than stream.max_entity_chars ({fields.max_entity_chars})")
+    try:
+        entity.encode("utf-8")  # a lone surrogate ("\ud800") cannot become a Kafka key
+    except UnicodeEncodeError:
+        raise BadMessage("schema", "entity is not valid Unicode (a lone surrogate)", "UnicodeEncodeError") from None
+    return entity
 
 
 def _message_values(document: Any, features: Sequence[str], name: str) -> list[float]:

@@ -37,7 +37,10 @@ so a backtest means what production does.
   exponentially weighted mean/variance with ``drift_halflife`` messages or ``drift_halflife_s``
   seconds, whichever is shorter, fed deviations clipped to ``baseline_clip`` standard
   deviations), so an alert stays open while a change lasts but a persistent change stops
-  alerting after a while (a time growing with the logarithm of its size).
+  alerting after a while (a time growing with the logarithm of its size). While an alert is
+  young (fewer than twice ``close_after`` anomalous messages), its messages beyond the
+  fit-time alert level do not teach the baseline, so a lasting fault is not absorbed while it is
+  being reported.
 
 >>> from detector.testing import tiny_model
 >>> detector = Detector(tiny_model())
@@ -53,7 +56,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -63,12 +66,24 @@ from detector.model import FittedModel
 from detector.schema import Columns, Observation
 from detector.state import EntityStore
 
-__all__ = ["Decision", "Detector", "Outcomes", "NullCalibration", "null_calibration", "waves"]
+__all__ = ["Contribution", "Decision", "Detector", "Outcomes", "NullCalibration", "null_calibration", "waves"]
 
 _MIN_VAR = 1e-2  # floor of the baseline variance of the log score (std 0.1, as the calibration's)
 _TINY = 1e-9
+_HOLD_EVIDENCE = 2  # a young alert: fewer anomalous messages than this many times close_after
+_RANGE_GRADE_CAP = 4.0  # beyond this many tolerances out of range, a score grows in proportion to the distance
 _NULL_ENTITIES, _NULL_BURN_IN, _NULL_STEPS = 1000, 1000, 2000  # simulated normal entities (see null_calibration)
 _null_calibrations: dict[tuple[str, float, float], NullCalibration] = {}
+
+
+class Contribution(NamedTuple):
+    """A feature named in an alert: its share of the error, the value measured and the value the
+    model expected (in the data's units)."""
+
+    feature: str
+    share: float
+    value: float
+    expected: float
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more per instance on the hot path
@@ -81,8 +96,9 @@ class Decision:
     probability: float
     is_anomaly: bool
     event: Literal["open", "close"] | None = None  # an alert opened or closed on this message
-    top_features: list[tuple[str, float]] = field(default_factory=list)  # (feature, share of error)
+    top_features: list[Contribution] = field(default_factory=list)  # the largest contributors, for anomalous messages
     source: Any = None
+    opened_at: float | None = None  # on an event: when its alert opened (epoch s; None: unknown, opened before it was kept)
 
 
 @dataclass
@@ -90,7 +106,7 @@ class Outcomes:
     """The outcomes of a batch as columns (what the service reads; no object per message).
 
     ``events[i]`` is "open", "close" or None; ``top_features`` holds the positions that are
-    anomalous. With ``drop_stale``, ``stale[i]`` marks a message older than its entity's last one:
+    anomalous, ``opened_at`` when the alert of each event opened (NaN: unknown). With ``drop_stale``, ``stale[i]`` marks a message older than its entity's last one:
     it was not stepped (score 0, no event) and ``previous[i]`` is that last timestamp.
     :meth:`decision` builds the :class:`Decision` of one position.
     """
@@ -100,17 +116,20 @@ class Outcomes:
     probability: np.ndarray
     is_anomaly: np.ndarray
     events: list[Literal["open", "close"] | None]
-    top_features: dict[int, list[tuple[str, float]]]
+    top_features: dict[int, list[Contribution]]
     stale: np.ndarray
     previous: dict[int, float]
+    opened_at: dict[int, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.batch)
 
     def decision(self, i: int) -> Decision:
         source = self.batch.sources[i] if self.batch.sources is not None else None
+        opened = self.opened_at.get(i)
         return Decision(self.batch.entities[i], float(self.batch.timestamps[i]), float(self.score[i]), float(self.probability[i]),
-                        bool(self.is_anomaly[i]), self.events[i], self.top_features.get(i, []), source)
+                        bool(self.is_anomaly[i]), self.events[i], self.top_features.get(i, []), source,
+                        None if opened is None or math.isnan(opened) else opened)
 
     def decisions(self) -> list[Decision]:
         return [self.decision(i) for i in range(len(self))]
@@ -193,8 +212,8 @@ class Detector:
                     continue
             score, probability, is_anomaly, events, tops = self._step(slots, columns.values[wave], timestamps)
             out.score[wave], out.probability[wave], out.is_anomaly[wave] = score, probability, is_anomaly
-            for i, event in events.items():
-                out.events[int(wave[i])] = event
+            for i, (event, opened_at) in events.items():
+                out.events[int(wave[i])], out.opened_at[int(wave[i])] = event, opened_at
             out.top_features.update((int(wave[i]), top) for i, top in tops.items())
         return out
 
@@ -211,7 +230,7 @@ class Detector:
 
     def _step(self, slots: np.ndarray, values: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
         """One batched step of distinct entities' slots: (scores, probabilities, is_anomaly, events
-        and top features by position in the step)."""
+        with their alert's opening time and top features by position in the step)."""
         standardised = (values.astype(np.float32) - self._mean) / self._scale
         x = torch.from_numpy(standardised)
         index = torch.from_numpy(slots)
@@ -229,7 +248,12 @@ class Detector:
         self.store.fields["last_ts"][slots] = timestamps
         if judged is not None:  # name the features out of range where the range decided the score
             errors, scores = np.where((judged > scores)[:, None], beyond, errors), judged
-        tops = {i: self._top(errors[i]) for i in np.flatnonzero(is_anomaly).tolist()}
+        anomalous = np.flatnonzero(is_anomaly)
+        if len(anomalous):  # what the model expected, in the data's units
+            expected = reconstruction[torch.from_numpy(anomalous)].double().numpy() * self.model.feature_scale + self.model.feature_mean
+            tops = {i: self._top(errors[i], values[i], row) for i, row in zip(anomalous.tolist(), expected)}
+        else:
+            tops = {}
         return scores, probability, is_anomaly, events, tops
 
     def _score(self, slots: np.ndarray, errors: np.ndarray) -> np.ndarray:
@@ -242,10 +266,10 @@ class Detector:
         return np.maximum(instant, persistent)
 
     def _decide(self, slots: np.ndarray, scores: np.ndarray, judged: np.ndarray | None, timestamps: np.ndarray, elapsed: np.ndarray,
-                warm: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, Literal["open", "close"]]]:
+                warm: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[Literal["open", "close"], float]]]:
         """Open on the fast likelihood (reported as ``probability``), close on the slow baseline
         after as many calm messages as the alert has had anomalous ones, at most ``close_after``:
-        (probability, is_anomaly, events). ``is_anomaly`` marks the message that opens an alert and,
+        (probability, is_anomaly, events with their alert's opening time). ``is_anomaly`` marks the message that opens an alert and,
         once the alert is sustained (``close_after`` anomalous messages), each of its messages
         beyond the fit-time alert level: a short alert is reported by its onset alone.
 
@@ -263,7 +287,11 @@ class Detector:
         mean, var = fields["base_mean"][slots], fields["base_var"][slots]
         p_fit = _normal_cdf((log_judged - calibration.log_mean) / calibration.log_std)
         p_slow = np.minimum(p_fit, _normal_cdf((log_judged - mean) / np.sqrt(var)))
-        self._update_baseline(slots, log_score, mean, var, warm, self._drift_rate(elapsed))
+        beyond_level = p_fit >= settings.open_probability  # beyond the fit-time alert level
+        # a young alert's messages beyond the fit-time level do not teach the baseline that they are usual:
+        # otherwise a lasting fault is absorbed and its alert closes while the fault goes on
+        held = was_open & beyond_level & (fields["evidence"][slots] < _HOLD_EVIDENCE * settings.close_after)
+        self._update_baseline(slots, log_score, mean, var, warm & ~held, self._drift_rate(elapsed))
         quiet = p_slow < settings.close_probability
         calm = np.where(quiet, fields["calm"][slots] + 1, 0)
         evidence = np.where(was_open, fields["evidence"][slots] + ~quiet, 1)
@@ -272,9 +300,11 @@ class Detector:
         is_open = (was_open | opening) & ~closing
         fields["alert_open"][slots], fields["calm"][slots], fields["steps"][slots] = is_open, np.where(is_open, calm, 0), steps + 1
         fields["evidence"][slots] = np.where(is_open, evidence, 0)
-        events: dict[int, Literal["open", "close"]] = {i: "open" for i in np.flatnonzero(opening).tolist()}
-        events.update((i, "close") for i in np.flatnonzero(closing).tolist())
-        sustained = is_open & (evidence >= settings.close_after) & (p_fit >= settings.open_probability)
+        opened_at = np.where(opening, timestamps, fields["opened_ts"][slots])
+        fields["opened_ts"][slots] = np.where(is_open, opened_at, np.nan)
+        events: dict[int, tuple[Literal["open", "close"], float]] = {i: ("open", float(opened_at[i])) for i in np.flatnonzero(opening).tolist()}
+        events.update((i, ("close", float(opened_at[i]))) for i in np.flatnonzero(closing).tolist())
+        sustained = is_open & (evidence >= settings.close_after) & beyond_level
         return probability, opening | sustained, events
 
     def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, log_judged: np.ndarray, new: np.ndarray, warm: np.ndarray,
@@ -394,15 +424,18 @@ class Detector:
     def _with_range(self, scores: np.ndarray, beyond: np.ndarray) -> np.ndarray | None:
         """The scores raised for messages beyond their range by more than ``range_tolerance``
         (None when there is none): such a message scores ``_range_z`` fit-time standard deviations
-        above the calibration's median at the tolerance, proportionally more further out (up to 4x)."""
+        above the calibration's median at the tolerance, proportionally more further out up to 4x,
+        and beyond that in proportion to its distance, so a value twice as far out scores twice as
+        high and alerts can be ranked by how far out they are."""
         widths = np.sqrt(np.mean(beyond**2, axis=1))  # across features, as the score
         tolerance = self.settings.range_tolerance
         out_of_range = widths > tolerance
         if not out_of_range.any():
             return None
         calibration = self.model.calibration
-        grade = np.clip(widths / max(tolerance, _TINY), 1.0, 4.0)
-        range_score = np.exp(calibration.log_mean + calibration.log_std * self._range_z * grade)
+        grade = np.maximum(widths / max(tolerance, _TINY), 1.0)
+        range_score = np.exp(calibration.log_mean + calibration.log_std * self._range_z * np.minimum(grade, _RANGE_GRADE_CAP))
+        range_score *= np.maximum(grade / _RANGE_GRADE_CAP, 1.0)
         return np.where(out_of_range, np.maximum(scores, range_score), scores)
 
     def _drift_rate(self, elapsed: np.ndarray) -> np.ndarray:
@@ -431,11 +464,12 @@ class Detector:
         self.store.fields["base_mean"][slots] = mean + alpha * delta
         self.store.fields["base_var"][slots] = np.maximum((1 - alpha) * (var + alpha * delta**2), _MIN_VAR)
 
-    def _top(self, errors: np.ndarray) -> list[tuple[str, float]]:
+    def _top(self, errors: np.ndarray, values: np.ndarray, expected: np.ndarray) -> list[Contribution]:
+        """The ``top_features`` largest shares of the squared error, with measured and expected values."""
         squared = errors**2
         shares = squared / max(float(squared.sum()), _TINY)
         order = np.argsort(-shares)[: self.settings.top_features]
-        return [(self.model.features[i], round(float(shares[i]), 4)) for i in order]
+        return [Contribution(self.model.features[i], round(float(shares[i]), 4), float(values[i]), round(float(expected[i]), 6)) for i in order]
 
 
 def waves(entities: Sequence[str]) -> list[np.ndarray]:

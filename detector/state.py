@@ -19,13 +19,15 @@ import ctypes
 import ctypes.util
 import functools
 import io
+import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "EntityStore", "release_freed_memory"]
+__all__ = ["CheckpointError", "EntityStore", "Snapshot", "release_freed_memory"]
 
 # Scoring state carried per entity next to the recurrent state.
 FIELDS: dict[str, type] = {
@@ -39,6 +41,7 @@ FIELDS: dict[str, type] = {
     "alert_open": np.bool_,  # an alert is open (hysteresis)
     "calm": np.int32,  # consecutive calm observations while open
     "evidence": np.int32,  # observations of the open alert that were not calm (its hysteresis grows with them)
+    "opened_ts": np.float64,  # timestamp (epoch s) of the message that opened the entity's alert (NaN: none open, or unknown)
     "last_ts": np.float64,  # last message timestamp (epoch s), for out-of-order checks
     "last_seen": np.float64,  # wall-clock time last seen, for TTL eviction
     "owner": np.int32,  # partition (or other owner id) the entity's messages come from
@@ -51,13 +54,33 @@ _CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] 
 # Fields added after checkpoints were first written; a checkpoint without one restores what a
 # fresh entity gets, except that an open alert keeps the full hysteresis it had before evidence
 # was counted (evidence 1 << 20) and the range is unknown (NaN: the entity has wandered since the
-# fit, so its next message completes the fit data's range instead of being judged by it).
-_ADDED_LATER = ("evidence", "seasonal", "range_low", "range_high")
-_RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.nan}
+# fit, so its next message completes the fit data's range instead of being judged by it), and an
+# open alert's opening time is unknown (NaN: its close carries no alert id or duration).
+_ADDED_LATER = ("evidence", "seasonal", "range_low", "range_high", "opened_ts")
+_RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.nan, "opened_ts": np.nan}
+
+
+_FINITE = ("base_mean", "base_var", "fast_mean", "long_mean", "long_var", "peak", "error_ewma", "seasonal")  # finite in any state
+_NON_NEGATIVE = ("base_var", "long_var", "steps", "calm", "evidence")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint blob that cannot be restored (corrupt or from another model)."""
+    """A checkpoint blob that cannot be restored: ``reason`` is ``corrupt`` (unreadable) or
+    ``invalid`` (readable, but not states of this model that can be trusted)."""
+
+    def __init__(self, message: str, reason: str = "invalid"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Copies of some entities' states, to undo a step that failed half-way (:meth:`EntityStore.roll_back`)."""
+
+    known: list[str]  # tracked when the snapshot was taken: their rows below
+    new: list[str]  # not tracked then: forgotten on roll-back
+    rnn: torch.Tensor
+    fields: dict[str, np.ndarray]
 
 
 class EntityStore:
@@ -88,7 +111,8 @@ class EntityStore:
         for name in ("range_low", "range_high"):
             self.fields[name] = np.zeros((capacity, n_features), dtype=np.float32)
         self._fresh_values = {"base_mean": baseline[0], "seasonal": baseline[0], "base_var": baseline[1], "last_ts": -np.inf,
-                              "range_low": self.start_range[0], "range_high": self.start_range[1], "peak": start_peak}
+                              "range_low": self.start_range[0], "range_high": self.start_range[1], "peak": start_peak,
+                              "opened_ts": np.nan}
         self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self.evictions = {"ttl": 0, "capacity": 0}
@@ -122,6 +146,45 @@ class EntityStore:
         self.fields["last_seen"][slots] = now
         self.fields["owner"][slots] = owners
         return slots
+
+    def snapshot(self, entities: Iterable[str]) -> Snapshot:
+        """The current states of ``entities`` (repeats allowed), to restore with :meth:`roll_back`.
+
+        >>> store = EntityStore(state_size=2, baseline=(0.0, 1.0))
+        >>> _ = store.slots_for(["a"], owner=0, now=0.0)
+        >>> before = store.snapshot(["a", "b"])
+        >>> store.fields["steps"][store.slots_for(["a", "b"], owner=0, now=1.0)] = 5
+        >>> store.roll_back(before)
+        >>> store.entities(), int(store.fields["steps"][store.slot_of("a")])
+        (['a'], 0)
+        """
+        index = self._index
+        distinct = list(dict.fromkeys(entities))
+        known = [e for e in distinct if e in index]
+        slots = np.fromiter(map(index.__getitem__, known), dtype=np.int64, count=len(known))
+        return Snapshot(known, [e for e in distinct if e not in index], self.rnn[torch.from_numpy(slots)],
+                        {name: array[slots] for name, array in self.fields.items()})  # fancy indexing copies
+
+    def roll_back(self, snapshot: Snapshot) -> None:
+        """Put the states of a :meth:`snapshot` back: its new entities are forgotten, its known ones
+        get their rows back (re-tracked if the step evicted them)."""
+        for entity in snapshot.new:
+            if entity in self._index:
+                self._remove(entity)
+        for entity in snapshot.known:
+            if entity not in self._index:
+                self._index[entity] = self._allocate()
+        slots = np.fromiter(map(self._index.__getitem__, snapshot.known), dtype=np.int64, count=len(snapshot.known))
+        self.rnn[torch.from_numpy(slots)] = snapshot.rnn
+        for name, rows in snapshot.fields.items():
+            self.fields[name][slots] = rows
+
+    def forget(self, entities: Iterable[str]) -> int:
+        """Drop the states of ``entities`` (their next message starts fresh); returns how many were tracked."""
+        gone = [e for e in dict.fromkeys(entities) if e in self._index]
+        for entity in gone:
+            self._remove(entity)
+        return len(gone)
 
     def evict_idle(self, now: float) -> int:
         """Evict entities not seen for ``ttl_s`` seconds; returns how many."""
@@ -160,7 +223,7 @@ class EntityStore:
     def restore(self, blob: bytes, owner: int, now: float, tag: str = "") -> int:
         """Load states written by :meth:`export` for ``owner``; raises :class:`CheckpointError`."""
         widths = {name: self.fields[name].shape[1:] for name in _WIDE}
-        payload = _load_payload(blob, self.state_size, tag, widths)
+        payload = _load_payload(blob, self.state_size, tag, widths, self.max_entities)
         entities: list[str] = payload["entities"]
         slots = self.slots_for(entities, owner, now)
         self.rnn[torch.from_numpy(slots)] = payload["rnn"]
@@ -248,20 +311,50 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def _load_payload(blob: bytes, state_size: int, tag: str, widths: dict[str, tuple[int, ...]]) -> dict:
-    """The checkpoint's tensors, checked against this store (``state_size``, ``tag`` and the
-    ``widths`` of its two-dimensional fields); raises :class:`CheckpointError`."""
+def _load_payload(blob: bytes, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int) -> dict:
+    """The checkpoint's tensors, checked against this store (``state_size``, ``tag``, the ``widths``
+    of its two-dimensional fields, ``max_entities``) and for values no state can hold (NaN, a
+    negative count); raises :class:`CheckpointError`. Nothing is trusted before it is checked."""
     try:
         payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        entities, rnn = payload["entities"], payload["rnn"]
-        sizes_ok = all(len(payload[name]) == len(entities) for name in _CHECKPOINTED if name in payload or name not in _ADDED_LATER)
     except Exception as error:
-        raise CheckpointError(f"corrupt checkpoint: {type(error).__name__}: {error}") from None
-    if payload.get("tag", "") != tag:
-        raise CheckpointError(f"checkpoint is for {payload.get('tag')!r}, not {tag!r}")
-    if rnn.ndim != 2 or rnn.shape[1] != state_size or rnn.shape[0] != len(entities) or not sizes_ok:
-        raise CheckpointError(f"checkpoint shapes do not match this model (state size {state_size})")
-    for name, width in widths.items():
-        if name in payload and tuple(payload[name].shape[1:]) != width:
-            raise CheckpointError(f"checkpoint field {name} has shape {tuple(payload[name].shape[1:])}, this model {width}")
+        raise CheckpointError(f"corrupt checkpoint: {type(error).__name__}: {str(error)[:200]}", "corrupt") from None
+    problem = _payload_problem(payload, state_size, tag, widths, max_entities)
+    if problem:
+        raise CheckpointError(problem, "invalid")
     return payload
+
+
+def _payload_problem(payload: object, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int) -> str:
+    """What makes a loaded checkpoint unusable ("" when nothing does)."""
+    if not isinstance(payload, dict):
+        return f"checkpoint is a {type(payload).__name__}, not a dict"
+    if payload.get("tag", "") != tag:
+        return f"checkpoint is for {payload.get('tag')!r}, not {tag!r}"
+    entities = payload.get("entities")
+    if not isinstance(entities, list) or not all(isinstance(e, str) for e in entities) or len(set(entities)) != len(entities):
+        return "checkpoint entities are not a list of distinct names"
+    if len(entities) > max_entities:
+        return f"checkpoint holds {len(entities)} entities, more than max_entities ({max_entities})"
+    rnn = payload.get("rnn")
+    if not isinstance(rnn, torch.Tensor) or rnn.ndim != 2 or rnn.shape[1] != state_size or rnn.shape[0] != len(entities):
+        return f"checkpoint shapes do not match this model (state size {state_size})"
+    if not torch.isfinite(rnn).all():
+        return "checkpoint recurrent states are not finite"
+    for name in _CHECKPOINTED:
+        value = payload.get(name)
+        if value is None and name in _ADDED_LATER:
+            continue
+        if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != len(entities):
+            return f"checkpoint field {name} is missing or not one row per entity"
+        if tuple(value.shape[1:]) != widths.get(name, ()):
+            return f"checkpoint field {name} has shape {tuple(value.shape[1:])}, this model {widths.get(name, ())}"
+        if name in _FINITE and not torch.isfinite(value).all():
+            return f"checkpoint field {name} is not finite"
+        if name in _NON_NEGATIVE and (value < 0).any():
+            return f"checkpoint field {name} is negative"
+        if name == "last_ts" and (value.isnan() | (value == math.inf)).any():
+            return "checkpoint field last_ts is NaN or infinite"
+        if name == "opened_ts" and value.isinf().any():  # NaN: no alert open, or its opening unknown
+            return "checkpoint field opened_ts is infinite"
+    return ""

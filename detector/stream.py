@@ -36,10 +36,12 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from detector import __version__
-from detector.alerts import Publisher, Source, alert_record, dead_letter_record, score_record
+from detector.alerts import Publisher, Source, alert_record, score_record
 from detector.checkpoints import CheckpointStore, PendingWrite
 from detector.config import Settings
+from detector.deadletter import Context, dead_letter
 from detector.delivery import PublishFatal, StoppedUnacknowledged, confirm_until_acknowledged, fatal_reason
+from detector.guard import BatchGuard, Refused
 from detector.kafka_config import consumer_config, kafka_client_config, producer_config
 from detector.kafka_internals import check_internals, coordinator_unknown, last_heartbeat_answer
 from detector.logs import get_logger
@@ -109,8 +111,9 @@ class Service:
         self.metrics = metrics or Metrics()
         self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
         self.detector = Detector(model, max_entities=settings.stream.max_entities, ttl_s=settings.stream.entity_ttl_s)
-        fields = MessageFields(settings.stream.entity_field, settings.stream.timestamp_field, settings.stream.values_field, settings.stream.max_message_bytes)
-        self._decode = MessageDecoder(model.features, fields)
+        stream = settings.stream
+        fields = MessageFields(stream.entity_field, stream.timestamp_field, stream.values_field, stream.max_message_bytes, stream.max_entity_chars)
+        self._guard = BatchGuard(MessageDecoder(model.features, fields), self.detector, stream.max_future_skew_s)
         self._stop = threading.Event()
         self._pending: list[_Fetched] = []
         self._owners: dict[TopicPartition, int] = {}
@@ -282,16 +285,15 @@ class Service:
         records = [r for f in pending for r in f.records]
         chunk = np.repeat(np.arange(len(pending)), [len(f.records) for f in pending])  # record position -> its _Fetched
         live = self._live(pending)
-        accepted, batch, dead = self._decode.decode_many([r.value for r in records], [r.key for r in records])
-        owners = np.fromiter((self._owners[f.tp] for f in pending), dtype=np.int32, count=len(pending))[chunk[accepted]]
-        started = time.perf_counter()
-        outcomes = self.detector.process_columns(batch, owner=owners, drop_stale=self.settings.stream.reject_out_of_order)
-        self.metrics.observe_batch(len(batch), time.perf_counter() - started)
+        owners = np.fromiter((self._owners[f.tp] for f in pending), dtype=np.int32, count=len(pending))[chunk]
+        guarded = self._guard.score([r.value for r in records], [r.key for r in records], owners, drop_stale=self.settings.stream.reject_out_of_order)
+        accepted, outcomes, dead = guarded.accepted, guarded.outcomes, guarded.refused
+        self.metrics.observe_batch(len(outcomes), guarded.step_seconds)
         dead.extend(self._stale(outcomes, accepted))
         scored = live[accepted] & ~outcomes.stale
         self._await_commit()  # the previous batch's: nothing of this batch is out before it is committed
-        self._publish_alerts(pending, records, chunk, accepted, outcomes, scored)
-        self._publish_dead_letters(pending, records, chunk, [(i, error) for i, error in dead if live[i]])
+        dead.extend(self._publish_alerts(pending, records, chunk, accepted, outcomes, scored))
+        self._publish_dead_letters(pending, records, chunk, [refused for refused in dead if live[refused.position]])
         self._confirm()
         last_offsets = {f.tp: f.records[-1].offset for f in pending}  # chunks of a partition come in offset order
         for tp, offset in last_offsets.items():
@@ -300,9 +302,9 @@ class Service:
         self._record_outcomes(outcomes, scored)
 
     @staticmethod
-    def _stale(outcomes: Outcomes, accepted: np.ndarray) -> list[tuple[int, BadMessage]]:
-        """(record position, reason) of the messages refused as older than their entity's last."""
-        return [(int(accepted[i]), BadMessage("stale_timestamp", f"timestamp {outcomes.batch.timestamps[i]} older than the entity's last {previous}"))
+    def _stale(outcomes: Outcomes, accepted: np.ndarray) -> list[Refused]:
+        """The messages refused as older than their entity's last."""
+        return [Refused(int(accepted[i]), BadMessage("stale_timestamp", f"timestamp {outcomes.batch.timestamps[i]} older than the entity's last {previous}"), "validate")
                 for i, previous in sorted(outcomes.previous.items())]
 
     def _live(self, pending: list[_Fetched]) -> np.ndarray:
@@ -312,29 +314,46 @@ class Service:
         parts = [np.fromiter((r.offset >= self._replay_until.get(f.tp, -1) for r in f.records), dtype=bool, count=len(f.records)) for f in pending]
         return np.concatenate(parts)
 
-    def _publish_alerts(self, pending: list[_Fetched], records: list[Any], chunk: np.ndarray, accepted: np.ndarray, outcomes: Outcomes, scored: np.ndarray) -> None:
-        scores_topic = self.settings.kafka.scores_topic
+    def _publish_alerts(self, pending: list[_Fetched], records: list[Any], chunk: np.ndarray, accepted: np.ndarray, outcomes: Outcomes, scored: np.ndarray) -> list[Refused]:
+        """Publish the scored messages' records; a message whose records cannot be built is
+        unmarked in ``scored`` and returned for the dead-letter topic."""
+        scores_topic, alert_topic = self.settings.kafka.scores_topic, self.settings.kafka.alert_topic
         positions = np.flatnonzero(scored) if scores_topic else [i for i, event in enumerate(outcomes.events) if event and scored[i]]
+        failed: list[Refused] = []
         for i in positions:
-            position, decision = int(accepted[i]), outcomes.decision(int(i))
-            tp = pending[chunk[position]].tp
-            source = Source(tp.topic, tp.partition, records[position].offset)
-            if scores_topic:
-                self.publisher.send(scores_topic, decision.entity, score_record(decision, source))
+            position = int(accepted[i])
+            try:
+                decision = outcomes.decision(int(i))
+                tp = pending[chunk[position]].tp
+                source = Source(tp.topic, tp.partition, records[position].offset)
+                built = [(scores_topic, score_record(decision, source))] if scores_topic else []
+                if decision.event:
+                    built.append((alert_topic, alert_record(decision, self.detector.threshold, self.model.version, source)))
+            except Exception as error:  # one message's output, never the loop
+                scored[i] = False
+                failed.append(Refused(position, BadMessage.unexpected(error), "output"))
+                continue
+            for topic, record in built:
+                self.publisher.send(topic, decision.entity, record)
             if decision.event:
-                self.publisher.send(self.settings.kafka.alert_topic, decision.entity, alert_record(decision, self.detector.threshold, self.model.version, source))
                 self.metrics.alert(decision.event)
+        return failed
 
-    def _publish_dead_letters(self, pending: list[_Fetched], records: list[Any], chunk: np.ndarray, dead: list[tuple[int, BadMessage]]) -> None:
-        for position, error in dead:
+    def _publish_dead_letters(self, pending: list[_Fetched], records: list[Any], chunk: np.ndarray, dead: list[Refused]) -> None:
+        """Each refused message's record, as it came, to the dead-letter topic (see :mod:`detector.deadletter`)."""
+        topic, max_bytes = self.settings.kafka.dead_letter_topic, self.settings.stream.dead_letter_max_bytes
+        for position, error, stage in dead:
             tp, record = pending[chunk[position]].tp, records[position]
-            source = Source(tp.topic, tp.partition, record.offset)
-            key = record.key.decode("utf-8", "replace") if record.key else None
-            self.publisher.send(self.settings.kafka.dead_letter_topic, key, dead_letter_record(record.value, error.reason, error.detail, source))
+            context = Context(tp.topic, tp.partition, record.offset, getattr(record, "timestamp", None), stage, self.model.version)
+            try:
+                letter = dead_letter(record.key, record.value, getattr(record, "headers", None), error, context)
+            except Exception:  # unusable input headers: the letter goes without them
+                letter = dead_letter(record.key, record.value, None, error, context)
+            self.publisher.send_dead_letter(topic, letter, max_bytes)
             self.metrics.dead_letter(error.reason)
         if dead and time.monotonic() - self._last_dead_letter_log > _DEAD_LETTER_LOG_EVERY_S:
             self._last_dead_letter_log = time.monotonic()
-            position, error = dead[-1]
+            position, error, _ = dead[-1]
             tp = pending[chunk[position]].tp
             log.warning("stream.dead_letters", count=len(dead), example_reason=error.reason, example_detail=error.detail[:200], topic=tp.topic, partition=tp.partition, offset=records[position].offset)
 
@@ -575,7 +594,7 @@ class Service:
 
     def _restore(self, tp: TopicPartition, checkpoint: Any) -> None:
         committed = self.consumer.committed(tp)  # type: ignore[union-attr]
-        restored = checkpoint is not None and self._load(tp, checkpoint)
+        restored = checkpoint is not None and self._load(tp, checkpoint, committed)
         if restored:
             self._checkpointed[tp] = checkpoint.next_offset
             self.consumer.seek(tp, checkpoint.next_offset)  # type: ignore[union-attr]
@@ -604,23 +623,39 @@ class Service:
         self._next_offset[tp] = position
         self._checkpoint([tp], reason="initial")
 
-    def _load(self, tp: TopicPartition, checkpoint: Any) -> bool:
-        if checkpoint.corrupt:
-            self.metrics.restore_fallback("corrupt")
-            log.error("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason=checkpoint.corrupt)
-            return False
+    def _load(self, tp: TopicPartition, checkpoint: Any, committed: int | None) -> bool:
+        """Restore ``tp``'s states from ``checkpoint`` if every part of it checks out (see
+        :mod:`detector.checkpoints` and :meth:`EntityStore.restore`); else count the fallback.
+
+        Its offset must lie in the partition: from the first offset to the end, or to the
+        committed offset where that is beyond the end the broker reports (the bundled Tansu
+        broker reports the last batch's first offset plus one)."""
+        if checkpoint.corrupt or checkpoint.invalid:
+            return self._fallback(tp, "corrupt" if checkpoint.corrupt else "invalid", checkpoint.corrupt or checkpoint.invalid)
         if checkpoint.model_version != self.model.version:
             self.metrics.restore_fallback("schema_mismatch")
             log.warning("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason="checkpoint from model " + checkpoint.model_version)
             return False
+        first = self.consumer.beginning_offsets([tp])[tp]  # type: ignore[union-attr]
+        end = max(self.consumer.end_offsets([tp])[tp], committed or 0)  # type: ignore[union-attr]
+        if not first <= checkpoint.next_offset <= end:
+            return self._fallback(tp, "invalid", f"checkpoint offset {checkpoint.next_offset} outside the partition's {first}..{end}")
+        owner = self._owners[tp]
         try:
-            count = self.detector.store.restore(checkpoint.blob, self._owners[tp], time.time(), tag=self.model.version)
+            count = self.detector.store.restore(checkpoint.blob, owner, time.time(), tag=self.model.version)
         except CheckpointError as error:
-            self.metrics.restore_fallback("corrupt")
-            log.error("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason=str(error))
-            return False
+            return self._fallback(tp, error.reason, str(error))
+        except Exception as error:  # checked states that still did not fit: none of them stays
+            self.detector.store.drop_owner(owner)
+            return self._fallback(tp, "invalid", f"{type(error).__name__}: {error}"[:300])
         log.info("state.restored", topic=tp.topic, partition=tp.partition, entities=count, offset=checkpoint.next_offset)
         return True
+
+    def _fallback(self, tp: TopicPartition, reason: str, detail: str) -> bool:
+        """Count and log an unusable checkpoint (the partition starts from fresh states); False."""
+        self.metrics.restore_fallback(reason)
+        log.error("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason=detail, fallback=reason)
+        return False
 
 
 def run_service(settings: Settings) -> int:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -106,10 +107,25 @@ def produce(bootstrap: str, topic: str, messages: Iterable[Message | tuple[bytes
     return count
 
 
-class TopicReader:
-    """Incrementally reads a whole topic (all partitions) from the beginning, without a group."""
+def json_view(record: Any) -> dict:
+    return json.loads(record.value)
 
-    def __init__(self, bootstrap: str, topic: str):
+
+def dead_letter_view(record: Any) -> dict:
+    """A dead letter (original key and value, context in ``detector.errors.*`` headers) as a dict."""
+    headers = {k: v.decode() for k, v in record.headers or []}
+    return {"reason": headers["detector.errors.reason"], "detail": headers["detector.errors.exception.message"],
+            "exception": headers["detector.errors.exception.class.name"], "stage": headers["detector.errors.stage"],
+            "source": {"topic": headers["detector.errors.topic"], "partition": int(headers["detector.errors.partition"]), "offset": int(headers["detector.errors.offset"])},
+            "key": record.key, "value": record.value, "headers": headers}
+
+
+class TopicReader:
+    """Incrementally reads a whole topic (all partitions) from the beginning, without a group;
+    ``view`` turns each record into the dict kept (default: its JSON value)."""
+
+    def __init__(self, bootstrap: str, topic: str, view: Callable[[Any], dict] = json_view):
+        self.view = view
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
         partitions = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or {0})]
         self.consumer.assign(partitions)
@@ -120,7 +136,7 @@ class TopicReader:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for batch in self.consumer.poll(timeout_ms=200).values():
-                self.records.extend(json.loads(r.value) for r in batch)
+                self.records.extend(self.view(r) for r in batch)
         return self.records
 
     def wait_for(self, condition: Callable[[list[dict]], bool], timeout_s: float, alive: Callable[[], bool] = lambda: True) -> list[dict]:

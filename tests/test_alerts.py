@@ -5,9 +5,9 @@ import json
 import pytest
 from kafka import KafkaProducer
 
-from detector.alerts import Publisher, Source, alert_record, dead_letter_record
+from detector.alerts import Publisher, Source, alert_record
 from detector.broker import create_topics, start_broker
-from detector.scoring import Decision
+from detector.scoring import Contribution, Decision
 
 from service_harness import TopicReader
 
@@ -40,11 +40,11 @@ def test_records_survive_a_frozen_broker_until_acknowledged():
     assert {r["n"] for r in records} >= {-1, 0, 1, 2, 3, 4}
 
 
-def test_alert_and_dead_letter_records():
-    decision = Decision("pump-7", 1795568400.0, 9.5, 0.9995, True, "open", [("flow", 0.7), ("pressure", 0.2)])
+def test_alert_records():
+    decision = Decision("pump-7", 1795568400.0, 9.5, 0.9995, True, "open", [Contribution("flow", 0.7, 12.0, 32.0), Contribution("pressure", 0.2, 2.5, 1.2)],
+                        opened_at=1795568400.0)
     alert = alert_record(decision, threshold=0.999, model_version="v9", source=Source("sensors", 3, 1200))
     assert alert["timestamp"] == "2026-11-25T01:00:00Z" and alert["model_version"] == "v9" and alert["threshold"] == 0.999
-    assert alert["top_features"] == [{"feature": "flow", "share": 0.7}, {"feature": "pressure", "share": 0.2}]
-    letter = dead_letter_record(b"\xffbad", "not_json", "Expecting value", Source("sensors", 1, 5))
-    assert letter["original_base64"] == "/2JhZA==" and letter["source"] == {"topic": "sensors", "partition": 1, "offset": 5}
-    assert json.loads(json.dumps(alert)) == alert and json.loads(json.dumps(letter)) == letter
+    assert alert["top_features"] == [{"feature": "flow", "share": 0.7, "value": 12.0, "expected": 32.0},
+                                     {"feature": "pressure", "share": 0.2, "value": 2.5, "expected": 1.2}]
+    assert json.loads(json.dumps(alert)) == alert

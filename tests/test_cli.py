@@ -47,12 +47,13 @@ def test_score_output_contract_and_determinism(workspace):
     assert main(args + ["--out", str(root / "b.csv")]) == 0
     assert (root / "a.csv").read_bytes() == (root / "b.csv").read_bytes()
     rows, source = _read(root / "a.csv"), _read(data)
-    assert list(rows[0]) == ["timestamp", "score", "probability", "is_anomaly"]
+    assert list(rows[0]) == ["timestamp", "score", "probability", "is_anomaly", "event"]
     assert [r["timestamp"] for r in rows] == [r["timestamp"] for r in source]
     scores = [float(r["score"]) for r in rows]
     probabilities = [float(r["probability"]) for r in rows]
     assert all(s >= 0 for s in scores) and all(0 <= p <= 1 for p in probabilities)
     assert {r["is_anomaly"] for r in rows} <= {"0", "1"}
+    assert {r["event"] for r in rows} == {"", "open", "close"}, "the alert that flags the valve closure opens and closes"
     ranked = sorted(zip(scores, probabilities))
     assert ranked[-1][1] > ranked[0][1]
     assert any(r["is_anomaly"] == "1" for r in rows[400:]), "the valve closure in file 3 is flagged"
@@ -64,7 +65,7 @@ def test_score_with_entities_adds_the_column(tmp_path):
     assert main(["--config", str(config), "fit", "--data", str(data), "--out", str(tmp_path / "m")]) == 0
     assert main(["--config", str(config), "score", "--model", str(tmp_path / "m"), "--data", str(data), "--out", str(tmp_path / "s.csv")]) == 0
     rows = _read(tmp_path / "s.csv")
-    assert list(rows[0]) == ["timestamp", "entity", "score", "probability", "is_anomaly"]
+    assert list(rows[0]) == ["timestamp", "entity", "score", "probability", "is_anomaly", "event"]
     assert [r["entity"] for r in rows] == [r["entity"] for r in _read(data)]
 
 

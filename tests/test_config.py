@@ -63,7 +63,7 @@ def test_sasl_without_credentials_fails(monkeypatch):
 
 def test_cli_exits_2_on_bad_settings(tmp_path, capsys):
     config = write_config(tmp_path / "c.toml", model={"cell": "transformer"})
-    code = main(["--config", str(config), "score", "--model", "x", "--data", "y", "--out", "z"])
+    code = main(["--config", str(config), "run"])
     err = capsys.readouterr().err
     assert code == 2
     assert "model.cell" in err and len(err.strip().splitlines()) == 1

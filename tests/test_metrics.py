@@ -227,3 +227,40 @@ def test_several_instances_and_servers_coexist() -> None:
     finally:
         for srv in servers:
             srv.close()
+
+
+def test_held_open_connections_leave_the_endpoint_answering(server: MetricsServer) -> None:
+    """200 clients that connect and never send hold no thread: /metrics still answers, within a
+    second (a behaviour bound, generous against a loaded machine, not a benchmark)."""
+    import socket
+    import threading
+
+    threads_before = threading.active_count()
+    idle = [socket.create_connection((server.host, server.port), timeout=5) for _ in range(200)]
+    half_sent = [socket.create_connection((server.host, server.port), timeout=5) for _ in range(20)]
+    try:
+        for conn in half_sent:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # a request that never ends
+        time.sleep(0.5)  # the server has accepted them all
+        started = time.monotonic()
+        response = requests.get(server.url + "/metrics", timeout=5)
+        elapsed = time.monotonic() - started
+        assert response.status_code == 200 and b"detector_messages_total" in response.content
+        assert elapsed < 1.0, f"/metrics took {elapsed:.2f} s behind 220 stuck connections"
+        assert threading.active_count() <= threads_before + 8, "stuck clients hold no thread each"
+    finally:
+        for conn in idle + half_sent:
+            conn.close()
+
+
+def test_idle_connections_are_closed_after_the_channel_timeout(server: MetricsServer) -> None:
+    """An idle connection does not hold its file descriptor for ever."""
+    import socket
+
+    from detector.metrics import HTTP_CHANNEL_TIMEOUT_S, HTTP_CLEANUP_INTERVAL_S
+
+    conn = socket.create_connection((server.host, server.port), timeout=HTTP_CHANNEL_TIMEOUT_S + 2 * HTTP_CLEANUP_INTERVAL_S + 5)
+    try:
+        assert conn.recv(1) == b"", "the server closed the idle connection"
+    finally:
+        conn.close()

@@ -28,7 +28,7 @@ from detector.demo import FEATURES, generate_history, generate_stream
 from detector.fit import fit_tables, write_model
 from detector.schema import Table
 
-from service_harness import ServiceProcess, Topics, TopicReader, make_topics, offsets_seen, produce, service_env
+from service_harness import ServiceProcess, Topics, TopicReader, dead_letter_view, make_topics, offsets_seen, produce, service_env
 
 pytestmark = pytest.mark.kafka
 
@@ -184,7 +184,8 @@ def test_prometheus_scrapes_the_running_service(kafka_bootstrap, topic_factory, 
     env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1")
     service = ServiceProcess(env, tmp_path / "service.log")
     prometheus = PrometheusServer(tmp_path / "prometheus", f"127.0.0.1:{port}")
-    scores, dead, alerts = (TopicReader(kafka_bootstrap, t) for t in (topics.scores, topics.dead_letters, topics.alerts))
+    scores, alerts = (TopicReader(kafka_bootstrap, t) for t in (topics.scores, topics.alerts))
+    dead = TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view)
     try:
         prometheus.wait_ready()
         scores.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=90, alive=service.alive)

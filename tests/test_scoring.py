@@ -110,7 +110,7 @@ def test_alert_names_top_features(fitted, stream):
     opened = [d for d in decisions if d.event == "open"]
     assert opened and all(1 <= len(d.top_features) <= 3 for d in opened)
     for d in opened:
-        shares = [share for _, share in d.top_features]
+        shares = [c.share for c in d.top_features]
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-9
 
 
@@ -281,7 +281,7 @@ def test_without_the_simulated_start_peak_a_new_entity_alerts_more_often():
     calibrated = Detector(model)
     naive = Detector(model, simulate_null=False)
     naive.threshold = calibrated.threshold  # the same level; only the start of the novelty peak differs
-    counts = [sum(event == "open" for _, events in _normal_messages(detector, 50, seed=2) for event in events.values())
+    counts = [sum(event == "open" for _, events in _normal_messages(detector, 50, seed=2) for event, _ in events.values())
               for detector in (calibrated, naive)]
     assert calibrated.store._fresh("peak") > 1.0 and counts[0] * 3 < counts[1], counts
 
@@ -320,7 +320,7 @@ def _daily_opens(seasonal_bins: int, days: int = 10, extra_hour: int | None = No
     opens = [0] * days
     for detector, slot, day, t, log_score in _nightly_job(seasonal_bins, days, extra_hour):
         _, _, events = _decide(detector, slot, np.exp(log_score), t, elapsed=300.0)
-        opens[day] += events.get(0) == "open"
+        opens[day] += events.get(0, (None,))[0] == "open"
     return opens
 
 

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from detector.demo import Message, generate_stream
-from detector.schema import Observation
+from detector.schema import Observation, parse_timestamp
 from detector.scoring import Detector
 
-from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
+from service_harness import ServiceProcess, TopicReader, dead_letter_view, make_topics, offsets_seen, produce, service_env
 
 pytestmark = pytest.mark.kafka
 
@@ -26,7 +26,7 @@ def _offline(model_dir, messages: list[Message]) -> dict[tuple[str, float], tupl
 def _assert_scores_match(records: list[dict], expected: dict) -> None:
     assert records
     for r in records:
-        score, probability, flag = expected[(r["entity"], r["timestamp"])]
+        score, probability, flag = expected[(r["entity"], parse_timestamp(r["timestamp"]))]  # ISO 8601 on every topic
         assert r["score"] == pytest.approx(score, abs=1e-5), r
         assert r["probability"] == pytest.approx(probability, abs=1e-5), r
         assert r["is_anomaly"] == flag, r
@@ -158,7 +158,7 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_are_scored(kafka_b
                 expected_reasons.append(reason)
     produce(kafka_bootstrap, topics.input, mixed)
     service = ServiceProcess(service_env(kafka_bootstrap, topics, model_dir), tmp_path / "service.log")
-    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters)
+    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view)
     try:
         scores.wait_for(lambda r: len(r) >= len(stream), timeout_s=120, alive=service.alive)
         letters = dead.wait_for(lambda r: len(r) >= len(expected_reasons), timeout_s=60, alive=service.alive)

@@ -20,10 +20,10 @@ from kafka import KafkaProducer
 from detector.broker import free_port, start_broker
 from detector.demo import FEATURES, generate_stream
 from detector.model import load_model
-from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation, parse_message
+from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation, parse_message, parse_timestamp
 from detector.scoring import Detector
 
-from service_harness import ServiceProcess, TopicReader, http_status, make_topics, offsets_seen, produce, service_env
+from service_harness import ServiceProcess, TopicReader, dead_letter_view, http_status, make_topics, offsets_seen, produce, service_env
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def _offline(model_dir, messages):
 
 def _check_scores(records, expected):
     for r in records:
-        d = expected[(r["entity"], r["timestamp"])]
+        d = expected[(r["entity"], parse_timestamp(r["timestamp"]))]  # ISO 8601 on every topic
         assert r["score"] == pytest.approx(d.score, abs=1e-5) and r["is_anomaly"] == int(d.is_anomaly), r
 
 
@@ -215,7 +215,7 @@ def test_fuzzed_messages_in_a_live_stream(messages, kafka_bootstrap, topic_facto
                 verdicts.append(error.reason)
     produce(kafka_bootstrap, topics.input, mixed)
     service = ServiceProcess(service_env(kafka_bootstrap, topics, model_dir), tmp_path / "service.log")
-    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters)
+    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view)
     bad = [v for v in verdicts if v != "ok"]
     try:
         dead.wait_for(lambda r: len(r) >= len(bad), timeout_s=120, alive=service.alive)
