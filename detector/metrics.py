@@ -228,7 +228,7 @@ class Metrics:
         self.broker_reconnects_total = Counter(
             "detector_broker_reconnects_total", "Reconnections to the Kafka brokers.", registry=r)
         self.publish_failures_total = Counter(
-            "detector_publish_failures_total", "Failed publishes (alerts, dead letters, checkpoints).",
+            "detector_publish_failures_total", "Failed publishes of alerts, scores and dead letters, per attempt.",
             registry=r)
         self.publish_fatal_total = Counter(
             "detector_publish_fatal_total", "Publishes that failed in a way retrying cannot mend (the service stops), by error.",
@@ -555,6 +555,7 @@ def metrics_table() -> str:
     metrics.set_lag("topic", 0, 0)
     metrics.set_model_info("v", "lstm", 1)
     metrics.set_build_info("v")
+    metrics.publish_fatal_total.labels(error="KafkaError")  # open label values: one sample shows the label
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for family in metrics.registry.collect():
         suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
