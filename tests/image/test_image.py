@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -21,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from detector.broker import create_topics
+from detector.broker import create_topics, free_port
 from detector.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,12 +40,6 @@ def _load_build_script() -> ModuleType:
 
 
 build = _load_build_script()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def readable_copy(source: Path, target: Path) -> Path:
