@@ -9,7 +9,6 @@ import resource
 import socket
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +49,9 @@ def emit(rows: list[Row], json_path: Path | None, extra: dict | None = None) -> 
     print()
     print(markdown_table(rows))
     if json_path is not None:
-        json_path.write_text(json.dumps({"rows": [asdict(r) for r in rows], "details": extra or {}}, indent=2, default=str))
+        json_path.write_text(
+            json.dumps({"rows": [asdict(r) for r in rows], "details": extra or {}}, indent=2, default=str)
+        )
 
 
 def markdown_table(rows: list[Row]) -> str:

@@ -31,7 +31,9 @@ def wall_times(command: list[str], repeat: int, expected_code: int, environment:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        code = subprocess.run(command, cwd=c.ROOT, capture_output=True, check=False, env={**os.environ, **environment}).returncode
+        code = subprocess.run(
+            command, cwd=c.ROOT, capture_output=True, check=False, env={**os.environ, **environment}
+        ).returncode
         times.append(time.perf_counter() - started)
         if code != expected_code:
             raise SystemExit(f"{' '.join(command)} exited {code}, expected {expected_code}")
@@ -47,8 +49,16 @@ def main() -> int:
     cli = [sys.executable, "-m", "detector.cli"]
     commands = {
         "`detector --help`": (cli + ["--help"], 0, {}),
-        "start-up error: `detector fit` on a missing file": (cli + ["fit", "--data", str(missing), "--out", str(missing.parent / "m")], 2, {}),
-        "start-up error: `detector run` with a bad setting": (cli + ["run"], 2, {"DETECTOR_KAFKA__INPUT_TOPICS": "sensors"}),
+        "start-up error: `detector fit` on a missing file": (
+            cli + ["fit", "--data", str(missing), "--out", str(missing.parent / "m")],
+            2,
+            {},
+        ),
+        "start-up error: `detector run` with a bad setting": (
+            cli + ["run"],
+            2,
+            {"DETECTOR_KAFKA__INPUT_TOPICS": "sensors"},
+        ),
     }
     rows, details = [], {}
     for label, (command, code, environment) in commands.items():
@@ -56,8 +66,16 @@ def main() -> int:
         details[label] = times
         median = statistics.median(times)
         say(f"{label}: median {median:.3f} s, best {min(times):.3f} s over {repeat} runs")
-        rows.append(Row("cli start-up", label, f"{median:.2f} s (best {min(times):.2f} s, {repeat} runs)", f"< {TARGET_S:.0f} s",
-                        c.verdict(median < TARGET_S), "fresh process each run"))
+        rows.append(
+            Row(
+                "cli start-up",
+                label,
+                f"{median:.2f} s (best {min(times):.2f} s, {repeat} runs)",
+                f"< {TARGET_S:.0f} s",
+                c.verdict(median < TARGET_S),
+                "fresh process each run",
+            )
+        )
     c.emit(rows, args.json, details)
     return 0
 

@@ -85,14 +85,18 @@ def main() -> int:
         for entities, rows in sizes:
             r = timed_fit(entities, rows, epochs, stub_heldout=True)
             results[axis].append(r)
-            say(f"  {r['rows']:>7,} rows ({entities} entities x {rows}): {r['epoch_s']:.2f} s/epoch "
+            say(
+                f"  {r['rows']:>7,} rows ({entities} entities x {rows}): {r['epoch_s']:.2f} s/epoch "
                 f"(train {r['train_s']:.2f} + validation {r['validation_s']:.2f}) = {10_000 * r['epoch_s'] / r['rows']:.3f} s/epoch per 10k rows; "
-                f"fixed {r['fixed_s']:.1f} s, total {r['total_s']:.1f} s")
+                f"fixed {r['fixed_s']:.1f} s, total {r['total_s']:.1f} s"
+            )
     complete_entities, complete_rows = (50, 125) if quick else (50, 500)
     full = timed_fit(complete_entities, complete_rows, epochs, stub_heldout=False)
     results["complete"] = [full]
-    say(f"  complete fit of {full['rows']:,} rows, {full['epochs']} epochs: {full['total_s']:.1f} s, of which epochs {full['epochs'] * full['epoch_s']:.1f} s, "
-        f"held-out scoring {full['heldout_s']:.1f} s ({1000 * full['heldout_s'] / full['rows']:.2f} ms per row), other fixed {full['fixed_s'] - full['heldout_s']:.1f} s")
+    say(
+        f"  complete fit of {full['rows']:,} rows, {full['epochs']} epochs: {full['total_s']:.1f} s, of which epochs {full['epochs'] * full['epoch_s']:.1f} s, "
+        f"held-out scoring {full['heldout_s']:.1f} s ({1000 * full['heldout_s'] / full['rows']:.2f} ms per row), other fixed {full['fixed_s'] - full['heldout_s']:.1f} s"
+    )
     rows: list[Row] = []
     for axis in ("rows per entity", "entities"):
         rs = results[axis]
@@ -100,17 +104,41 @@ def main() -> int:
         for r in rs:
             per10k = 10_000 * r["epoch_s"] / r["rows"]
             ratio = (r["epoch_s"] / base["epoch_s"]) / (r["rows"] / base["rows"])
-            rows.append(Row("fit", f"s/epoch at {r['rows']:,} rows (varying {axis}: {r['entities']} x {r['rows_per_entity']})",
-                            f"{r['epoch_s']:.2f} s", "", "",
-                            f"{per10k:.3f} s/epoch per 10k rows; time ratio / rows ratio vs smallest = {ratio:.2f} (1 = linear); "
-                            f"train {r['train_s']:.2f} + validation {r['validation_s']:.2f}"))
+            rows.append(
+                Row(
+                    "fit",
+                    f"s/epoch at {r['rows']:,} rows (varying {axis}: {r['entities']} x {r['rows_per_entity']})",
+                    f"{r['epoch_s']:.2f} s",
+                    "",
+                    "",
+                    f"{per10k:.3f} s/epoch per 10k rows; time ratio / rows ratio vs smallest = {ratio:.2f} (1 = linear); "
+                    f"train {r['train_s']:.2f} + validation {r['validation_s']:.2f}",
+                )
+            )
     headline = next((r for r in results["rows per entity"] if r["rows"] == 100_000), None)
     per_row = full["heldout_s"] / full["rows"]
     if headline:
-        rows.insert(0, Row("fit", "time per epoch, 100,000 rows x 8 features", f"{headline['epoch_s']:.2f} s", "", "",
-                           f"60 epochs (the default cap) = {60 * headline['epoch_s']:.0f} s; held-out scoring adds ~{100_000 * per_row:.0f} s at 100k rows"))
-    rows.append(Row("fit", f"complete fit, {full['rows']:,} rows, {full['epochs']} epochs", f"{full['total_s']:.1f} s", "", "",
-                    f"held-out scoring {full['heldout_s']:.1f} s = {1000 * per_row:.2f} ms/row (one Detector step per row); epochs {full['epochs'] * full['epoch_s']:.1f} s"))
+        rows.insert(
+            0,
+            Row(
+                "fit",
+                "time per epoch, 100,000 rows x 8 features",
+                f"{headline['epoch_s']:.2f} s",
+                "",
+                "",
+                f"60 epochs (the default cap) = {60 * headline['epoch_s']:.0f} s; held-out scoring adds ~{100_000 * per_row:.0f} s at 100k rows",
+            ),
+        )
+    rows.append(
+        Row(
+            "fit",
+            f"complete fit, {full['rows']:,} rows, {full['epochs']} epochs",
+            f"{full['total_s']:.1f} s",
+            "",
+            "",
+            f"held-out scoring {full['heldout_s']:.1f} s = {1000 * per_row:.2f} ms/row (one Detector step per row); epochs {full['epochs'] * full['epoch_s']:.1f} s",
+        )
+    )
     c.emit(rows, args.json, results)
     return 0
 

@@ -40,13 +40,18 @@ def message_pool(entities: int, messages: int) -> list[tuple[bytes, bytes, bytes
 
     per_entity = messages // entities + 1
     return [
-        (m.entity.encode(), json.dumps({"entity": m.entity}).encode()[:-1] + b', "timestamp": ',
-         b', "values": ' + json.dumps(dict(zip(FEATURES, m.values))).encode() + b"}")
+        (
+            m.entity.encode(),
+            json.dumps({"entity": m.entity}).encode()[:-1] + b', "timestamp": ',
+            b', "values": ' + json.dumps(dict(zip(FEATURES, m.values))).encode() + b"}",
+        )
         for m in generate_stream(entities, per_entity, seed=3)
     ]
 
 
-def produce(producer, topic: str, pool: list[tuple[bytes, bytes, bytes]], rate: float, seconds: float) -> tuple[int, list[float]]:
+def produce(
+    producer, topic: str, pool: list[tuple[bytes, bytes, bytes]], rate: float, seconds: float
+) -> tuple[int, list[float]]:
     """Send at ``rate`` msg/s for ``seconds``; (messages sent, sampled send -> ack delays)."""
     acked: list[float] = []
     begin, sent = time.perf_counter(), 0
@@ -56,7 +61,12 @@ def produce(producer, topic: str, pool: list[tuple[bytes, bytes, bytes]], rate: 
             key, head, tail = pool[sent % len(pool)]
             stamp = time.time()
             if sent % 20 == 0:
-                producer.produce(topic, head + repr(stamp).encode() + tail, key, on_delivery=lambda _e, _m, stamp=stamp: acked.append(time.time() - stamp))
+                producer.produce(
+                    topic,
+                    head + repr(stamp).encode() + tail,
+                    key,
+                    on_delivery=lambda _e, _m, stamp=stamp: acked.append(time.time() - stamp),
+                )
             else:
                 producer.produce(topic, head + repr(stamp).encode() + tail, key)
             sent += 1
@@ -85,15 +95,33 @@ def main() -> int:
     # long enough never to wrap around: a wrap is a jump in every entity's series, i.e. an anomaly
     # per entity every len(pool)/entities messages, and alerts are not the workload measured here
     pool = message_pool(args.entities, int(args.rate * args.seconds * 1.05) + args.entities)
-    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": args.linger_ms, "acks": 1, "enable.idempotence": False,
-                         "queue.buffering.max.messages": 1_000_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "linger.ms": args.linger_ms,
+            "acks": 1,
+            "enable.idempotence": False,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     producer.list_topics(args.topic, timeout=30)  # connected and the topic's metadata known
     print("ready", flush=True)
     cpu0, started = time.process_time(), time.time()
     sent, acked = produce(producer, args.topic, pool, args.rate, args.seconds)
     ended = time.time()
-    print(json.dumps({"sent": sent, "started": started, "ended": ended, "cpu_s": time.process_time() - cpu0,
-                      "ack_p50": _quantile(acked, 0.5), "ack_p99": _quantile(acked, 0.99)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "sent": sent,
+                "started": started,
+                "ended": ended,
+                "cpu_s": time.process_time() - cpu0,
+                "ack_p50": _quantile(acked, 0.5),
+                "ack_p99": _quantile(acked, 0.99),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -40,7 +40,9 @@ def _feed(detector, start: int, stop: int, values: list[list[float]], now: float
     from detector.schema import Observation
 
     for first in range(start, stop, BATCH):
-        batch = [Observation(f"device-{i:07d}", now, values[i % len(values)]) for i in range(first, min(first + BATCH, stop))]
+        batch = [
+            Observation(f"device-{i:07d}", now, values[i % len(values)]) for i in range(first, min(first + BATCH, stop))
+        ]
         detector.process(batch, owner=0, now=now)
 
 
@@ -74,23 +76,34 @@ def child(mode: str, model_dir: Path, checkpoints: list[int], bound: int | None)
         gc.collect()
         rss = c.rss_bytes()
         arrays, slots = _store_bytes(detector.store)
-        out["points"].append({
-            "fed": fed,
-            "tracked": len(detector.store),
-            "rss": rss,
-            "growth": rss - baseline,
-            "per_entity": (rss - baseline) / len(detector.store),
-            "slots": slots,
-            "array_bytes": arrays,
-            "evictions": dict(detector.store.evictions),
-            "seconds": time.perf_counter() - started,
-        })
+        out["points"].append(
+            {
+                "fed": fed,
+                "tracked": len(detector.store),
+                "rss": rss,
+                "growth": rss - baseline,
+                "per_entity": (rss - baseline) / len(detector.store),
+                "slots": slots,
+                "array_bytes": arrays,
+                "evictions": dict(detector.store.evictions),
+                "seconds": time.perf_counter() - started,
+            }
+        )
     out["peak_rss"] = c.peak_rss_bytes()
     return out
 
 
 def run_child(mode: str, model_dir: Path, checkpoints: list[int], bound: int | None) -> dict:
-    command = [c.python(), __file__, "--child", mode, "--model", str(model_dir), "--points", ",".join(map(str, checkpoints))]
+    command = [
+        c.python(),
+        __file__,
+        "--child",
+        mode,
+        "--model",
+        str(model_dir),
+        "--points",
+        ",".join(map(str, checkpoints)),
+    ]
     if bound:
         command += ["--bound", str(bound)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -101,7 +114,9 @@ def run_child(mode: str, model_dir: Path, checkpoints: list[int], bound: int | N
 
 def main() -> int:
     p = c.parser(__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=None, help="model directory (default: fit one with the default architecture)")
+    p.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: fit one with the default architecture)"
+    )
     p.add_argument("--child", default=None, help="internal")
     p.add_argument("--points", default="", help="internal")
     p.add_argument("--bound", type=int, default=None, help="internal")
@@ -122,28 +137,49 @@ def main() -> int:
 
     growth = run_child("growth", model_dir, growth_points, None)
     state_size = growth["state_size"]
-    say(f"  baseline RSS {growth['baseline_rss'] / 2**20:.0f} MiB (after imports, model, warm-up); state size {state_size} floats")
+    say(
+        f"  baseline RSS {growth['baseline_rss'] / 2**20:.0f} MiB (after imports, model, warm-up); state size {state_size} floats"
+    )
     rows: list[Row] = []
     for point in growth["points"]:
-        say(f"  {point['tracked']:>9,} entities: RSS +{point['growth'] / 2**20:7.1f} MiB = {point['per_entity']:6.0f} B/entity "
+        say(
+            f"  {point['tracked']:>9,} entities: RSS +{point['growth'] / 2**20:7.1f} MiB = {point['per_entity']:6.0f} B/entity "
             f"(slot arrays {point['array_bytes'] / 2**20:.1f} MiB for {point['slots']:,} slots = {point['array_bytes'] / point['slots']:.0f} B/slot; "
-            f"fed in {point['seconds']:.0f} s)")
-        rows.append(Row("memory", f"RSS growth per tracked entity at {point['tracked']:,}", f"{point['per_entity']:,.0f} B",
-                        "<= 1.5 KB (1,536 B)", c.verdict(point["per_entity"] <= TARGET_BYTES),
-                        f"+{point['growth'] / 2**20:.0f} MiB; {point['slots']:,} slots x {point['array_bytes'] / point['slots']:.0f} B arrays"))
+            f"fed in {point['seconds']:.0f} s)"
+        )
+        rows.append(
+            Row(
+                "memory",
+                f"RSS growth per tracked entity at {point['tracked']:,}",
+                f"{point['per_entity']:,.0f} B",
+                "<= 1.5 KB (1,536 B)",
+                c.verdict(point["per_entity"] <= TARGET_BYTES),
+                f"+{point['growth'] / 2**20:.0f} MiB; {point['slots']:,} slots x {point['array_bytes'] / point['slots']:.0f} B arrays",
+            )
+        )
     say(f"  peak RSS of that process {growth['peak_rss'] / 2**20:.0f} MiB (array doubling copies old + new)")
 
     bounded = run_child("bounded", model_dir, bounded_points, bound)
     first = bounded["points"][0]
     for point in bounded["points"]:
-        say(f"  max_entities={bound:,}: {point['fed']:>9,} fed, {point['tracked']:,} tracked, RSS +{point['growth'] / 2**20:6.1f} MiB "
-            f"({point['evictions']['capacity']:,} evicted, {point['slots']:,} slots)")
+        say(
+            f"  max_entities={bound:,}: {point['fed']:>9,} fed, {point['tracked']:,} tracked, RSS +{point['growth'] / 2**20:6.1f} MiB "
+            f"({point['evictions']['capacity']:,} evicted, {point['slots']:,} slots)"
+        )
     last = bounded["points"][-1]
     drift = last["growth"] - first["growth"]
     flat = abs(drift) <= max(0.05 * first["growth"], 2**20)  # within 5% (or 1 MiB)
     rss_list = ", ".join(f"{p['fed'] // 1000}k: +{p['growth'] / 2**20:.1f}" for p in bounded["points"])
-    rows.append(Row("memory", f"RSS with max_entities={bound:,} fed {bounded_points[-1]:,} distinct entities", f"{rss_list} MiB",
-                    "flat", c.verdict(flat), f"{drift / 2**20:+.1f} MiB from {first['fed'] // 1000}k to {last['fed'] // 1000}k fed (flat = within 5% or 1 MiB)"))
+    rows.append(
+        Row(
+            "memory",
+            f"RSS with max_entities={bound:,} fed {bounded_points[-1]:,} distinct entities",
+            f"{rss_list} MiB",
+            "flat",
+            c.verdict(flat),
+            f"{drift / 2**20:+.1f} MiB from {first['fed'] // 1000}k to {last['fed'] // 1000}k fed (flat = within 5% or 1 MiB)",
+        )
+    )
     c.emit(rows, args.json, {"growth": growth, "bounded": bounded})
     return 0
 

@@ -120,10 +120,18 @@ def stage_breakdown(model, raw: list[tuple[bytes, bytes]]) -> dict:
     stages = dict(watch.seconds)
     if "Detector._step" in stages:
         inner = sum(v for k, v in stages.items() if k != "Detector._step")
-        stages["Detector._step: rest (inputs, state gather/scatter, Decision objects)"] = stages.pop("Detector._step") - (inner - stages.get("waves", 0.0))
+        stages["Detector._step: rest (inputs, state gather/scatter, Decision objects)"] = stages.pop(
+            "Detector._step"
+        ) - (inner - stages.get("waves", 0.0))
     stages["Detector.process: rest"] = process_s - sum(v for k, v in stages.items())
     stages["MessageDecoder (json + validation)"] = parse_s
-    return {"stages": stages, "total": parse_s + process_s, "anomalous": anomalous, "messages": len(raw), "calls": dict(watch.calls)}
+    return {
+        "stages": stages,
+        "total": parse_s + process_s,
+        "anomalous": anomalous,
+        "messages": len(raw),
+        "calls": dict(watch.calls),
+    }
 
 
 def profiled(model, raw: list[tuple[bytes, bytes]]) -> str:
@@ -133,7 +141,12 @@ def profiled(model, raw: list[tuple[bytes, bytes]]) -> str:
         hot_path(model, raw)
         profiler.stop()
         tree = profiler.output_text(unicode=False, color=False, time="percent_of_total")
-        return "pyinstrument, top functions by self time:\n" + self_times(profiler) + "\n\npyinstrument, call tree:\n" + tree
+        return (
+            "pyinstrument, top functions by self time:\n"
+            + self_times(profiler)
+            + "\n\npyinstrument, call tree:\n"
+            + tree
+        )
     import cProfile
     import io
     import pstats
@@ -176,7 +189,7 @@ def batch_sizes(model, raw: list[tuple[bytes, bytes]], sizes: list[int], repeats
     _, columns, _ = decode.decode_many([value for _, value in raw[:100_000]], [key for key, _ in raw[:100_000]])
     observations = [columns.observation(i) for i in range(len(columns))]
     entities = len(set(columns.entities))
-    rates: dict[int, float] = {size: 0.0 for size in sizes}
+    rates: dict[int, float] = dict.fromkeys(sizes, 0.0)
     for _ in range(repeats):
         for size in sizes:
             detector = Detector(model)
@@ -204,19 +217,42 @@ def service_loop(model_dir: Path, raw: list[tuple[bytes, bytes]], partitions: in
         names = {k: f"{k}-{suffix}" for k in ("input", "alerts", "dead", "checkpoints")}
         create_topics(bootstrap, [names["input"]], partitions)
         create_topics(bootstrap, [names["alerts"], names["dead"], names["checkpoints"]], 1)
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=256 * 1024, enable_idempotence=False)
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=256 * 1024, enable_idempotence=False
+        )
         for key, value in raw:
             producer.send(names["input"], key=key, value=value)
         producer.flush()
         producer.close()
-        settings = load_settings(None, kafka={
-            "bootstrap_servers": bootstrap, "input_topics": [names["input"]], "alert_topic": names["alerts"],
-            "dead_letter_topic": names["dead"], "checkpoint_topic": names["checkpoints"], "group_id": f"profile-{suffix}",
-            "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000})
+        settings = load_settings(
+            None,
+            kafka={
+                "bootstrap_servers": bootstrap,
+                "input_topics": [names["input"]],
+                "alert_topic": names["alerts"],
+                "dead_letter_topic": names["dead"],
+                "checkpoint_topic": names["checkpoints"],
+                "group_id": f"profile-{suffix}",
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
+            },
+        )
         service = Service(settings, load_model(model_dir))
         watch = Stopwatch()
-        for name in ("_poll", "_process_pending", "_await_commit", "_publish_alerts", "_publish_dead_letters", "_confirm", "_commit",
-                     "_record_outcomes", "_housekeeping", "_count_reconnects", "_restore_assigned", "_checkpoint"):
+        for name in (
+            "_poll",
+            "_process_pending",
+            "_await_commit",
+            "_publish_alerts",
+            "_publish_dead_letters",
+            "_confirm",
+            "_commit",
+            "_record_outcomes",
+            "_housekeeping",
+            "_count_reconnects",
+            "_restore_assigned",
+            "_checkpoint",
+        ):
             watch.patch(service, name, f"Service.{name}")
         watch.patch(service.detector, "process_columns", "Detector.process_columns")
         watch.patch(service._guard.decode, "decode_many", "MessageDecoder.decode_many")
@@ -246,7 +282,11 @@ def service_loop(model_dir: Path, raw: list[tuple[bytes, bytes]], partitions: in
         service.run()
         if profiler:
             profiler.stop()
-        tree = profiler.output_text(unicode=False, color=False, time="percent_of_total") if profiler else "(pyinstrument not installed)"
+        tree = (
+            profiler.output_text(unicode=False, color=False, time="percent_of_total")
+            if profiler
+            else "(pyinstrument not installed)"
+        )
         window = marks.get("last", time.perf_counter()) - marks.get("first", 0.0)
         return dict(marks_seconds or watch.seconds), window, int(scored._value.get()), tree
 
@@ -258,44 +298,84 @@ def main() -> int:
     args = p.parse_args()
     quick = args.quick
     entities, per_entity = (2_000, 10) if quick else (10_000, 20)
-    say(f"== profile ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, batches of {BATCH:,}")
+    say(
+        f"== profile ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, batches of {BATCH:,}"
+    )
     model_dir = args.model or c.fit_default_model(**({"max_epochs": 3} if quick else {}))
     from detector.demo import FEATURES
     from detector.model import load_model
 
-    model = load_model(model_dir, features=list(FEATURES))  # refused if the workload's messages would all be dead letters
+    model = load_model(
+        model_dir, features=list(FEATURES)
+    )  # refused if the workload's messages would all be dead letters
     raw = workload(entities, per_entity)
     hot_path(model, raw[: 5 * BATCH])  # warm-up
 
     b = stage_breakdown(model, raw)
     total, n = b["total"], b["messages"]
-    say(f"\n-- part 1: MessageDecoder + Detector.process, no profiler: {n / total:,.0f} msg/s, {1e6 * total / n:.1f} us/msg; "
-        f"{b['anomalous']:,} of {n:,} decisions anomalous ({100 * b['anomalous'] / n:.1f}%)")
+    say(
+        f"\n-- part 1: MessageDecoder + Detector.process, no profiler: {n / total:,.0f} msg/s, {1e6 * total / n:.1f} us/msg; "
+        f"{b['anomalous']:,} of {n:,} decisions anomalous ({100 * b['anomalous'] / n:.1f}%)"
+    )
     ordered = sorted(b["stages"].items(), key=lambda kv: -kv[1])
     for name, seconds in ordered:
         say(f"  {100 * seconds / total:5.1f}%  {1e6 * seconds / n:6.2f} us/msg  {name}")
     say("\n" + profiled(model, raw[: min(len(raw), 100_000)]))
     sizes = batch_sizes(model, raw, [100, 1000, 5000])
-    say("  Detector.process by batch size (entities already tracked): " + ", ".join(f"{k:,}: {v:,.0f} msg/s" for k, v in sizes.items()))
+    say(
+        "  Detector.process by batch size (entities already tracked): "
+        + ", ".join(f"{k:,}: {v:,.0f} msg/s" for k, v in sizes.items())
+    )
 
-    rows = [Row("profile", "MessageDecoder + Detector.process (offline)", f"{n / total:,.0f} msg/s", "", "",
-                f"{1e6 * total / n:.1f} us/msg; {100 * b['anomalous'] / n:.0f}% of decisions anomalous")]
+    rows = [
+        Row(
+            "profile",
+            "MessageDecoder + Detector.process (offline)",
+            f"{n / total:,.0f} msg/s",
+            "",
+            "",
+            f"{1e6 * total / n:.1f} us/msg; {100 * b['anomalous'] / n:.0f}% of decisions anomalous",
+        )
+    ]
     for name, seconds in ordered[:6]:
-        rows.append(Row("profile", f"share: {name}", f"{100 * seconds / total:.1f}%", "", "", f"{1e6 * seconds / n:.1f} us/msg"))
-    rows.append(Row("profile", "Detector.process by batch size", ", ".join(f"{k:,}: {v:,.0f}/s" for k, v in sizes.items()), "", "",
-                    "entities already tracked; best of 3"))
+        rows.append(
+            Row("profile", f"share: {name}", f"{100 * seconds / total:.1f}%", "", "", f"{1e6 * seconds / n:.1f} us/msg")
+        )
+    rows.append(
+        Row(
+            "profile",
+            "Detector.process by batch size",
+            ", ".join(f"{k:,}: {v:,.0f}/s" for k, v in sizes.items()),
+            "",
+            "",
+            "entities already tracked; best of 3",
+        )
+    )
     details: dict = {"offline": b, "batch_sizes": sizes}
 
     if not args.no_service:
         seconds, window, count, tree = service_loop(model_dir, raw)
-        say(f"\n-- part 2: Service.run in-process, {count:,} messages scored, {count / window:,.0f} msg/s from the first scored to the last "
-            f"(profiled with pyinstrument: slower than unprofiled); wall-time shares of that window:")
+        say(
+            f"\n-- part 2: Service.run in-process, {count:,} messages scored, {count / window:,.0f} msg/s from the first scored to the last "
+            f"(profiled with pyinstrument: slower than unprofiled); wall-time shares of that window:"
+        )
         for name, spent in sorted(seconds.items(), key=lambda kv: -kv[1]):
             say(f"  {100 * spent / window:5.1f}%  {name}")
         say("\n" + "\n".join(line for line in tree.splitlines() if line.strip())[:20000])
         shares = {k: v / window for k, v in seconds.items()}
-        rows.append(Row("profile", "service loop (in-process, profiled)", f"{count / window:,.0f} msg/s", "", "",
-                        "; ".join(f"{k.replace('Service.', '')} {100 * v:.0f}%" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:7])))
+        rows.append(
+            Row(
+                "profile",
+                "service loop (in-process, profiled)",
+                f"{count / window:,.0f} msg/s",
+                "",
+                "",
+                "; ".join(
+                    f"{k.replace('Service.', '')} {100 * v:.0f}%"
+                    for k, v in sorted(shares.items(), key=lambda kv: -kv[1])[:7]
+                ),
+            )
+        )
         details["service"] = {"shares": shares, "window_s": window, "scored": count}
     c.emit(rows, args.json, details)
     return 0

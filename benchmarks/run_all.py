@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import _common as c
@@ -40,8 +40,16 @@ SCRIPTS = {
 
 def git_revision() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=c.ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=c.ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=c.ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=c.ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return rev + (" + uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -63,7 +71,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(SCRIPTS)}")
 
-    started_at, started, load_before = datetime.now(timezone.utc), time.perf_counter(), load()
+    started_at, started, load_before = datetime.now(UTC), time.perf_counter(), load()
     work = Path(tempfile.mkdtemp(prefix="detector-bench-"))
     rows: list[Row] = []
     durations: dict[str, float] = {}
@@ -97,7 +105,9 @@ def main() -> int:
         f"- {started_at:%Y-%m-%d %H:%M} UTC, revision {git_revision()}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, load average {load_before} before / {load()} after",
         "- durations: " + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items()) + f"; total {total / 60:.1f} min",
-        "- command: `.venv/bin/python benchmarks/run_all.py" + (" --quick" if args.quick else "") + "`; details of each figure in the scripts' docstrings",
+        "- command: `.venv/bin/python benchmarks/run_all.py"
+        + (" --quick" if args.quick else "")
+        + "`; details of each figure in the scripts' docstrings",
         "",
         "",
     ]

@@ -63,11 +63,14 @@ PARTITIONS = 8
 # against 49 ms on a fresh broker.
 LATENCY_PARTITIONS = 2
 
+
 def _default_batch() -> tuple[int, int]:
     """The defaults of (stream.batch_max_messages, kafka.max_poll_records)."""
     from detector.config import KafkaSettings, StreamSettings
 
-    return StreamSettings.model_fields["batch_max_messages"].default, KafkaSettings.model_fields["max_poll_records"].default
+    return StreamSettings.model_fields["batch_max_messages"].default, KafkaSettings.model_fields[
+        "max_poll_records"
+    ].default
 
 
 DEFAULT_BATCH = _default_batch()
@@ -86,9 +89,13 @@ def produce_workload(bootstrap: str, topic: str, entities: int, per_entity: int)
 
     started = time.perf_counter()
     bodies = [(m.entity.encode(), m.to_json()) for m in generate_stream(entities, per_entity, seed=2)]
-    say(f"  generated {len(bodies):,} messages in {time.perf_counter() - started:.1f} s "
-        f"(mean {sum(len(b) for _, b in bodies) / len(bodies):.0f} bytes)")
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=256 * 1024, enable_idempotence=False)
+    say(
+        f"  generated {len(bodies):,} messages in {time.perf_counter() - started:.1f} s "
+        f"(mean {sum(len(b) for _, b in bodies) / len(bodies):.0f} bytes)"
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=256 * 1024, enable_idempotence=False
+    )
     started = time.perf_counter()
     for key, body in bodies:
         producer.send(topic, key=key, value=body)
@@ -102,8 +109,15 @@ def bare_consumer(bootstrap: str, topic: str, **config):
     """A kafka-python consumer of ``topic`` in a fresh group, from the start, committing nothing."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"bare-{uuid.uuid4().hex[:8]}", session_timeout_ms=6000,
-                             heartbeat_interval_ms=1000, enable_auto_commit=False, auto_offset_reset="earliest", **config)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:8]}",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **config,
+    )
     consumer.subscribe([topic])
     return consumer
 
@@ -132,8 +146,13 @@ def ceiling(bootstrap: str, topic: str, expected: int, max_poll_records: int, ti
     consumer.close()
     if first_at is None or last_at is None or last_at <= first_at:
         return {"rate": float("nan"), "count": count}
-    return {"rate": (count - first_batch) / (last_at - first_at), "count": count, "seconds": last_at - first_at, "cpu_s": cpu,
-            "machine_cpu": c.machine_busy(machine0, machine1)}
+    return {
+        "rate": (count - first_batch) / (last_at - first_at),
+        "count": count,
+        "seconds": last_at - first_at,
+        "cpu_s": cpu,
+        "machine_cpu": c.machine_busy(machine0, machine1),
+    }
 
 
 # --- service runs --------------------------------------------------------------------------------
@@ -157,7 +176,9 @@ class Deployment:
         return names
 
 
-def service_env(bootstrap: str, deployment: Deployment, names: dict[str, str], model_dir: Path, port: int, extra: dict[str, str]) -> dict[str, str]:
+def service_env(
+    bootstrap: str, deployment: Deployment, names: dict[str, str], model_dir: Path, port: int, extra: dict[str, str]
+) -> dict[str, str]:
     env = {
         **os.environ,
         **FAST_GROUP,
@@ -190,7 +211,9 @@ class Scrape:
 class Services:
     """``count`` `detector run` processes in one group, with their /metrics ports and logs."""
 
-    def __init__(self, bootstrap: str, deployment: Deployment, model_dir: Path, count: int, extra: dict[str, str], log_dir: Path):
+    def __init__(
+        self, bootstrap: str, deployment: Deployment, model_dir: Path, count: int, extra: dict[str, str], log_dir: Path
+    ):
         names = deployment.topics(bootstrap)
         command = [c.python(), "-m", "detector.cli", "run"]
         self.ports = [c.free_port() for _ in range(count)]
@@ -241,15 +264,30 @@ class Services:
         """How many log events called ``name`` each process wrote."""
         counts = []
         for log in self.logs:
-            counts.append(sum(1 for line in log.read_text(errors="replace").splitlines() if f'"event": "{name}"' in line or f'"event":"{name}"' in line))
+            counts.append(
+                sum(
+                    1
+                    for line in log.read_text(errors="replace").splitlines()
+                    if f'"event": "{name}"' in line or f'"event":"{name}"' in line
+                )
+            )
         return counts
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join("\n".join(log.read_text(errors="replace").splitlines()[-lines:]) for log in self.logs)
 
 
-def run_services(broker, model_dir: Path, topic: str, expected: int, extra: dict[str, str], log_dir: Path, processes: int = 1,
-                 time_limit_s: float | None = None, timeout_s: float = 300.0) -> dict:
+def run_services(
+    broker,
+    model_dir: Path,
+    topic: str,
+    expected: int,
+    extra: dict[str, str],
+    log_dir: Path,
+    processes: int = 1,
+    time_limit_s: float | None = None,
+    timeout_s: float = 300.0,
+) -> dict:
     """Start the processes, scrape until ``expected`` messages are scored (or the time limit), stop them."""
     services = Services(broker.bootstrap_servers, Deployment(topic), model_dir, processes, extra, log_dir)
     scrapes: list[Scrape] = []
@@ -276,8 +314,13 @@ def run_services(broker, model_dir: Path, topic: str, expected: int, extra: dict
     finally:
         codes = services.stop()
     result = summarise(scrapes, processes)
-    result.update(outcome=outcome, exit_codes=codes, startup_s=(first_scored_at - started) if first_scored_at else None,
-                  assignments=services.events("partitions.assigned"), revocations=services.events("partitions.revoked"))
+    result.update(
+        outcome=outcome,
+        exit_codes=codes,
+        startup_s=(first_scored_at - started) if first_scored_at else None,
+        assignments=services.events("partitions.assigned"),
+        revocations=services.events("partitions.revoked"),
+    )
     if outcome not in ("done", "time limit") or any(code not in (0, None) for code in codes):
         say("  ! service log tail:\n" + services.log_tail())
     return result
@@ -319,8 +362,12 @@ def summarise(scrapes: list[Scrape], processes: int) -> dict:
         "machine_cpu": c.machine_busy(sa.machine, sb.machine),  # cores busy on the whole machine (all processes)
         "step_share": delta("detector_step_duration_seconds_sum") / seconds / processes,  # of wall time
         "mean_batch": delta("detector_batch_size_messages_sum") / batches if batches else float("nan"),
-        "alerts_opened": sum(scrapes[-1].samples[p].get('detector_alerts_total{kind="open"}', 0.0) for p in range(processes)),
-        "partitions": [scrapes[(a + b) // 2].samples[p].get("detector_partitions_assigned", float("nan")) for p in range(processes)],
+        "alerts_opened": sum(
+            scrapes[-1].samples[p].get('detector_alerts_total{kind="open"}', 0.0) for p in range(processes)
+        ),
+        "partitions": [
+            scrapes[(a + b) // 2].samples[p].get("detector_partitions_assigned", float("nan")) for p in range(processes)
+        ],
     }
 
 
@@ -329,18 +376,30 @@ def describe(label: str, r: dict) -> None:
         say(f"  {label}: no rate ({r.get('outcome')}, scored {r.get('scored')})")
         return
     cpu = "+".join(f"{x:.2f}" for x in r["service_cpu"])
-    say(f"  {label}: {r['rate']:,.0f} msg/s over {r['window_s']:.1f} s ({r['window_scored']:,.0f} msgs; total scored {r['scored']:,.0f}; "
+    say(
+        f"  {label}: {r['rate']:,.0f} msg/s over {r['window_s']:.1f} s ({r['window_scored']:,.0f} msgs; total scored {r['scored']:,.0f}; "
         f"first-to-last drain rate {r['drain_rate']:,.0f} msg/s); "
         f"service CPU {cpu} cores, broker {r['broker_cpu']:.2f}, whole machine {r['machine_cpu']:.2f} of {os.cpu_count()}; Detector.process {100 * r['step_share']:.0f}% of wall time; "
         f"mean batch {r['mean_batch']:.0f}; partitions {r['partitions']}; alerts opened {r['alerts_opened']:.0f}; "
-        f"start-up to first scored {r['startup_s'] or float('nan'):.1f} s; partition assignments per process {r['assignments']}; {r['outcome']}")
+        f"start-up to first scored {r['startup_s'] or float('nan'):.1f} s; partition assignments per process {r['assignments']}; {r['outcome']}"
+    )
 
 
 # --- latency ----------------------------------------------------------------------------------------
 
 
-def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duration_s: float, warmup_s: float, entities: int,
-            log_dir: Path, exact: bool, partitions: int = LATENCY_PARTITIONS) -> dict:
+def latency(
+    broker,
+    model_dir: Path,
+    extra: dict[str, str],
+    rate: float,
+    duration_s: float,
+    warmup_s: float,
+    entities: int,
+    log_dir: Path,
+    exact: bool,
+    partitions: int = LATENCY_PARTITIONS,
+) -> dict:
     """Produce at ``rate`` msg/s (timestamp = send time) while one service consumes a fresh topic.
 
     exact=False: the service's own histogram detector_end_to_end_latency_seconds, differenced between
@@ -369,7 +428,11 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
         ready_deadline = time.monotonic() + 120
         while time.monotonic() < ready_deadline:
             samples = c.scrape(services.ports[0])
-            if samples and samples.get("detector_partitions_assigned", 0) >= partitions and samples.get("detector_loop_last_progress_timestamp_seconds", 0) > 0:
+            if (
+                samples
+                and samples.get("detector_partitions_assigned", 0) >= partitions
+                and samples.get("detector_loop_last_progress_timestamp_seconds", 0) > 0
+            ):
                 break
             if not services.alive():
                 raise RuntimeError("service died:\n" + services.log_tail())
@@ -463,9 +526,21 @@ def latency(broker, model_dir: Path, extra: dict[str, str], rate: float, duratio
 def start_load(bootstrap: str, topic: str, rate: float, seconds: float, entities: int) -> subprocess.Popen:
     """The load generator process (benchmarks/loadgen.py), connected and about to send."""
     generator = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("loadgen.py")), bootstrap, topic, "--rate", str(rate),
-         "--seconds", str(seconds), "--entities", str(entities)],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+        [
+            sys.executable,
+            str(Path(__file__).with_name("loadgen.py")),
+            bootstrap,
+            topic,
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+            "--entities",
+            str(entities),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
     )
     if generator.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
         raise RuntimeError(f"load generator failed to start (exit {generator.wait()})")
@@ -496,8 +571,12 @@ def bare_latency(broker, rate: float, duration_s: float, warmup_s: float, entiti
     finally:
         consumer.close(autocommit=False)
     lat = np.asarray(latencies)
-    return {"partitions": partitions, "count": len(lat), "p50": float(np.quantile(lat, 0.5)) if len(lat) else float("nan"),
-            "p99": float(np.quantile(lat, 0.99)) if len(lat) else float("nan")}
+    return {
+        "partitions": partitions,
+        "count": len(lat),
+        "p50": float(np.quantile(lat, 0.5)) if len(lat) else float("nan"),
+        "p99": float(np.quantile(lat, 0.99)) if len(lat) else float("nan"),
+    }
 
 
 # --- main ----------------------------------------------------------------------------------------------
@@ -505,10 +584,14 @@ def bare_latency(broker, rate: float, duration_s: float, warmup_s: float, entiti
 
 def main() -> int:
     p = c.parser(__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=None, help="model directory (default: fit one now, like `detector fit`)")
+    p.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: fit one now, like `detector fit`)"
+    )
     args = p.parse_args()
     quick = args.quick
-    entities, per_entity = (2_000, 10) if quick else (10_000, 50)  # 500k: two processes need a few seconds of steady state
+    entities, per_entity = (
+        (2_000, 10) if quick else (10_000, 50)
+    )  # 500k: two processes need a few seconds of steady state
     configs = [DEFAULT_BATCH] if quick else [DEFAULT_BATCH, (2000, 2000), (5000, 2000), (5000, 5000)]
     naive_s = 4.0 if quick else 20.0
     lat_duration, lat_warmup = (3.0, 1.0) if quick else (30.0, 5.0)
@@ -517,11 +600,15 @@ def main() -> int:
     from detector.broker import create_topics, start_broker
 
     log_dir = Path(tempfile.mkdtemp(prefix="detector-bench-logs-"))
-    say(f"== throughput ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, {PARTITIONS} partitions; logs in {log_dir}")
+    say(
+        f"== throughput ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, {PARTITIONS} partitions; logs in {log_dir}"
+    )
     if args.model is None:
         started = time.perf_counter()
         model_dir = c.fit_default_model(**({"max_epochs": 3} if quick else {}))
-        say(f"  fitted the model (`detector fit` defaults{', 3 epochs' if quick else ''}) in {time.perf_counter() - started:.0f} s: {model_dir}")
+        say(
+            f"  fitted the model (`detector fit` defaults{', 3 epochs' if quick else ''}) in {time.perf_counter() - started:.0f} s: {model_dir}"
+        )
     else:
         model_dir = args.model
     rows: list[Row] = []
@@ -533,9 +620,11 @@ def main() -> int:
         say(f"  produced {n:,} messages ({size / 1e6:.1f} MB) once in {seconds:.1f} s ({n / seconds:,.0f} msg/s)")
 
         ceil = ceiling(broker.bootstrap_servers, topic, n, max_poll_records=10_000, timeout_s=timeout)
-        say(f"  ceiling (bare KafkaConsumer, poll + json.loads, max_poll_records=10000): {ceil['rate']:,.0f} msg/s over {ceil.get('seconds', 0):.1f} s, "
+        say(
+            f"  ceiling (bare KafkaConsumer, poll + json.loads, max_poll_records=10000): {ceil['rate']:,.0f} msg/s over {ceil.get('seconds', 0):.1f} s, "
             f"CPU {ceil.get('cpu_s', 0) / max(ceil.get('seconds', 1), 1e-9):.2f} cores (consumer process, its I/O thread included), "
-            f"whole machine {ceil.get('machine_cpu', float('nan')):.2f} of {os.cpu_count()}")
+            f"whole machine {ceil.get('machine_cpu', float('nan')):.2f} of {os.cpu_count()}"
+        )
         details["ceiling"] = ceil
 
         sweep = {}
@@ -546,20 +635,43 @@ def main() -> int:
             sweep[(batch, poll)] = r
         details["sweep"] = {f"{b}/{m}": r for (b, m), r in sweep.items()}
         again = ceiling(broker.bootstrap_servers, topic, n, max_poll_records=10_000, timeout_s=timeout)
-        say(f"  ceiling again, after the sweep: {again['rate']:,.0f} msg/s (first: {ceil['rate']:,.0f}); the higher is the reference")
+        say(
+            f"  ceiling again, after the sweep: {again['rate']:,.0f} msg/s (first: {ceil['rate']:,.0f}); the higher is the reference"
+        )
         details["ceiling_again"] = again
         ceil = max(ceil, again, key=lambda r: r["rate"] if r["rate"] == r["rate"] else -1)
         best_cfg = max(sweep, key=lambda k: sweep[k]["rate"] if sweep[k]["rate"] == sweep[k]["rate"] else -1)
         best = sweep[best_cfg]
         if best["rate"] != best["rate"]:  # NaN: no service run produced a rate
             say("  ! no service run scored anything; skipping the naive, scale-out and latency runs")
-            rows = [Row("throughput", "ceiling: bare KafkaConsumer poll + json.loads", f"{ceil['rate']:,.0f} msg/s"),
-                    Row("throughput", "`detector run`", "no rate", "", "failed", f"{best.get('outcome')}; see the service log above")]
+            rows = [
+                Row("throughput", "ceiling: bare KafkaConsumer poll + json.loads", f"{ceil['rate']:,.0f} msg/s"),
+                Row(
+                    "throughput",
+                    "`detector run`",
+                    "no rate",
+                    "",
+                    "failed",
+                    f"{best.get('outcome')}; see the service log above",
+                ),
+            ]
             c.emit(rows, args.json, details)
             return 1
-        best_extra = {"DETECTOR_STREAM__BATCH_MAX_MESSAGES": str(best_cfg[0]), "DETECTOR_KAFKA__MAX_POLL_RECORDS": str(best_cfg[1])}
+        best_extra = {
+            "DETECTOR_STREAM__BATCH_MAX_MESSAGES": str(best_cfg[0]),
+            "DETECTOR_KAFKA__MAX_POLL_RECORDS": str(best_cfg[1]),
+        }
 
-        naive = run_services(broker, model_dir, topic, n, {"DETECTOR_STREAM__BATCH_MAX_MESSAGES": "1"}, log_dir, time_limit_s=naive_s, timeout_s=timeout)
+        naive = run_services(
+            broker,
+            model_dir,
+            topic,
+            n,
+            {"DETECTOR_STREAM__BATCH_MAX_MESSAGES": "1"},
+            log_dir,
+            time_limit_s=naive_s,
+            timeout_s=timeout,
+        )
         describe(f"naive baseline (batch_max_messages=1, stopped after {naive_s:.0f} s)", naive)
         details["naive"] = naive
 
@@ -571,39 +683,90 @@ def main() -> int:
         # maximum is the sweep run with the defaults, the larger batches' is the best run
         default_rate = sweep.get(DEFAULT_BATCH, best)["rate"]
         variants = [
-            ("default", "the service's default settings at half their maximum; service histogram", {}, default_rate / 2, False, LATENCY_PARTITIONS),
-            ("best sweep", "settings of the best sweep run (larger batches) at half their maximum; service histogram", best_extra, best["rate"] / 2, False,
-             LATENCY_PARTITIONS),
+            (
+                "default",
+                "the service's default settings at half their maximum; service histogram",
+                {},
+                default_rate / 2,
+                False,
+                LATENCY_PARTITIONS,
+            ),
+            (
+                "best sweep",
+                "settings of the best sweep run (larger batches) at half their maximum; service histogram",
+                best_extra,
+                best["rate"] / 2,
+                False,
+                LATENCY_PARTITIONS,
+            ),
             # publishing a score record per message costs more than scoring it (the scores topic
             # is a debugging aid), so the exact cross-check runs at the low-load rate
-            ("exact", "default settings at a tenth of their maximum, scores topic on (every decision published); exact per-message latency", {},
-             default_rate / 10, True, LATENCY_PARTITIONS),
-            ("low load", "default settings at a tenth of their maximum; histogram", {}, default_rate / 10, False, LATENCY_PARTITIONS),
-            ("default, 8 partitions", f"as [default] on a {PARTITIONS}-partition topic, where this broker slows down as batches pile up", {}, default_rate / 2,
-             False, PARTITIONS),
+            (
+                "exact",
+                "default settings at a tenth of their maximum, scores topic on (every decision published); exact per-message latency",
+                {},
+                default_rate / 10,
+                True,
+                LATENCY_PARTITIONS,
+            ),
+            (
+                "low load",
+                "default settings at a tenth of their maximum; histogram",
+                {},
+                default_rate / 10,
+                False,
+                LATENCY_PARTITIONS,
+            ),
+            (
+                "default, 8 partitions",
+                f"as [default] on a {PARTITIONS}-partition topic, where this broker slows down as batches pile up",
+                {},
+                default_rate / 2,
+                False,
+                PARTITIONS,
+            ),
         ]
         lats: dict[str, dict] = {}
         for name, label, extra, rate_, exact, parts in variants:
-            with start_broker() as fresh:  # the bundled broker slows down with all it stores (the sweep's topic, earlier runs)
-                r = latency(fresh, model_dir, extra, rate_, lat_duration, lat_warmup, entities, log_dir, exact=exact, partitions=parts)
+            with (
+                start_broker() as fresh
+            ):  # the bundled broker slows down with all it stores (the sweep's topic, earlier runs)
+                r = latency(
+                    fresh,
+                    model_dir,
+                    extra,
+                    rate_,
+                    lat_duration,
+                    lat_warmup,
+                    entities,
+                    log_dir,
+                    exact=exact,
+                    partitions=parts,
+                )
             lats[name] = r
-            line = (f"  latency [{name}] {label}: {parts} partitions, target {rate_:,.0f} msg/s, produced {r['produced_rate']:,.0f}; histogram over {r['observed']:,.0f} msgs: "
-                    f"<=50 ms {100 * r['fraction_le_50ms']:.1f}%, <=100 ms {100 * r['fraction_le_100ms']:.2f}%, p50~{1000 * r['p50_interp']:.0f} ms, "
-                    f"p99~{1000 * r['p99_interp']:.0f} ms; producer send->ack p50 {1000 * r['producer_ack_p50']:.0f} ms, p99 {1000 * r['producer_ack_p99']:.0f} ms; "
-                    f"CPU cores: service {r['service_cpu']:.2f}, producer {r['producer_cpu']:.2f}, broker {r['broker_cpu']:.2f}, "
-                    f"whole machine {r['machine_cpu']:.2f} of {os.cpu_count()}; mean lag {r['lag_mean']:.0f}")
+            line = (
+                f"  latency [{name}] {label}: {parts} partitions, target {rate_:,.0f} msg/s, produced {r['produced_rate']:,.0f}; histogram over {r['observed']:,.0f} msgs: "
+                f"<=50 ms {100 * r['fraction_le_50ms']:.1f}%, <=100 ms {100 * r['fraction_le_100ms']:.2f}%, p50~{1000 * r['p50_interp']:.0f} ms, "
+                f"p99~{1000 * r['p99_interp']:.0f} ms; producer send->ack p50 {1000 * r['producer_ack_p50']:.0f} ms, p99 {1000 * r['producer_ack_p99']:.0f} ms; "
+                f"CPU cores: service {r['service_cpu']:.2f}, producer {r['producer_cpu']:.2f}, broker {r['broker_cpu']:.2f}, "
+                f"whole machine {r['machine_cpu']:.2f} of {os.cpu_count()}; mean lag {r['lag_mean']:.0f}"
+            )
             if exact:
-                line += (f"\n      exact (score record CreateTime - message timestamp, {r.get('exact_count', 0):,} msgs, timestamp types {r.get('timestamp_types')}): "
-                         f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, p99 {1000 * r.get('exact_p99', float('nan')):.1f} ms, "
-                         f"max {1000 * r.get('exact_max', float('nan')):.0f} ms, <=100 ms {100 * r.get('exact_fraction_le_100ms', float('nan')):.2f}%")
+                line += (
+                    f"\n      exact (score record CreateTime - message timestamp, {r.get('exact_count', 0):,} msgs, timestamp types {r.get('timestamp_types')}): "
+                    f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, p99 {1000 * r.get('exact_p99', float('nan')):.1f} ms, "
+                    f"max {1000 * r.get('exact_max', float('nan')):.0f} ms, <=100 ms {100 * r.get('exact_fraction_le_100ms', float('nan')):.2f}%"
+                )
             say(line)
         bare = {}
         for parts in (LATENCY_PARTITIONS, PARTITIONS):
             with start_broker() as fresh:
                 bare[parts] = bare_latency(fresh, default_rate / 2, lat_duration, lat_warmup, entities, parts)
         for parts, r in bare.items():
-            say(f"  broker reference: bare consumer (poll + json.loads, no model, no commits) at {default_rate / 2:,.0f} msg/s, {parts} partitions: "
-                f"p50 {1000 * r['p50']:.1f} ms, p99 {1000 * r['p99']:.1f} ms over {r['count']:,} msgs")
+            say(
+                f"  broker reference: bare consumer (poll + json.loads, no model, no commits) at {default_rate / 2:,.0f} msg/s, {parts} partitions: "
+                f"p50 {1000 * r['p50']:.1f} ms, p99 {1000 * r['p99']:.1f} ms over {r['count']:,} msgs"
+            )
         details["bare_latency"] = bare
         details["latency"] = lats
 
@@ -613,35 +776,96 @@ def main() -> int:
         two_rate, two_how = two.get("drain_rate", float("nan")), "drain rate: the processes never scored side by side"
     cfg = f"batch_max_messages={best_cfg[0]}, max_poll_records={best_cfg[1]}"
     rows += [
-        Row("throughput", "ceiling: bare KafkaConsumer poll + json.loads", f"{ceil_rate:,.0f} msg/s", "", "",
-            f"higher of two runs ({details['ceiling']['rate']:,.0f} before the sweep, {details['ceiling_again']['rate']:,.0f} after); {n:,} msgs, {entities:,} entities, {PARTITIONS} partitions; consumer CPU {ceil.get('cpu_s', 0) / max(ceil.get('seconds', 1), 1e-9):.2f} cores"),
-        Row("throughput", "`detector run`, 1 process (best of sweep)", f"{rate:,.0f} msg/s", ">= 0.8 x ceiling", c.verdict(rate >= 0.8 * ceil_rate),
-            f"{rate / ceil_rate:.2f} x ceiling; {cfg}; service CPU {best['service_cpu'][0]:.2f} cores; {best['alerts_opened']:,.0f} alerts opened"),
-        Row("throughput", "naive baseline (batch_max_messages=1)", f"{naive_rate:,.0f} msg/s", "", "", f"stopped after {naive_s:.0f} s"),
-        Row("throughput", "1 process vs naive", f"{rate / naive_rate:.1f} x", ">= 10 x naive", c.verdict(rate >= 10 * naive_rate), ""),
-        Row("scale-out", "2 processes, one group", f"{two_rate:,.0f} msg/s", ">= 1.6 x one process", c.verdict(two_rate >= 1.6 * rate),
+        Row(
+            "throughput",
+            "ceiling: bare KafkaConsumer poll + json.loads",
+            f"{ceil_rate:,.0f} msg/s",
+            "",
+            "",
+            f"higher of two runs ({details['ceiling']['rate']:,.0f} before the sweep, {details['ceiling_again']['rate']:,.0f} after); {n:,} msgs, {entities:,} entities, {PARTITIONS} partitions; consumer CPU {ceil.get('cpu_s', 0) / max(ceil.get('seconds', 1), 1e-9):.2f} cores",
+        ),
+        Row(
+            "throughput",
+            "`detector run`, 1 process (best of sweep)",
+            f"{rate:,.0f} msg/s",
+            ">= 0.8 x ceiling",
+            c.verdict(rate >= 0.8 * ceil_rate),
+            f"{rate / ceil_rate:.2f} x ceiling; {cfg}; service CPU {best['service_cpu'][0]:.2f} cores; {best['alerts_opened']:,.0f} alerts opened",
+        ),
+        Row(
+            "throughput",
+            "naive baseline (batch_max_messages=1)",
+            f"{naive_rate:,.0f} msg/s",
+            "",
+            "",
+            f"stopped after {naive_s:.0f} s",
+        ),
+        Row(
+            "throughput",
+            "1 process vs naive",
+            f"{rate / naive_rate:.1f} x",
+            ">= 10 x naive",
+            c.verdict(rate >= 10 * naive_rate),
+            "",
+        ),
+        Row(
+            "scale-out",
+            "2 processes, one group",
+            f"{two_rate:,.0f} msg/s",
+            ">= 1.6 x one process",
+            c.verdict(two_rate >= 1.6 * rate),
             f"{two_rate / rate:.2f} x ({two_how}); drain rate {two.get('drain_rate', float('nan')):,.0f} msg/s; CPU: services {'+'.join(f'{x:.2f}' for x in two.get('service_cpu', []))}, "
-            f"broker {two.get('broker_cpu', float('nan')):.2f}, machine {two.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}"),
+            f"broker {two.get('broker_cpu', float('nan')):.2f}, machine {two.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}",
+        ),
     ]
     for name, label, _, rate_, exact, parts in variants:
         r = lats[name]
         short = f"{r['produced_rate']:,.0f} msg/s produced (target {rate_:,.0f}{', producer fell short' if r['produced_rate'] < 0.9 * rate_ else ''})"
-        rows.append(Row("latency", f"p99 timestamp -> decision [{name}]: {label}; {parts} partitions",
-                        f"~{1000 * r['p99_interp']:.0f} ms interpolated; {100 * r['fraction_le_100ms']:.2f}% <= 100 ms",
-                        "p99 < 100 ms", c.verdict(r["fraction_le_100ms"] >= 0.99),
-                        f"{short}; p50~{1000 * r['p50_interp']:.0f} ms; CPU: service {r['service_cpu']:.2f}, producer {r['producer_cpu']:.2f}, "
-                        f"machine {r['machine_cpu']:.2f}/{os.cpu_count()}"))
+        rows.append(
+            Row(
+                "latency",
+                f"p99 timestamp -> decision [{name}]: {label}; {parts} partitions",
+                f"~{1000 * r['p99_interp']:.0f} ms interpolated; {100 * r['fraction_le_100ms']:.2f}% <= 100 ms",
+                "p99 < 100 ms",
+                c.verdict(r["fraction_le_100ms"] >= 0.99),
+                f"{short}; p50~{1000 * r['p50_interp']:.0f} ms; CPU: service {r['service_cpu']:.2f}, producer {r['producer_cpu']:.2f}, "
+                f"machine {r['machine_cpu']:.2f}/{os.cpu_count()}",
+            )
+        )
         if exact:
-            rows.append(Row("latency", "p99 exact [exact]: score record CreateTime - message timestamp",
-                            f"{1000 * r.get('exact_p99', float('nan')):.1f} ms", "p99 < 100 ms", c.verdict(r.get("exact_p99", 1.0) < 0.1),
-                            f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, max {1000 * r.get('exact_max', float('nan')):.0f} ms; {r.get('exact_count', 0):,} msgs"))
+            rows.append(
+                Row(
+                    "latency",
+                    "p99 exact [exact]: score record CreateTime - message timestamp",
+                    f"{1000 * r.get('exact_p99', float('nan')):.1f} ms",
+                    "p99 < 100 ms",
+                    c.verdict(r.get("exact_p99", 1.0) < 0.1),
+                    f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, max {1000 * r.get('exact_max', float('nan')):.0f} ms; {r.get('exact_count', 0):,} msgs",
+                )
+            )
     for parts, r in details["bare_latency"].items():
-        rows.append(Row("latency", f"broker reference: bare consumer latency at {default_rate / 2:,.0f} msg/s, {parts} partitions (no model, no commits)",
-                        f"p99 {1000 * r['p99']:.1f} ms", "", "", f"p50 {1000 * r['p50']:.1f} ms; {r['count']:,} msgs after the warm-up"))
+        rows.append(
+            Row(
+                "latency",
+                f"broker reference: bare consumer latency at {default_rate / 2:,.0f} msg/s, {parts} partitions (no model, no commits)",
+                f"p99 {1000 * r['p99']:.1f} ms",
+                "",
+                "",
+                f"p50 {1000 * r['p50']:.1f} ms; {r['count']:,} msgs after the warm-up",
+            )
+        )
     for (b, m), r in sweep.items():
-        rows.append(Row("throughput", f"sweep batch_max_messages={b}, max_poll_records={m}", f"{r['rate']:,.0f} msg/s", "", "",
-                        f"CPU: service {'+'.join(f'{x:.2f}' for x in r.get('service_cpu', []))}, machine {r.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}; "
-                        f"Detector.process {100 * r.get('step_share', float('nan')):.0f}% of wall; mean batch {r.get('mean_batch', float('nan')):.0f}"))
+        rows.append(
+            Row(
+                "throughput",
+                f"sweep batch_max_messages={b}, max_poll_records={m}",
+                f"{r['rate']:,.0f} msg/s",
+                "",
+                "",
+                f"CPU: service {'+'.join(f'{x:.2f}' for x in r.get('service_cpu', []))}, machine {r.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}; "
+                f"Detector.process {100 * r.get('step_share', float('nan')):.0f}% of wall; mean batch {r.get('mean_batch', float('nan')):.0f}",
+            )
+        )
     c.emit(rows, args.json, details)
     return 0
 

@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaProducer
@@ -40,7 +40,7 @@ class Source:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 _ALERT_IDS = uuid.UUID("5b0c3a52-8f1e-4c67-9d3e-2a51f0c7d9e4")  # namespace of alert ids
@@ -73,7 +73,10 @@ def alert_record(decision: Decision, threshold: float, model_version: str, sourc
         "threshold": threshold,
         "model_version": model_version,
         "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
-        "top_features": [{"feature": c.feature, "share": c.share, "value": c.value, "expected": c.expected} for c in decision.top_features],
+        "top_features": [
+            {"feature": c.feature, "share": c.share, "value": c.value, "expected": c.expected}
+            for c in decision.top_features
+        ],
         "decided_at": _iso(time.time()),
     }
 
@@ -118,7 +121,9 @@ class Publisher:
 
     def send(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
         """Queue a JSON record (asynchronous)."""
-        self._send(_Sent(topic, key.encode() if key else None, json.dumps(record, separators=(",", ":")).encode(), None))
+        self._send(
+            _Sent(topic, key.encode() if key else None, json.dumps(record, separators=(",", ":")).encode(), None)
+        )
 
     def send_dead_letter(self, topic: str, letter: DeadLetter, max_bytes: int) -> None:
         """Queue a dead letter, its value cut to keep the record within ``max_bytes``."""

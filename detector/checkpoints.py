@@ -83,8 +83,18 @@ class CheckpointStore:
         """Manifest key of an input partition."""
         return f"{self.group}/{topic}/{partition}"
 
-    def send(self, topic: str, partition: int, next_offset: int, model_version: str, blob: bytes, *, reason: str = "", started: float | None = None,
-             timeout_s: float = 30.0) -> PendingWrite:
+    def send(
+        self,
+        topic: str,
+        partition: int,
+        next_offset: int,
+        model_version: str,
+        blob: bytes,
+        *,
+        reason: str = "",
+        started: float | None = None,
+        timeout_s: float = 30.0,
+    ) -> PendingWrite:
         """Send one checkpoint without waiting; settle it with :meth:`settle` or :meth:`settle_done`.
 
         An earlier checkpoint of the same partition still in flight is settled first (waiting
@@ -97,9 +107,25 @@ class CheckpointStore:
         chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
         keys = [f"{base}/{checkpoint_id}/{i}" for i in range(len(chunks))]
         futures = [self.producer.send(self.topic, key=k.encode(), value=c) for k, c in zip(keys, chunks)]
-        manifest = {"id": checkpoint_id, "chunks": len(chunks), "next_offset": next_offset, "model_version": model_version, "written_at": time.time(), "bytes": len(blob)}
+        manifest = {
+            "id": checkpoint_id,
+            "chunks": len(chunks),
+            "next_offset": next_offset,
+            "model_version": model_version,
+            "written_at": time.time(),
+            "bytes": len(blob),
+        }
         futures.append(self.producer.send(self.topic, key=base.encode(), value=json.dumps(manifest).encode()))
-        pending = PendingWrite(topic, partition, next_offset, len(blob), keys, futures, reason, time.perf_counter() if started is None else started)
+        pending = PendingWrite(
+            topic,
+            partition,
+            next_offset,
+            len(blob),
+            keys,
+            futures,
+            reason,
+            time.perf_counter() if started is None else started,
+        )
         self._pending[(topic, partition)] = pending
         return pending
 
@@ -146,7 +172,9 @@ class CheckpointStore:
         """The partition's checkpoint sent but not yet settled, if any."""
         return self._pending.get((topic, partition))
 
-    def read_latest(self, partitions: Iterable[tuple[str, int]], timeout_s: float = 30.0) -> dict[tuple[str, int], Checkpoint]:
+    def read_latest(
+        self, partitions: Iterable[tuple[str, int]], timeout_s: float = 30.0
+    ) -> dict[tuple[str, int], Checkpoint]:
         """Latest complete checkpoint of each ``(topic, partition)`` that has one."""
         wanted = {self.key(t, p): (t, p) for t, p in partitions}
         if not wanted:
@@ -156,7 +184,16 @@ class CheckpointStore:
         for key, manifest in manifests.items():
             topic, partition = wanted[key]
             if "error" in manifest or "invalid" in manifest:
-                found[(topic, partition)] = Checkpoint(topic, partition, 0, "", 0.0, b"", corrupt=manifest.get("error", ""), invalid=manifest.get("invalid", ""))
+                found[(topic, partition)] = Checkpoint(
+                    topic,
+                    partition,
+                    0,
+                    "",
+                    0.0,
+                    b"",
+                    corrupt=manifest.get("error", ""),
+                    invalid=manifest.get("invalid", ""),
+                )
                 continue
             parts = [chunks.get(f"{key}/{manifest['id']}/{i}") for i in range(manifest["chunks"])]  # at most MAX_CHUNKS
             if any(part is None for part in parts):
@@ -164,17 +201,38 @@ class CheckpointStore:
                 continue
             blob = b"".join(parts)  # type: ignore[arg-type]  # no None left
             if "bytes" in manifest and len(blob) != manifest["bytes"]:
-                found[(topic, partition)] = Checkpoint(topic, partition, 0, "", 0.0, b"", invalid=f"states of {len(blob)} bytes, manifest says {manifest['bytes']}")
+                found[(topic, partition)] = Checkpoint(
+                    topic,
+                    partition,
+                    0,
+                    "",
+                    0.0,
+                    b"",
+                    invalid=f"states of {len(blob)} bytes, manifest says {manifest['bytes']}",
+                )
                 continue
-            self._previous_chunks[(topic, partition)] = [f"{key}/{manifest['id']}/{i}" for i in range(manifest["chunks"])]
-            found[(topic, partition)] = Checkpoint(topic, partition, manifest["next_offset"], manifest["model_version"], float(manifest["written_at"]), blob)
+            self._previous_chunks[(topic, partition)] = [
+                f"{key}/{manifest['id']}/{i}" for i in range(manifest["chunks"])
+            ]
+            found[(topic, partition)] = Checkpoint(
+                topic,
+                partition,
+                manifest["next_offset"],
+                manifest["model_version"],
+                float(manifest["written_at"]),
+                blob,
+            )
         return found
 
     def _scan(self, keys: set[str], timeout_s: float) -> tuple[dict[str, dict], dict[str, bytes]]:
         """Read the whole checkpoint topic; keep the last manifest per key and its chunks."""
-        consumer = KafkaConsumer(**self.consumer_config, enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=4 * CHUNK_BYTES)
+        consumer = KafkaConsumer(
+            **self.consumer_config, enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=4 * CHUNK_BYTES
+        )
         try:
-            partitions = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or [])]
+            partitions = [
+                TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or [])
+            ]
             if not partitions:
                 return {}, {}
             consumer.assign(partitions)
@@ -223,7 +281,9 @@ def _manifest_problem(manifest: Any) -> str:
     if not math.isfinite(manifest["written_at"]):
         return "written_at is not finite"
     size = manifest.get("bytes")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= manifest["chunks"] * CHUNK_BYTES):
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= manifest["chunks"] * CHUNK_BYTES
+    ):
         return f"bytes {size!r} does not fit {manifest['chunks']} chunks"
     return ""
 

@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     # --config is also accepted after the subcommand (`detector run --config FILE`, as containers write it);
     # SUPPRESS keeps a subcommand that was not given one from resetting the value given before it.
     config_after = _Parser(add_help=False)
-    config_after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file (env DETECTOR_* overrides it)")
+    config_after.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file (env DETECTOR_* overrides it)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fit = commands.add_parser("fit", parents=[config_after], help="fit and calibrate a model on CSV files")
@@ -105,34 +107,59 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", type=Path, required=True, help="model directory to write")
     fit.set_defaults(handler=_fit)
 
-    score = commands.add_parser("score", parents=[config_after], help="score a CSV file in order with the service's step function")
-    score.add_argument("--model", type=_existing_directory, required=True, help="model directory (written by `detector fit`)")
+    score = commands.add_parser(
+        "score", parents=[config_after], help="score a CSV file in order with the service's step function"
+    )
+    score.add_argument(
+        "--model", type=_existing_directory, required=True, help="model directory (written by `detector fit`)"
+    )
     score.add_argument("--data", type=_existing_file, required=True, help="CSV file to score")
     score.add_argument("--out", type=Path, required=True, help="scores CSV to write")
     score.set_defaults(handler=_score)
 
-    evaluate = commands.add_parser("evaluate", parents=[config_after], help="fit and score benchmark data with its standard protocol")
+    evaluate = commands.add_parser(
+        "evaluate", parents=[config_after], help="fit and score benchmark data with its standard protocol"
+    )
     evaluate.add_argument("--nab", type=Path, default=None, help="NAB directory (data/, labels/, config/)")
     evaluate.add_argument("--skab", type=Path, default=None, help="SKAB directory (valve1/ ...)")
-    evaluate.add_argument("--limit", type=int, default=None, help="only the first N files of each benchmark (of NAB: the first N with a labelled window)")
+    evaluate.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="only the first N files of each benchmark (of NAB: the first N with a labelled window)",
+    )
     evaluate.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    evaluate.add_argument("--seeds", type=_seed_list, default=None,
-                          help="comma-separated fit seeds (e.g. 7,8,9): run once per seed and print the mean too (default: fit.seed only)")
+    evaluate.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="comma-separated fit seeds (e.g. 7,8,9): run once per seed and print the mean too (default: fit.seed only)",
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     run = commands.add_parser("run", parents=[config_after], help="run the streaming service on Kafka")
     run.set_defaults(handler=_run)
 
-    broker = commands.add_parser("broker", parents=[config_after], help="run the bundled broker at kafka.bootstrap_servers, with the service's topics (for trying it out)")
+    broker = commands.add_parser(
+        "broker",
+        parents=[config_after],
+        help="run the bundled broker at kafka.bootstrap_servers, with the service's topics (for trying it out)",
+    )
     broker.set_defaults(handler=_broker)
-    send = commands.add_parser("send", parents=[config_after], help="publish the rows of a CSV file as messages (for trying it out)")
+    send = commands.add_parser(
+        "send", parents=[config_after], help="publish the rows of a CSV file as messages (for trying it out)"
+    )
     send.add_argument("--data", type=_existing_file, required=True, help="CSV file whose rows to send, in order")
     send.add_argument("--topic", default=None, help="topic (default: the first of kafka.input_topics)")
     send.set_defaults(handler=_send)
-    read = commands.add_parser("read", parents=[config_after], help="print a topic's records as JSON lines (for trying it out)")
+    read = commands.add_parser(
+        "read", parents=[config_after], help="print a topic's records as JSON lines (for trying it out)"
+    )
     read.add_argument("--topic", default=None, help="topic (default: kafka.alert_topic)")
     read.add_argument("--count", type=int, default=1, help="stop after this many records (default 1)")
-    read.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds, exit 1 (default 60)")
+    read.add_argument(
+        "--timeout", type=float, default=60.0, help="give up after this many seconds, exit 1 (default 60)"
+    )
     read.set_defaults(handler=_read)
     return parser
 
@@ -173,8 +200,10 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as error:
         raise DataError(str(args.out), f"cannot write the scores: {error.strerror}") from None
     anomalous, opened = sum(d.is_anomaly for d in decisions), sum(d.event == "open" for d in decisions)
-    print(f"scored {len(decisions)} rows of {args.data} -> {args.out}: {anomalous} anomalous, {opened} alerts opened"
-          + (f" (columns the model does not know, ignored: {', '.join(ignored)})" if ignored else ""))
+    print(
+        f"scored {len(decisions)} rows of {args.data} -> {args.out}: {anomalous} anomalous, {opened} alerts opened"
+        + (f" (columns the model does not know, ignored: {', '.join(ignored)})" if ignored else "")
+    )
     return EXIT_OK
 
 
@@ -194,11 +223,18 @@ def _read_ordered(path: Path, settings: Settings, features: Sequence[str] | None
     if disorder is not None:
         row, earlier = disorder
         entity = table.entity_of(row - 2)
-        message = (f"entity {entity!r} goes back in time: {table.raw_timestamps[row - 2]!r} "
-                   f"is older than {table.raw_timestamps[earlier - 2]!r} on row {earlier}")
+        message = (
+            f"entity {entity!r} goes back in time: {table.raw_timestamps[row - 2]!r} "
+            f"is older than {table.raw_timestamps[earlier - 2]!r} on row {earlier}"
+        )
         if settings.stream.reject_out_of_order:
-            raise DataError(str(path), message, row, help="sort the rows by time (each entity's rows in time order), "
-                            "or set stream.reject_out_of_order = false to take them in file order")
+            raise DataError(
+                str(path),
+                message,
+                row,
+                help="sort the rows by time (each entity's rows in time order), "
+                "or set stream.reject_out_of_order = false to take them in file order",
+            )
         get_logger(__name__).warning("input.out_of_order", file=str(path), row=row, entity=entity, detail=message)
     return table
 
@@ -210,10 +246,15 @@ def _writable_directory(directory: Path, option: str) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise DataError(str(directory), f"{option} cannot be created: {error.strerror}",
-                        help=f"give {option} a path in a directory you can write") from None
+        raise DataError(
+            str(directory),
+            f"{option} cannot be created: {error.strerror}",
+            help=f"give {option} a path in a directory you can write",
+        ) from None
     if not os.access(directory, os.W_OK):
-        raise DataError(str(directory), f"{option} is not writable", help=f"give {option} a path in a directory you can write")
+        raise DataError(
+            str(directory), f"{option} is not writable", help=f"give {option} a path in a directory you can write"
+        )
 
 
 def score_table(model: FittedModel, table: Table) -> list[Decision]:
@@ -227,22 +268,38 @@ def score_table(model: FittedModel, table: Table) -> list[Decision]:
 def _write_scores(path: Path, table: Table, decisions: list[Decision]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["timestamp"] + (["entity"] if table.entities is not None else []) + ["score", "probability", "is_anomaly", "event"])
+        writer.writerow(
+            ["timestamp"]
+            + (["entity"] if table.entities is not None else [])
+            + ["score", "probability", "is_anomaly", "event"]
+        )
         for i, decision in enumerate(decisions):
             entity = [table.entities[i]] if table.entities is not None else []
-            writer.writerow([table.raw_timestamps[i], *entity, f"{decision.score:.9g}", f"{decision.probability:.9g}", int(decision.is_anomaly),
-                             decision.event or ""])
+            writer.writerow(
+                [
+                    table.raw_timestamps[i],
+                    *entity,
+                    f"{decision.score:.9g}",
+                    f"{decision.probability:.9g}",
+                    int(decision.is_anomaly),
+                    decision.event or "",
+                ]
+            )
 
 
 def _existing_file(text: str) -> Path:
     if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file" if Path(text).exists() else f"no such file: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a file" if Path(text).exists() else f"no such file: {text!r}"
+        )
     return Path(text)
 
 
 def _existing_directory(text: str) -> Path:
     if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a directory" if Path(text).exists() else f"no such directory: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a directory" if Path(text).exists() else f"no such directory: {text!r}"
+        )
     return Path(text)
 
 
@@ -264,7 +321,9 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         raise DataError("<arguments>", "give --nab DIR and/or --skab DIR")
     for directory in (args.nab, args.skab):
         if directory is not None and not directory.is_dir():
-            raise DataError(str(directory), "no such directory", help="give the directory the benchmark was unpacked in")
+            raise DataError(
+                str(directory), "no such directory", help="give the directory the benchmark was unpacked in"
+            )
     if args.seeds:
         results = evaluate_seeds(settings, args.seeds, args.skab, args.nab, args.limit)
     else:

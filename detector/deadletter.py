@@ -86,12 +86,21 @@ class DeadLetter:
         if self.size() <= max_bytes or not self.value:
             return self
         original = self.header(HEADERS["truncated"]) or str(len(self.value)).encode()
-        marked = replace(self, headers=[(k, v) for k, v in self.headers if k != HEADERS["truncated"]] + [(HEADERS["truncated"], original)])
+        marked = replace(
+            self,
+            headers=[(k, v) for k, v in self.headers if k != HEADERS["truncated"]] + [(HEADERS["truncated"], original)],
+        )
         keep = max(len(self.value) - (marked.size() - max_bytes), 0)
         return replace(marked, value=self.value[:keep])
 
 
-def dead_letter(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None, error: BadMessage, context: Context) -> DeadLetter:
+def dead_letter(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]] | None,
+    error: BadMessage,
+    context: Context,
+) -> DeadLetter:
     """The dead letter of one input record (see the module docstring)."""
     kept = [(str(k), v if v is not None else b"") for k, v in (headers or [])]
     text = {

@@ -17,7 +17,6 @@ restart the batch is processed, and its alerts published, again.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Protocol
 
 from kafka import errors as kafka_errors
@@ -65,7 +64,9 @@ def fatal_reason(error: BaseException) -> str | None:
     return None
 
 
-def confirm_until_acknowledged(publisher: _Publisher, timeout_s: float, stop: threading.Event, metrics: Metrics) -> None:
+def confirm_until_acknowledged(
+    publisher: _Publisher, timeout_s: float, stop: threading.Event, metrics: Metrics
+) -> None:
     """Block until every record ``publisher`` holds is acknowledged, retrying retriable failures.
 
     Raises :class:`PublishFatal` on a fatal failure, :class:`StoppedUnacknowledged` when ``stop``

@@ -29,7 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FEATURES", "Message", "RateOutcome", "generate_history", "generate_stream", "main", "rate_outcomes", "write_csv"]
+__all__ = [
+    "FEATURES",
+    "Message",
+    "RateOutcome",
+    "generate_history",
+    "generate_stream",
+    "main",
+    "rate_outcomes",
+    "write_csv",
+]
 
 FEATURES = ["temperature", "pressure", "vibration", "current", "voltage", "flow", "rpm", "humidity"]
 START = 1_795_568_400.0  # 2026-11-25T01:00:00Z
@@ -48,7 +57,9 @@ class Message:
 
     def to_json(self) -> bytes:
         """The default wire format of ``detector run``."""
-        return json.dumps({"entity": self.entity, "timestamp": self.timestamp, "values": dict(zip(FEATURES, self.values))}).encode()
+        return json.dumps(
+            {"entity": self.entity, "timestamp": self.timestamp, "values": dict(zip(FEATURES, self.values))}
+        ).encode()
 
 
 def _normal(entity_index: int, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -56,7 +67,16 @@ def _normal(entity_index: int, t: np.ndarray, rng: np.random.Generator) -> np.nd
     phase = entity_index * 0.37
     base = np.sin(2 * np.pi * t / 60.0 + phase)
     slow = np.sin(2 * np.pi * t / 250.0 + 2 * phase)
-    columns = [70 + 3 * base, 1.2 + 0.2 * base + 0.1 * slow, 0.5 + 0.1 * np.abs(base), 4 + 0.5 * slow, 230 + 2 * slow, 32 - 2 * base, 1500 + 50 * base, 40 + 5 * slow]
+    columns = [
+        70 + 3 * base,
+        1.2 + 0.2 * base + 0.1 * slow,
+        0.5 + 0.1 * np.abs(base),
+        4 + 0.5 * slow,
+        230 + 2 * slow,
+        32 - 2 * base,
+        1500 + 50 * base,
+        40 + 5 * slow,
+    ]
     noise_scale = np.array([0.3, 0.02, 0.02, 0.05, 0.5, 0.2, 5.0, 0.5])
     return np.stack(columns, axis=1) + rng.standard_normal((len(t), 8)) * noise_scale
 
@@ -66,10 +86,22 @@ def generate_history(entities: int = 20, rows: int = 400, seed: int = 1) -> list
     rng = np.random.default_rng(seed)
     t = np.arange(rows, dtype=float)
     series = {e: _normal(e, t, rng) for e in range(entities)}
-    return [Message(f"pump-{e}", START - (rows - i) * 60.0, series[e][i].tolist()) for i in range(rows) for e in range(entities)]
+    return [
+        Message(f"pump-{e}", START - (rows - i) * 60.0, series[e][i].tolist())
+        for i in range(rows)
+        for e in range(entities)
+    ]
 
 
-def generate_stream(entities: int, messages: int, anomalous: Iterable[str] = (), seed: int = 2, offset: int = 400, anomaly_at: float = 0.6, anomaly_length: int = 8) -> list[Message]:
+def generate_stream(
+    entities: int,
+    messages: int,
+    anomalous: Iterable[str] = (),
+    seed: int = 2,
+    offset: int = 400,
+    anomaly_at: float = 0.6,
+    anomaly_length: int = 8,
+) -> list[Message]:
     """A live stream continuing the history; entities in ``anomalous`` get a burst of faults.
 
     The fault: from message ``anomaly_at * messages`` on, for ``anomaly_length`` messages,
@@ -105,12 +137,16 @@ class RateOutcome:
 
     def describe(self, entities: int) -> str:
         """Two lines for the demo's output."""
-        return (f"   false_alarm_rate {self.rate:.2g}: alerts open at probability >= {self.alert_level:.4f}; on normal data that is "
-                f"{self.false_alerts_per_day / entities:.2f} false alerts a day per entity, {self.false_alerts_per_day:,.0f} a day for {entities} entities\n"
-                f"      on this stream: {self.alerted} entities alerted, precision {self.precision:.2f}, recall {self.recall:.2f}")
+        return (
+            f"   false_alarm_rate {self.rate:.2g}: alerts open at probability >= {self.alert_level:.4f}; on normal data that is "
+            f"{self.false_alerts_per_day / entities:.2f} false alerts a day per entity, {self.false_alerts_per_day:,.0f} a day for {entities} entities\n"
+            f"      on this stream: {self.alerted} entities alerted, precision {self.precision:.2f}, recall {self.recall:.2f}"
+        )
 
 
-def fleet_rate(entities: int, interval_s: float = INTERVAL_S, false_alerts_per_day: float = FLEET_FALSE_ALERTS_PER_DAY) -> float:
+def fleet_rate(
+    entities: int, interval_s: float = INTERVAL_S, false_alerts_per_day: float = FLEET_FALSE_ALERTS_PER_DAY
+) -> float:
     """The per-message rate at which ``entities`` reporting every ``interval_s`` seconds make
     about ``false_alerts_per_day`` false alerts a day together (at least 1e-5, what the
     simulated alert level resolves).
@@ -121,7 +157,9 @@ def fleet_rate(entities: int, interval_s: float = INTERVAL_S, false_alerts_per_d
     return max(false_alerts_per_day / (entities * 86400.0 / interval_s), 1e-5)
 
 
-def rate_outcomes(model_dir: Path, stream: list[Message], anomalous: set[str], rates: Iterable[float], interval_s: float = INTERVAL_S) -> list[RateOutcome]:
+def rate_outcomes(
+    model_dir: Path, stream: list[Message], anomalous: set[str], rates: Iterable[float], interval_s: float = INTERVAL_S
+) -> list[RateOutcome]:
     """Score ``stream`` offline (the service's step function) at each ``false_alarm_rate``."""
     from dataclasses import replace
 
@@ -137,8 +175,16 @@ def rate_outcomes(model_dir: Path, stream: list[Message], anomalous: set[str], r
         decisions = detector.process([Observation(m.entity, m.timestamp, m.values) for m in stream])
         opened = {d.entity for d in decisions if d.event == "open"}
         hits = len(opened & anomalous)
-        outcomes.append(RateOutcome(rate, detector.threshold, rate * entities * 86400.0 / interval_s, len(opened),
-                                    hits / len(opened) if opened else 0.0, hits / len(anomalous) if anomalous else 0.0))
+        outcomes.append(
+            RateOutcome(
+                rate,
+                detector.threshold,
+                rate * entities * 86400.0 / interval_s,
+                len(opened),
+                hits / len(opened) if opened else 0.0,
+                hits / len(anomalous) if anomalous else 0.0,
+            )
+        )
     return outcomes
 
 
@@ -175,9 +221,18 @@ def main() -> int:  # pragma: no cover - exercised by `make demo`
         producer.send("sensors", key=b"pump-1", value=b"{not json")  # one bad message for the dead-letter topic
         producer.flush()
         print(f"== produced {len(stream) + 1} messages ({len(anomalous)} entities with injected faults, 1 malformed)")
-        env = {**os.environ, "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers, "DETECTOR_MODEL__PATH": str(work / "model"),
-               "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000", "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000", "DETECTOR_METRICS__PORT": "0", "DETECTOR_LOG__FORMAT": "json"}
-        service = subprocess.Popen([sys.executable, "-m", "detector.cli", "run"], env=env, stderr=open(work / "service.log", "wb"))
+        env = {
+            **os.environ,
+            "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "DETECTOR_MODEL__PATH": str(work / "model"),
+            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+            "DETECTOR_METRICS__PORT": "0",
+            "DETECTOR_LOG__FORMAT": "json",
+        }
+        service = subprocess.Popen(
+            [sys.executable, "-m", "detector.cli", "run"], env=env, stderr=open(work / "service.log", "wb")
+        )
         alerts = _collect_alerts(broker.bootstrap_servers, KafkaConsumer, expected_opens=len(anomalous), timeout_s=90)
         service.send_signal(signal.SIGTERM)
         code = service.wait(timeout=60)
@@ -189,14 +244,18 @@ def main() -> int:  # pragma: no cover - exercised by `make demo`
 def _explain_rate(model_dir: Path, stream: list[Message], anomalous: set[str], entities: int) -> None:
     """What the alert level means for this fleet, and the precision of a rate sized for it."""
     default = json.loads((model_dir / "model.json").read_text())["scoring"]["false_alarm_rate"]
-    print(f"== what false_alarm_rate means here: {entities} entities, one message a minute each "
-          f"({entities * 86400 / INTERVAL_S:,.0f} messages a day); re-scored offline with the service's step function")
+    print(
+        f"== what false_alarm_rate means here: {entities} entities, one message a minute each "
+        f"({entities * 86400 / INTERVAL_S:,.0f} messages a day); re-scored offline with the service's step function"
+    )
     for outcome in rate_outcomes(model_dir, stream, anomalous, [default, fleet_rate(entities)]):
         print(outcome.describe(entities))
-    print(f"   the default rate suits a few entities; for a fleet, size it to the false alerts you can afford: about\n"
-          f"   false alerts a day / (entities x messages a day per entity), e.g. DETECTOR_SCORING__FALSE_ALARM_RATE={fleet_rate(entities):.2g} "
-          f"for {FLEET_FALSE_ALERTS_PER_DAY:g} a day here,\n"
-          f"   set when fitting: a model keeps the scoring settings it was fitted with")
+    print(
+        f"   the default rate suits a few entities; for a fleet, size it to the false alerts you can afford: about\n"
+        f"   false alerts a day / (entities x messages a day per entity), e.g. DETECTOR_SCORING__FALSE_ALARM_RATE={fleet_rate(entities):.2g} "
+        f"for {FLEET_FALSE_ALERTS_PER_DAY:g} a day here,\n"
+        f"   set when fitting: a model keeps the scoring settings it was fitted with"
+    )
 
 
 def _run(command: list[str]) -> None:
@@ -205,7 +264,9 @@ def _run(command: list[str]) -> None:
 
 
 def _collect_alerts(bootstrap: str, consumer_class: type, expected_opens: int, timeout_s: float) -> list[dict]:
-    consumer = consumer_class("detector-alerts", bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    consumer = consumer_class(
+        "detector-alerts", bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=1000
+    )
     alerts: list[dict] = []
     deadline = time.monotonic() + timeout_s
     quiet_since = None
@@ -213,7 +274,9 @@ def _collect_alerts(bootstrap: str, consumer_class: type, expected_opens: int, t
         batch = [json.loads(r.value) for r in consumer]
         alerts.extend(batch)
         for alert in batch:
-            print(f"ALERT {alert['state']:<5} {alert['entity']:<9} {alert['timestamp']} score={alert['score']:.2f} p={alert['probability']:.4f} top={[f['feature'] for f in alert['top_features']]}")
+            print(
+                f"ALERT {alert['state']:<5} {alert['entity']:<9} {alert['timestamp']} score={alert['score']:.2f} p={alert['probability']:.4f} top={[f['feature'] for f in alert['top_features']]}"
+            )
         opens = sum(a["state"] == "open" for a in alerts)
         quiet_since = (quiet_since or time.monotonic()) if not batch else None
         if opens >= expected_opens and quiet_since and time.monotonic() - quiet_since > 5:
@@ -228,7 +291,9 @@ def _summarise(alerts: list[dict], stream: list, anomalous: set[str], code: int,
     precision = true_positive / len(opened) if opened else 0.0
     recall = true_positive / len(anomalous)
     print(f"== summary: {len(stream)} messages, {len(alerts)} alert events, {len(opened)} entities alerted")
-    print(f"   injected faults: {len(anomalous)} entities; detected {true_positive}; precision {precision:.2f}, recall {recall:.2f}")
+    print(
+        f"   injected faults: {len(anomalous)} entities; detected {true_positive}; precision {precision:.2f}, recall {recall:.2f}"
+    )
     print(f"   service exit code {code}; log: {work / 'service.log'}")
 
 

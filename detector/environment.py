@@ -47,22 +47,31 @@ def _sections() -> dict[str, type[BaseModel]]:
 
 def setting_names() -> dict[str, tuple[str, str]]:
     """Every setting's variable name -> (section, key), e.g. ``DETECTOR_MODEL__PATH``."""
-    return {f"{PREFIX}{section}{DELIMITER}{key}".upper(): (section, key)
-            for section, model in _sections().items() for key in model.model_fields}
+    return {
+        f"{PREFIX}{section}{DELIMITER}{key}".upper(): (section, key)
+        for section, model in _sections().items()
+        for key in model.model_fields
+    }
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[UnknownVariable]:
     """The ``DETECTOR_*`` variables of ``environ`` that name no setting, in name order."""
     known = setting_names()
     unknown = sorted(name for name in environ if name.upper().startswith(PREFIX) and name.upper() not in known)
-    return [UnknownVariable(name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)), None)) for name in unknown]
+    return [
+        UnknownVariable(name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)), None))
+        for name in unknown
+    ]
 
 
 def known_only(values: dict[str, Any]) -> dict[str, Any]:
     """The environment source's nested values without the keys that name no setting."""
     sections = _sections()
-    return {section: {key: value for key, value in fields.items() if key in sections[section].model_fields}
-            for section, fields in values.items() if section in sections and isinstance(fields, dict)}
+    return {
+        section: {key: value for key, value in fields.items() if key in sections[section].model_fields}
+        for section, fields in values.items()
+        if section in sections and isinstance(fields, dict)
+    }
 
 
 def bad_json_value(environ: Mapping[str, str]) -> tuple[str, str, str] | None:
@@ -77,7 +86,9 @@ def bad_json_value(environ: Mapping[str, str]) -> tuple[str, str, str] | None:
         except ValueError:
             parsed = None
         if not isinstance(parsed, list):
-            example = json.dumps([_json_or_text(part.strip()) for part in value.strip("[]").split(",") if part.strip()] or ["..."])
+            example = json.dumps(
+                [_json_or_text(part.strip()) for part in value.strip("[]").split(",") if part.strip()] or ["..."]
+            )
             return name, value, f"write lists as JSON, e.g. {name}='{example}'"
     return None
 

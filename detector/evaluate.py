@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from detector.benchmark import NabFile, Window, load_profiles, load_windows, optimise_threshold, probationary_rows, score_from_decisions, skab_metrics
+from detector.benchmark import (
+    NabFile,
+    Window,
+    load_profiles,
+    load_windows,
+    optimise_threshold,
+    probationary_rows,
+    score_from_decisions,
+    skab_metrics,
+)
 from detector.config import Settings
 from detector.fit import fit_tables
 from detector.logs import get_logger
@@ -85,7 +94,9 @@ def evaluate_nab(directory: Path, settings: Settings, limit: int | None = None) 
     return results
 
 
-def evaluate(settings: Settings, skab: Path | None = None, nab: Path | None = None, limit: int | None = None) -> dict[str, Any]:
+def evaluate(
+    settings: Settings, skab: Path | None = None, nab: Path | None = None, limit: int | None = None
+) -> dict[str, Any]:
     """The protocols of the benchmarks given, with ``settings``: ``{"skab": ..., "nab": ...}``."""
     results: dict[str, Any] = {}
     if skab:
@@ -95,8 +106,13 @@ def evaluate(settings: Settings, skab: Path | None = None, nab: Path | None = No
     return results
 
 
-def evaluate_seeds(settings: Settings, seeds: Sequence[int], skab: Path | None = None, nab: Path | None = None,
-                   limit: int | None = None) -> dict[str, Any]:
+def evaluate_seeds(
+    settings: Settings,
+    seeds: Sequence[int],
+    skab: Path | None = None,
+    nab: Path | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
     """:func:`evaluate` once per fit seed: ``{"seeds": {seed: results}, "mean": results}``, where
     the mean holds the average of every figure (SKAB F1/FAR/MAR, NAB optimised and as is)."""
     runs = {}
@@ -115,7 +131,9 @@ def _mean_results(runs: list[dict[str, Any]]) -> dict[str, Any]:
         mean["skab"] = {"files": runs[0]["skab"]["files"], "pooled": pooled}
     if "nab" in runs[0]:
         profiles = {
-            name: {key: float(np.mean([r["nab"]["profiles"][name][key] for r in runs])) for key in ("optimised", "as_is")}
+            name: {
+                key: float(np.mean([r["nab"]["profiles"][name][key] for r in runs])) for key in ("optimised", "as_is")
+            }
             for name in runs[0]["nab"]["profiles"]
         }
         mean["nab"] = {"files": runs[0]["nab"]["files"], "profiles": profiles}
@@ -134,7 +152,9 @@ def print_results(results: dict[str, Any]) -> None:
         return
     if "skab" in results:
         pooled = results["skab"]["pooled"]
-        print(f"SKAB ({results['skab']['files']} files): F1 {pooled['f1']:.2f}  FAR {pooled['far']:.2f}%  MAR {pooled['mar']:.2f}%")
+        print(
+            f"SKAB ({results['skab']['files']} files): F1 {pooled['f1']:.2f}  FAR {pooled['far']:.2f}%  MAR {pooled['mar']:.2f}%"
+        )
     if "nab" in results:
         print(f"NAB ({results['nab']['files']} files)    optimised threshold    is_anomaly as is")
         for name, row in results["nab"]["profiles"].items():

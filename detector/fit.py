@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import copy
 import math
-from functools import cached_property
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,11 @@ class _Series:
 
 
 def fit_tables(
-    tables: Sequence[Table], model_settings: ModelSettings, fit: FitSettings, scoring: ScoringSettings, progress: bool = True
+    tables: Sequence[Table],
+    model_settings: ModelSettings,
+    fit: FitSettings,
+    scoring: ScoringSettings,
+    progress: bool = True,
 ) -> tuple[FittedModel, FitHistory]:
     """Fit and calibrate a model on ``tables`` (same features); returns the model and its history."""
     features = tables[0].features
@@ -79,8 +83,15 @@ def fit_tables(
     torch.manual_seed(fit.seed)
     np.random.seed(fit.seed)
     periods = _covered_periods(series, model_settings.periods)
-    network = StreamAutoencoder(len(features), model_settings.hidden_size, model_settings.num_layers, model_settings.cell, model_settings.bottleneck, periods,
-                                model_settings.level_halflife_s)
+    network = StreamAutoencoder(
+        len(features),
+        model_settings.hidden_size,
+        model_settings.num_layers,
+        model_settings.cell,
+        model_settings.bottleneck,
+        periods,
+        model_settings.level_halflife_s,
+    )
     standardised = [_Inputs((s.values - mean) / scale, np.asarray(s.timestamps, dtype=np.float64)) for s in series]
     train_loss, val_loss, best_epoch = _train(network, standardised, series, fit, progress)
     network.start_state.copy_(_average_state(network, standardised, series, scoring.warmup_steps))
@@ -108,7 +119,9 @@ def fit_tables(
     }
     every_row = np.concatenate([s.values for s in series])
     feature_range = np.stack([every_row.min(axis=0), every_row.max(axis=0)])
-    model = replace(draft, calibration=calibration, version=version_id(network, features), info=info, feature_range=feature_range)
+    model = replace(
+        draft, calibration=calibration, version=version_id(network, features), info=info, feature_range=feature_range
+    )
     return model, FitHistory(train_loss, val_loss, heldout, best_epoch)
 
 
@@ -135,7 +148,10 @@ def minimum_rows(holdout_fraction: float, warmup_steps: int) -> int:
     46
     """
     rows = 2 * MIN_HELDOUT_SCORES
-    while rows - max(_split(rows, holdout_fraction), warmup_steps) < MIN_HELDOUT_SCORES or _split(rows, holdout_fraction) < MIN_HELDOUT_SCORES:
+    while (
+        rows - max(_split(rows, holdout_fraction), warmup_steps) < MIN_HELDOUT_SCORES
+        or _split(rows, holdout_fraction) < MIN_HELDOUT_SCORES
+    ):
         rows += 1
     return rows
 
@@ -147,10 +163,17 @@ def _split_series(tables: Sequence[Table], holdout_fraction: float, warmup_steps
         for entity in dict.fromkeys(entities):
             rows = [i for i, e in enumerate(entities) if e == entity]
             if len(rows) < needed:
-                raise DataError(table.name, f"entity {entity!r} has {len(rows)} rows; fit needs at least {needed} per entity "
-                                f"({MIN_HELDOUT_SCORES} held-out rows after the {warmup_steps}-message warm-up, with holdout_fraction {holdout_fraction})",
-                                help=f"give fit more history (at least {needed} rows of each entity), or lower scoring.warmup_steps")
-            series.append(_Series(entity, table.values[rows], [table.timestamps[i] for i in rows], _split(len(rows), holdout_fraction)))
+                raise DataError(
+                    table.name,
+                    f"entity {entity!r} has {len(rows)} rows; fit needs at least {needed} per entity "
+                    f"({MIN_HELDOUT_SCORES} held-out rows after the {warmup_steps}-message warm-up, with holdout_fraction {holdout_fraction})",
+                    help=f"give fit more history (at least {needed} rows of each entity), or lower scoring.warmup_steps",
+                )
+            series.append(
+                _Series(
+                    entity, table.values[rows], [table.timestamps[i] for i in rows], _split(len(rows), holdout_fraction)
+                )
+            )
     return series
 
 
@@ -172,10 +195,17 @@ def _feature_scaling(series: Sequence[_Series]) -> tuple[np.ndarray, np.ndarray]
     return train.mean(axis=0), np.where(scale > 1e-8, scale, 1.0)
 
 
-def _train(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], fit: FitSettings, progress: bool) -> tuple[list[float], list[float], int]:
+def _train(
+    network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], fit: FitSettings, progress: bool
+) -> tuple[list[float], list[float], int]:
     optimiser = torch.optim.Adam(network.parameters(), lr=fit.learning_rate)
     streams, mask = _streams([d.values[: s.split] for d, s in zip(data, series)], fit.streams, fit.window, np.float32)
-    times, _ = _streams([np.stack([d.times, d.elapsed], axis=1)[: s.split] for d, s in zip(data, series)], fit.streams, fit.window, np.float64)
+    times, _ = _streams(
+        [np.stack([d.times, d.elapsed], axis=1)[: s.split] for d, s in zip(data, series)],
+        fit.streams,
+        fit.window,
+        np.float64,
+    )
     best, best_state, best_epoch, train_losses, val_losses = math.inf, None, 0, [], []
     bar = tqdm(range(fit.max_epochs), desc="fit", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
@@ -207,7 +237,13 @@ def _streams(parts: list[np.ndarray], per_series: int, window: int, dtype: type)
     return torch.from_numpy(streams), torch.from_numpy(mask)
 
 
-def _train_epoch(network: StreamAutoencoder, optimiser: torch.optim.Optimizer, streams: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor, fit: FitSettings) -> float:
+def _train_epoch(
+    network: StreamAutoencoder,
+    optimiser: torch.optim.Optimizer,
+    streams: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    mask: torch.Tensor,
+    fit: FitSettings,
+) -> float:
     """One pass over the (values, times, elapsed) streams in windows, carrying the detached state."""
     values, times, elapsed = streams
     state, total, weight = network.initial_state(values.shape[0]), 0.0, 0.0
@@ -227,7 +263,12 @@ def _train_epoch(network: StreamAutoencoder, optimiser: torch.optim.Optimizer, s
 def _reconstruct(network: StreamAutoencoder, inputs: _Inputs) -> np.ndarray:
     with torch.inference_mode():
         x = torch.from_numpy(inputs.values.astype(np.float32)).unsqueeze(0)
-        reconstruction, _ = network(x, network.initial_state(1), torch.from_numpy(inputs.times).unsqueeze(0), torch.from_numpy(inputs.elapsed).unsqueeze(0))
+        reconstruction, _ = network(
+            x,
+            network.initial_state(1),
+            torch.from_numpy(inputs.times).unsqueeze(0),
+            torch.from_numpy(inputs.elapsed).unsqueeze(0),
+        )
     return reconstruction[0].double().numpy()
 
 
@@ -243,7 +284,9 @@ def _average_state(network: StreamAutoencoder, data: list[_Inputs], series: list
     with torch.inference_mode():
         for inputs, s in zip(data, series):
             state = network.initial_state(1)
-            x, when, elapsed = (torch.from_numpy(a[: s.split]) for a in (inputs.values.astype(np.float32), inputs.times, inputs.elapsed))
+            x, when, elapsed = (
+                torch.from_numpy(a[: s.split]) for a in (inputs.values.astype(np.float32), inputs.times, inputs.elapsed)
+            )
             for t in range(len(x)):
                 _, state = network.step(x[t : t + 1], state, when[t : t + 1], elapsed[t : t + 1])
                 if t >= warmup:
@@ -252,7 +295,9 @@ def _average_state(network: StreamAutoencoder, data: list[_Inputs], series: list
 
 
 def _residual_scale(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], warmup: int) -> np.ndarray:
-    residuals = [(_reconstruct(network, d) - d.values)[min(warmup, s.split - 1) : s.split] for d, s in zip(data, series)]
+    residuals = [
+        (_reconstruct(network, d) - d.values)[min(warmup, s.split - 1) : s.split] for d, s in zip(data, series)
+    ]
     rms = np.sqrt((np.concatenate(residuals) ** 2).mean(axis=0))
     return np.maximum(rms, _RESIDUAL_FLOOR)
 
@@ -263,9 +308,15 @@ def _heldout_scores(model: FittedModel, series: list[_Series]) -> np.ndarray:
     All series are interleaved in time (each under its own key), so one batched step serves
     every series at once.
     """
-    keyed = [(i, t, Observation(f"{i}/{s.entity}", s.timestamps[t], s.values[t].tolist())) for i, s in enumerate(series) for t in range(len(s.values))]
+    keyed = [
+        (i, t, Observation(f"{i}/{s.entity}", s.timestamps[t], s.values[t].tolist()))
+        for i, s in enumerate(series)
+        for t in range(len(s.values))
+    ]
     keyed.sort(key=lambda item: item[1])  # stable: series order within a time step
-    decisions = Detector(model, simulate_null=False).process([obs for _, _, obs in keyed])  # scores only: no alert level needed
+    decisions = Detector(model, simulate_null=False).process(
+        [obs for _, _, obs in keyed]
+    )  # scores only: no alert level needed
     warmup = model_warmup(model)
     return np.asarray([d.score for (i, t, _), d in zip(keyed, decisions) if t >= max(series[i].split, warmup)])
 
@@ -283,4 +334,4 @@ def _calibrate(scores: np.ndarray, scoring: ScoringSettings) -> Calibration:
     tail_std = (float(np.quantile(logs, 0.99)) - median) / 2.326
     log_std = max(mad_std, tail_std, _LOG_STD_FLOOR)
     quantiles = {f"q{q}": float(np.quantile(scores, q / 100)) for q in (50, 90, 99, 100)}
-    return Calibration(median, log_std, float(math.exp(median + scoring.open_z * log_std)), int(len(scores)), quantiles)
+    return Calibration(median, log_std, float(math.exp(median + scoring.open_z * log_std)), len(scores), quantiles)

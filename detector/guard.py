@@ -13,6 +13,7 @@ states: exactness is given up for them, only on this path, never the loop.
 
 >>> from detector.testing import tiny_model
 >>> from detector.scoring import Detector
+>>> from detector.schema import MessageFields
 >>> guard = BatchGuard(MessageDecoder(["a", "b"], MessageFields()), Detector(tiny_model()), max_future_skew_s=86400, clock=lambda: 2e9)
 >>> raws = [b'{"entity": "p1", "timestamp": 1e9, "values": {"a": 1, "b": 2}}', b'{"entity": "p1", "timestamp": 3e9, "values": {"a": 1, "b": 2}}', b"[[["]
 >>> result = guard.score(raws, [None] * 3, np.zeros(3, dtype=np.int32))
@@ -30,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from detector.logs import get_logger
-from detector.schema import BadMessage, Columns, MessageDecoder, MessageFields
+from detector.schema import BadMessage, Columns, MessageDecoder
 from detector.scoring import Detector, Outcomes
 
 __all__ = ["BatchGuard", "Guarded", "Refused"]
@@ -61,16 +62,26 @@ class Guarded:
 class BatchGuard:
     """Decode, validate and step micro-batches for one detector (see the module docstring)."""
 
-    def __init__(self, decode: MessageDecoder, detector: Detector, max_future_skew_s: float, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        decode: MessageDecoder,
+        detector: Detector,
+        max_future_skew_s: float,
+        clock: Callable[[], float] = time.time,
+    ):
         self.decode, self.detector = decode, detector
         self.max_future_skew_s, self.clock = max_future_skew_s, clock
         model = detector.model
         self._mean, self._scale = model.feature_mean.astype(np.float32), model.feature_scale.astype(np.float32)
         # below this magnitude no value can overflow once standardised: the exact check is skipped
-        self._safe = float(np.finfo(np.float32).max) / 2 * min(1.0, float(self._scale.min())) - float(np.abs(self._mean).max(initial=0.0))
+        self._safe = float(np.finfo(np.float32).max) / 2 * min(1.0, float(self._scale.min())) - float(
+            np.abs(self._mean).max(initial=0.0)
+        )
         self._failures, self._last_failure_log = 0, float("-inf")  # batched steps that failed; when last logged
 
-    def score(self, raws: Sequence[bytes | None], keys: Sequence[bytes | None], owners: np.ndarray, drop_stale: bool = False) -> Guarded:
+    def score(
+        self, raws: Sequence[bytes | None], keys: Sequence[bytes | None], owners: np.ndarray, drop_stale: bool = False
+    ) -> Guarded:
         """Outcomes of the batch; ``owners[i]`` is the owner id (partition) of record ``i``."""
         accepted, batch, refused = self._decode(raws, keys)
         accepted, batch = self._validate(accepted, batch, refused)
@@ -91,11 +102,18 @@ class BatchGuard:
         self._failures += 1
         if time.monotonic() - self._last_failure_log >= _FAILURE_LOG_EVERY_S:
             self._last_failure_log = time.monotonic()
-            log.error("stream.batch_step_failed", error=_describe(error), messages=messages, failures=self._failures,
-                      note="stepping the batch message by message; its entities restart from fresh states")
+            log.error(
+                "stream.batch_step_failed",
+                error=_describe(error),
+                messages=messages,
+                failures=self._failures,
+                note="stepping the batch message by message; its entities restart from fresh states",
+            )
             self._failures = 0
 
-    def _decode(self, raws: Sequence[bytes | None], keys: Sequence[bytes | None]) -> tuple[np.ndarray, Columns, list[Refused]]:
+    def _decode(
+        self, raws: Sequence[bytes | None], keys: Sequence[bytes | None]
+    ) -> tuple[np.ndarray, Columns, list[Refused]]:
         try:
             accepted, batch, dead = self.decode.decode_many(raws, keys)
             return accepted, batch, [Refused(i, error, "decode") for i, error in dead]
@@ -117,7 +135,9 @@ class BatchGuard:
         overflow = np.zeros(len(batch), dtype=bool)
         if len(batch) and np.abs(batch.values).max() > self._safe:
             with np.errstate(over="ignore", invalid="ignore"):
-                standardised = (batch.values.astype(np.float32) - self._mean) / self._scale  # as the detector's step computes it
+                standardised = (
+                    batch.values.astype(np.float32) - self._mean
+                ) / self._scale  # as the detector's step computes it
             overflow = ~np.isfinite(standardised).all(axis=1)
         future = batch.timestamps > self.clock() + self.max_future_skew_s
         bad = overflow | future
@@ -125,15 +145,25 @@ class BatchGuard:
             return accepted, batch
         for i in np.flatnonzero(bad).tolist():
             if future[i]:
-                error = BadMessage("future_timestamp", f"timestamp {batch.timestamps[i]:.0f} is more than stream.max_future_skew_s ({self.max_future_skew_s:g} s) ahead of the clock")
+                error = BadMessage(
+                    "future_timestamp",
+                    f"timestamp {batch.timestamps[i]:.0f} is more than stream.max_future_skew_s ({self.max_future_skew_s:g} s) ahead of the clock",
+                )
             else:
                 error = BadMessage("non_finite", "a feature value is beyond the range the model computes in (float32)")
             refused.append(Refused(int(accepted[i]), error, "validate"))
         keep = np.flatnonzero(~bad)
         return accepted[keep], _subset(batch, keep)
 
-    def _one_by_one(self, accepted: np.ndarray, batch: Columns, owners: np.ndarray, now: float, drop_stale: bool,
-                    refused: list[Refused]) -> tuple[np.ndarray, Outcomes]:
+    def _one_by_one(
+        self,
+        accepted: np.ndarray,
+        batch: Columns,
+        owners: np.ndarray,
+        now: float,
+        drop_stale: bool,
+        refused: list[Refused],
+    ) -> tuple[np.ndarray, Outcomes]:
         """Step each message alone; a failing one is undone and refused. (kept positions in ``batch``, their outcomes)."""
         store, kept, parts = self.detector.store, [], []
         for i in range(len(batch)):
@@ -168,9 +198,16 @@ def _subset(batch: Columns, keep: np.ndarray) -> Columns:
 def _concatenate(batch: Columns, parts: list[Outcomes]) -> Outcomes:
     """One :class:`Outcomes` of single-message outcomes, in order."""
     n = len(parts)
-    out = Outcomes(batch, np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool), [None] * n, {}, np.zeros(n, dtype=bool), {})
+    out = Outcomes(
+        batch, np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool), [None] * n, {}, np.zeros(n, dtype=bool), {}
+    )
     for i, part in enumerate(parts):
-        out.score[i], out.probability[i], out.is_anomaly[i], out.stale[i] = part.score[0], part.probability[0], part.is_anomaly[0], part.stale[0]
+        out.score[i], out.probability[i], out.is_anomaly[i], out.stale[i] = (
+            part.score[0],
+            part.probability[0],
+            part.is_anomaly[0],
+            part.stale[0],
+        )
         out.events[i] = part.events[0]
         if 0 in part.top_features:
             out.top_features[i] = part.top_features[0]

@@ -23,7 +23,11 @@ def kafka_client_config(kafka: KafkaSettings) -> dict[str, Any]:
         "request_timeout_ms": kafka.request_timeout_ms,
     }
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        config.update(ssl_cafile=_str(kafka.ssl_cafile), ssl_certfile=_str(kafka.ssl_certfile), ssl_keyfile=_str(kafka.ssl_keyfile))
+        config.update(
+            ssl_cafile=_str(kafka.ssl_cafile),
+            ssl_certfile=_str(kafka.ssl_certfile),
+            ssl_keyfile=_str(kafka.ssl_keyfile),
+        )
         if kafka.ssl_password:
             config["ssl_password"] = kafka.ssl_password.get_secret_value()
     if kafka.security_protocol.startswith("SASL"):
@@ -34,7 +38,13 @@ def kafka_client_config(kafka: KafkaSettings) -> dict[str, Any]:
 
 def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
     """The service's producer: every record acknowledged by all in-sync replicas."""
-    return {**kafka_client_config(kafka), "acks": "all", "linger_ms": 5, "retries": 5, "max_request_size": 2 * 1024 * 1024}
+    return {
+        **kafka_client_config(kafka),
+        "acks": "all",
+        "linger_ms": 5,
+        "retries": 5,
+        "max_request_size": 2 * 1024 * 1024,
+    }
 
 
 def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:

@@ -19,7 +19,13 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-__all__ = ["KafkaInternalsChanged", "TESTED_VERSIONS", "check_internals", "coordinator_unknown", "last_heartbeat_answer"]
+__all__ = [
+    "TESTED_VERSIONS",
+    "KafkaInternalsChanged",
+    "check_internals",
+    "coordinator_unknown",
+    "last_heartbeat_answer",
+]
 
 TESTED_VERSIONS = ">=3.0.12,<3.1"  # kafka-python releases this module is tested with; pyproject.toml pins the same
 
@@ -31,7 +37,9 @@ class KafkaInternalsChanged(RuntimeError):
 def _coordinator(consumer: KafkaConsumer) -> Any:
     coordinator = getattr(consumer, "_coordinator", None)
     if coordinator is None:
-        raise KafkaInternalsChanged("KafkaConsumer has no _coordinator: kafka-python's internals changed; see detector/kafka_internals.py")
+        raise KafkaInternalsChanged(
+            "KafkaConsumer has no _coordinator: kafka-python's internals changed; see detector/kafka_internals.py"
+        )
     return coordinator
 
 
@@ -48,8 +56,18 @@ def last_heartbeat_answer(consumer: KafkaConsumer) -> float:
 def check_internals(consumer: KafkaConsumer) -> None:
     """Raise :class:`KafkaInternalsChanged` naming what is missing if any read above would fail."""
     coordinator = _coordinator(consumer)
-    missing = [name for name, found in (("_coordinator.coordinator_unknown", callable(getattr(coordinator, "coordinator_unknown", None))),
-                                         ("_coordinator.heartbeat.last_receive", isinstance(getattr(getattr(coordinator, "heartbeat", None), "last_receive", None), float)))
-               if not found]
+    missing = [
+        name
+        for name, found in (
+            ("_coordinator.coordinator_unknown", callable(getattr(coordinator, "coordinator_unknown", None))),
+            (
+                "_coordinator.heartbeat.last_receive",
+                isinstance(getattr(getattr(coordinator, "heartbeat", None), "last_receive", None), float),
+            ),
+        )
+        if not found
+    ]
     if missing:
-        raise KafkaInternalsChanged(f"kafka-python lacks {', '.join(missing)}: its internals changed; see detector/kafka_internals.py")
+        raise KafkaInternalsChanged(
+            f"kafka-python lacks {', '.join(missing)}: its internals changed; see detector/kafka_internals.py"
+        )

@@ -66,11 +66,11 @@ __all__ = [
     "ALERT_KINDS",
     "DEAD_LETTER_REASONS",
     "EVICTION_REASONS",
-    "Health",
     "MESSAGE_OUTCOMES",
+    "RESTORE_FALLBACK_REASONS",
+    "Health",
     "Metrics",
     "MetricsServer",
-    "RESTORE_FALLBACK_REASONS",
     "serve",
 ]
 
@@ -95,7 +95,19 @@ SCORE_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 100, 250, 1000)
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 STEP_DURATION_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
 )
 END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CHECKPOINT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -114,7 +126,9 @@ class BatchHistogram(Collector):
     [('demo_seconds_bucket', '0.1', 2), ('demo_seconds_bucket', '1.0', 3), ('demo_seconds_bucket', '+Inf', 4), ('demo_seconds_count', None, 4)]
     """
 
-    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry | None = None
+    ) -> None:
         self.name, self.documentation = name, documentation
         self._bounds = np.asarray(sorted(float(b) for b in buckets if b != float("inf")))
         self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)  # last: above every bound
@@ -136,7 +150,9 @@ class BatchHistogram(Collector):
     def collect(self) -> Iterable[HistogramMetricFamily]:
         with self._lock:
             cumulative, total = np.cumsum(self._counts).tolist(), self._sum
-        buckets = [(floatToGoString(b), c) for b, c in zip(self._bounds.tolist(), cumulative)] + [("+Inf", cumulative[-1])]
+        buckets = [(floatToGoString(b), c) for b, c in zip(self._bounds.tolist(), cumulative)] + [
+            ("+Inf", cumulative[-1])
+        ]
         family = HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
         family.add_sample(f"{self.name}_created", {}, self._created)
         yield family
@@ -198,74 +214,100 @@ class Metrics:
     def _define_flow_metrics(self) -> None:
         r = self.registry
         self.messages_total = Counter(
-            "detector_messages_total", "Messages consumed, by outcome.", ["outcome"], registry=r)
+            "detector_messages_total", "Messages consumed, by outcome.", ["outcome"], registry=r
+        )
         self.dead_letters_total = Counter(
-            "detector_dead_letters_total", "Messages sent to the dead-letter topic, by reason.",
-            ["reason"], registry=r)
+            "detector_dead_letters_total", "Messages sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
         self.alerts_total = Counter(
-            "detector_alerts_total", "Alerts published, by kind (open/close).", ["kind"], registry=r)
+            "detector_alerts_total", "Alerts published, by kind (open/close).", ["kind"], registry=r
+        )
         self.anomaly_score = BatchHistogram(
-            "detector_anomaly_score", "Anomaly score of scored messages.",
-            buckets=SCORE_BUCKETS, registry=r)
+            "detector_anomaly_score", "Anomaly score of scored messages.", buckets=SCORE_BUCKETS, registry=r
+        )
         self.anomaly_probability = BatchHistogram(
-            "detector_anomaly_probability", "Anomaly probability of scored messages.",
-            buckets=PROBABILITY_BUCKETS, registry=r)
+            "detector_anomaly_probability",
+            "Anomaly probability of scored messages.",
+            buckets=PROBABILITY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "detector_batch_size_messages", "Messages per batched model step.",
-            buckets=BATCH_SIZE_BUCKETS, registry=r)
+            "detector_batch_size_messages", "Messages per batched model step.", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
         self.step_duration = Histogram(
-            "detector_step_duration_seconds", "Latency of one batched model step.",
-            buckets=STEP_DURATION_BUCKETS, registry=r)
+            "detector_step_duration_seconds",
+            "Latency of one batched model step.",
+            buckets=STEP_DURATION_BUCKETS,
+            registry=r,
+        )
         self.end_to_end_latency = BatchHistogram(
             "detector_end_to_end_latency_seconds",
             "Time from the message timestamp to the scoring decision.",
-            buckets=END_TO_END_BUCKETS, registry=r)
+            buckets=END_TO_END_BUCKETS,
+            registry=r,
+        )
         self.consumer_lag = Gauge(
-            "detector_consumer_lag_messages", "Consumer lag per assigned partition.",
-            ["topic", "partition"], registry=r)
-        self.commit_failures_total = Counter(
-            "detector_commit_failures_total", "Failed offset commits.", registry=r)
+            "detector_consumer_lag_messages", "Consumer lag per assigned partition.", ["topic", "partition"], registry=r
+        )
+        self.commit_failures_total = Counter("detector_commit_failures_total", "Failed offset commits.", registry=r)
         self.broker_reconnects_total = Counter(
-            "detector_broker_reconnects_total", "Reconnections to the Kafka brokers.", registry=r)
+            "detector_broker_reconnects_total", "Reconnections to the Kafka brokers.", registry=r
+        )
         self.publish_failures_total = Counter(
-            "detector_publish_failures_total", "Failed publishes of alerts, scores and dead letters, per attempt.",
-            registry=r)
+            "detector_publish_failures_total",
+            "Failed publishes of alerts, scores and dead letters, per attempt.",
+            registry=r,
+        )
         self.publish_fatal_total = Counter(
-            "detector_publish_fatal_total", "Publishes that failed in a way retrying cannot mend (the service stops), by error.",
-            ["error"], registry=r)
+            "detector_publish_fatal_total",
+            "Publishes that failed in a way retrying cannot mend (the service stops), by error.",
+            ["error"],
+            registry=r,
+        )
         self.loop_last_progress = Gauge(
             "detector_loop_last_progress_timestamp_seconds",
-            "Unix time of the last processing-loop iteration.", registry=r)
+            "Unix time of the last processing-loop iteration.",
+            registry=r,
+        )
 
     def _define_state_metrics(self) -> None:
         r = self.registry
         self.partitions_assigned = Gauge(
-            "detector_partitions_assigned", "Input partitions currently assigned.", registry=r)
-        self.entities_tracked = Gauge(
-            "detector_entities_tracked", "Entities with live model state.", registry=r)
+            "detector_partitions_assigned", "Input partitions currently assigned.", registry=r
+        )
+        self.entities_tracked = Gauge("detector_entities_tracked", "Entities with live model state.", registry=r)
         self.entity_evictions_total = Counter(
-            "detector_entity_evictions_total", "Entity states evicted, by reason.",
-            ["reason"], registry=r)
+            "detector_entity_evictions_total", "Entity states evicted, by reason.", ["reason"], registry=r
+        )
         self.state_restore_fallbacks_total = Counter(
             "detector_state_restore_fallbacks_total",
             "Partition state restores that fell back to fresh state, by reason.",
-            ["reason"], registry=r)
+            ["reason"],
+            registry=r,
+        )
 
     def _define_checkpoint_metrics(self) -> None:
         r = self.registry
         self.checkpoint_duration = Histogram(
-            "detector_checkpoint_duration_seconds", "Duration of one checkpoint.",
-            buckets=CHECKPOINT_DURATION_BUCKETS, registry=r)
+            "detector_checkpoint_duration_seconds",
+            "Duration of one checkpoint.",
+            buckets=CHECKPOINT_DURATION_BUCKETS,
+            registry=r,
+        )
         self.checkpoint_last_success = Gauge(
             "detector_checkpoint_last_success_timestamp_seconds",
-            "Unix time of the last successful checkpoint (0 before the first).", registry=r)
+            "Unix time of the last successful checkpoint (0 before the first).",
+            registry=r,
+        )
         self.checkpoint_age = Gauge(
             "detector_checkpoint_age_seconds",
             "Seconds since the last successful checkpoint (since process start before the first).",
-            registry=r)
+            registry=r,
+        )
         self.checkpoint_age.set_function(self.checkpoint_age_seconds)
         self.checkpoint_failures_total = Counter(
-            "detector_checkpoint_failures_total", "Failed checkpoints.", registry=r)
+            "detector_checkpoint_failures_total", "Failed checkpoints.", registry=r
+        )
 
     def _define_info_metrics(self) -> None:
         # Info("detector_model") is exposed as detector_model_info{...} 1.0
@@ -361,8 +403,7 @@ class Metrics:
 
     def restore_fallback(self, reason: str) -> None:
         """Count one restore that fell back to fresh state ("corrupt", "schema_mismatch", "missing")."""
-        self.state_restore_fallbacks_total.labels(
-            reason=_check(reason, RESTORE_FALLBACK_REASONS, "reason")).inc()
+        self.state_restore_fallbacks_total.labels(reason=_check(reason, RESTORE_FALLBACK_REASONS, "reason")).inc()
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_succeeded(self, duration_s: float, at: float | None = None) -> None:
@@ -390,11 +431,13 @@ class Metrics:
 
     def set_build_info(self, version: str, python: str | None = None, torch: str | None = None) -> None:
         """Publish ``detector_build_info{version,python,torch} 1`` (python/torch detected if omitted)."""
-        self.build_info.info({
-            "version": str(version),
-            "python": python or platform.python_version(),
-            "torch": torch or _torch_version(),
-        })
+        self.build_info.info(
+            {
+                "version": str(version),
+                "python": python or platform.python_version(),
+                "torch": torch or _torch_version(),
+            }
+        )
 
     # ------------------------------------------------------------ exposition
     def render(self) -> bytes:
@@ -493,7 +536,11 @@ class MetricsServer:
         self._server = server
         self._thread = thread
         # a host name with several addresses ("localhost") gives one socket each: the first is shown
-        host, port = server.effective_listen[0] if hasattr(server, "effective_listen") else (server.effective_host, server.effective_port)
+        host, port = (
+            server.effective_listen[0]
+            if hasattr(server, "effective_listen")
+            else (server.effective_host, server.effective_port)
+        )
         self.host: str = host
         self.port: int = int(port)
 
@@ -526,7 +573,10 @@ def _make_app(metrics: Metrics, health: Health) -> Callable[[dict[str, Any], Cal
             status, body = 200 if ok else 503, (reason + "\n").encode()
         else:
             status, body = 404, b"not found\n"
-        start_response(f"{status} {HTTPStatus(status).phrase}", [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+        start_response(
+            f"{status} {HTTPStatus(status).phrase}",
+            [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")],
+        )
         return [body] if method == "GET" else []
 
     return app
@@ -541,9 +591,18 @@ def serve(metrics: Metrics, health: Health, host: str = "0.0.0.0", port: int = 9
         print(server.url + "/metrics")
         server.close()
     """
-    server = create_server(_make_app(metrics, health), host=host, port=port, ident="detector", threads=HTTP_THREADS,
-                           connection_limit=HTTP_CONNECTION_LIMIT, channel_timeout=HTTP_CHANNEL_TIMEOUT_S,
-                           cleanup_interval=HTTP_CLEANUP_INTERVAL_S, asyncore_use_poll=True, asyncore_loop_timeout=0.2)
+    server = create_server(
+        _make_app(metrics, health),
+        host=host,
+        port=port,
+        ident="detector",
+        threads=HTTP_THREADS,
+        connection_limit=HTTP_CONNECTION_LIMIT,
+        channel_timeout=HTTP_CHANNEL_TIMEOUT_S,
+        cleanup_interval=HTTP_CLEANUP_INTERVAL_S,
+        asyncore_use_poll=True,
+        asyncore_loop_timeout=0.2,
+    )
     thread = threading.Thread(target=server.run, name="metrics-http", daemon=True)
     thread.start()
     return MetricsServer(server, thread)

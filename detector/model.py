@@ -21,7 +21,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,24 +71,50 @@ class StreamAutoencoder(nn.Module):
     keep predicting a return that never comes, and a second change would hide in that error).
     """
 
-    def __init__(self, n_features: int, hidden_size: int, num_layers: int, cell: str, bottleneck: int, periods: Sequence[float] = (),
-                 level_halflife_s: float = 0.0):
+    def __init__(
+        self,
+        n_features: int,
+        hidden_size: int,
+        num_layers: int,
+        cell: str,
+        bottleneck: int,
+        periods: Sequence[float] = (),
+        level_halflife_s: float = 0.0,
+    ):
         super().__init__()
-        self.architecture = Architecture(n_features, hidden_size, num_layers, cell, bottleneck, tuple(float(p) for p in periods), float(level_halflife_s))  # type: ignore[arg-type]
+        self.architecture = Architecture(
+            n_features,
+            hidden_size,
+            num_layers,
+            cell,
+            bottleneck,
+            tuple(float(p) for p in periods),
+            float(level_halflife_s),
+        )  # type: ignore[arg-type]
         self._tracks_level = level_halflife_s > 0
         recurrent = nn.LSTM if cell == "lstm" else nn.GRU
         context = 2 * len(periods)
         self.encoder = recurrent(2 * n_features + context, hidden_size, num_layers, batch_first=True)
-        self.decoder = nn.Sequential(nn.Linear(hidden_size + context, bottleneck), nn.Tanh(), nn.Linear(bottleneck, n_features))
+        self.decoder = nn.Sequential(
+            nn.Linear(hidden_size + context, bottleneck), nn.Tanh(), nn.Linear(bottleneck, n_features)
+        )
         self.persistence = nn.Parameter(torch.ones(n_features))  # per-feature weight of the last value (learned)
         # Where a new entity starts: the average state of the fit data (set by `fit`), not zeros,
         # so that a fresh entity is judged fairly after a short warm-up.
         self.register_buffer("start_state", torch.zeros(self.state_size))
 
     @classmethod
-    def build(cls, arch: Architecture) -> "StreamAutoencoder":
+    def build(cls, arch: Architecture) -> StreamAutoencoder:
         """A network with the given architecture (fresh weights)."""
-        return cls(arch.n_features, arch.hidden_size, arch.num_layers, arch.cell, arch.bottleneck, arch.periods, arch.level_halflife_s)
+        return cls(
+            arch.n_features,
+            arch.hidden_size,
+            arch.num_layers,
+            arch.cell,
+            arch.bottleneck,
+            arch.periods,
+            arch.level_halflife_s,
+        )
 
     @property
     def state_size(self) -> int:
@@ -106,7 +132,13 @@ class StreamAutoencoder(nn.Module):
         """Start states for ``batch`` new entities (the fit data's average state)."""
         return self.start_state.expand(batch, -1).clone()
 
-    def step(self, x: torch.Tensor, state: torch.Tensor, when: torch.Tensor | None = None, elapsed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor,
+        when: torch.Tensor | None = None,
+        elapsed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step for a batch: reconstruct ``x`` (batch, features) from ``state`` and the time
         ``when`` of ``x`` (batch, epoch seconds; needed only with ``periods``), then absorb ``x``.
         ``elapsed`` (batch, seconds since each entity's previous message) is needed only with
@@ -118,7 +150,13 @@ class StreamAutoencoder(nn.Module):
         tracked = [self._next_level(x, level, elapsed)] if self._tracks_level else []
         return reconstruction, torch.cat([self._flatten(new_state), x, *tracked], dim=1)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor, when: torch.Tensor | None = None, elapsed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor,
+        when: torch.Tensor | None = None,
+        elapsed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct a whole window (batch, time, features); each step sees only the past (and
         the time of the step being reconstructed, ``when``: (batch, time) epoch seconds; with level
         tracking also ``elapsed``: (batch, time) seconds since the previous step).
@@ -136,7 +174,9 @@ class StreamAutoencoder(nn.Module):
         outputs, new_state = self.encoder(self._inputs(x, previous, before, context), recurrent_state)
         before_each_step = torch.cat([self._top_hidden(recurrent_state).unsqueeze(1), outputs[:, :-1]], dim=1)
         tracked = [level] if self._tracks_level else []
-        return self._decode(before_each_step, previous, before, context), torch.cat([self._flatten(new_state), x[:, -1], *tracked], dim=1)
+        return self._decode(before_each_step, previous, before, context), torch.cat(
+            [self._flatten(new_state), x[:, -1], *tracked], dim=1
+        )
 
     def _split(self, state: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """(recurrent state, last observation, level) of flat states; without level tracking the
@@ -152,7 +192,9 @@ class StreamAutoencoder(nn.Module):
         the entity's own timestamps. A new entity starts at the fit data's average level, not at its
         own first messages: a level guessed from a few noisy messages made new entities alert."""
         if elapsed is None:
-            raise ValueError("this model tracks each entity's level over time: the time since its previous message is required")
+            raise ValueError(
+                "this model tracks each entity's level over time: the time since its previous message is required"
+            )
         gap = torch.nan_to_num(elapsed.double().clamp(min=0.0), posinf=0.0).unsqueeze(-1)
         rate = (1.0 - torch.exp2(-gap / self.architecture.level_halflife_s)).float()
         return level + rate * (x - level)
@@ -175,12 +217,19 @@ class StreamAutoencoder(nn.Module):
         phase = torch.stack([torch.remainder(when.double(), p) * (2 * math.pi / p) for p in periods], dim=-1)
         return torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1).float()
 
-    def _inputs(self, x: torch.Tensor, previous: torch.Tensor, level: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _inputs(
+        self, x: torch.Tensor, previous: torch.Tensor, level: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
         """Encoder input: the value relative to the entity's level, clipped so out-of-range values
         cannot saturate it, the change, and the time context."""
-        return torch.cat([(x - level).clamp(-_INPUT_CLIP, _INPUT_CLIP), (x - previous).clamp(-_INPUT_CLIP, _INPUT_CLIP), context], dim=-1)
+        return torch.cat(
+            [(x - level).clamp(-_INPUT_CLIP, _INPUT_CLIP), (x - previous).clamp(-_INPUT_CLIP, _INPUT_CLIP), context],
+            dim=-1,
+        )
 
-    def _decode(self, hidden: torch.Tensor, previous: torch.Tensor, level: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _decode(
+        self, hidden: torch.Tensor, previous: torch.Tensor, level: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
         """Reconstruction: the entity's level, plus the decoder's output (from the state and the time
         context), plus a learned share of the last value's distance from that level."""
         return level + self.decoder(torch.cat([hidden, context], dim=-1)) + self.persistence * (previous - level)
@@ -226,7 +275,9 @@ class FittedModel:
     scoring: dict[str, Any]
     version: str
     info: dict[str, Any] = field(default_factory=dict)
-    feature_range: np.ndarray | None = None  # (2, features): the fit data's minimum and maximum (None: fitted before it was kept)
+    feature_range: np.ndarray | None = (
+        None  # (2, features): the fit data's minimum and maximum (None: fitted before it was kept)
+    )
 
 
 class ModelError(RuntimeError):
@@ -279,7 +330,9 @@ def load_model(directory: Path | str, features: list[str] | None = None) -> Fitt
             scoring=dict(meta["scoring"]),
             version=str(meta["version"]),
             info=dict(meta.get("info", {})),
-            feature_range=None if meta.get("feature_range") is None else np.asarray(meta["feature_range"], dtype=np.float64).reshape(2, -1),
+            feature_range=None
+            if meta.get("feature_range") is None
+            else np.asarray(meta["feature_range"], dtype=np.float64).reshape(2, -1),
         )
     except ModelError:
         raise
@@ -295,7 +348,9 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelError(f"model {directory}: {META_FILE} is not valid JSON ({error})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise ModelError(f"model {directory}: unsupported format {meta.get('format') if isinstance(meta, dict) else '?'} (want {FORMAT_VERSION})")
+        raise ModelError(
+            f"model {directory}: unsupported format {meta.get('format') if isinstance(meta, dict) else '?'} (want {FORMAT_VERSION})"
+        )
     return meta
 
 
@@ -304,4 +359,4 @@ def version_id(network: StreamAutoencoder, features: list[str]) -> str:
     digest = hashlib.sha256(json.dumps(features).encode())
     for tensor in network.state_dict().values():
         digest.update(tensor.detach().numpy().tobytes())
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:10]}"
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:10]}"

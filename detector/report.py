@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 if TYPE_CHECKING:
     from detector.fit import FitHistory
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["write_report"]
 
 
-def write_report(model: "FittedModel", history: "FitHistory", path: Path) -> Path:
+def write_report(model: FittedModel, history: FitHistory, path: Path) -> Path:
     """Draw the report to ``path`` (PNG)."""
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
     epochs = np.arange(1, len(history.train_loss) + 1)
@@ -32,7 +32,9 @@ def write_report(model: "FittedModel", history: "FitHistory", path: Path) -> Pat
     losses.legend()
     if len(history.heldout_scores):
         scores.hist(history.heldout_scores, bins=40, color="tab:blue", alpha=0.8)
-    scores.axvline(model.calibration.threshold_score, color="tab:red", label=f"threshold {model.calibration.threshold_score:.2f}")
+    scores.axvline(
+        model.calibration.threshold_score, color="tab:red", label=f"threshold {model.calibration.threshold_score:.2f}"
+    )
     scores.set(title=f"Held-out scores (n={len(history.heldout_scores)})", xlabel="score", ylabel="count")
     scores.legend()
     figure.suptitle(f"detector model {model.version}")

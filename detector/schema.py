@@ -28,7 +28,7 @@ import math
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -60,7 +60,9 @@ MAX_EPOCH_S = 253402300799.0  # 9999-12-31T23:59:59Z: the last second an ISO 860
 class DataError(ValueError):
     """A bad input file; ``str()`` is the one-line message the CLI prints, ``help`` what to do."""
 
-    def __init__(self, file: str, message: str, row: int | None = None, column: str | None = None, help: str | None = None):
+    def __init__(
+        self, file: str, message: str, row: int | None = None, column: str | None = None, help: str | None = None
+    ):
         where = f"{file}" + (f", row {row}" if row is not None else "") + (f", column {column!r}" if column else "")
         super().__init__(f"{where}: {message}")
         self.file, self.row, self.column, self.help = file, row, column, help
@@ -92,11 +94,17 @@ class Table:
         """
         missing = [f for f in features if f not in self.features]
         if missing:
-            raise DataError(name, f"feature schema mismatch: missing column{'s' if len(missing) > 1 else ''} "
-                                  f"{', '.join(map(repr, missing))} of the features {list(features)}", 1,
-                            help="give the file a column for each of the model's features (any order), or fit a model on this file")
+            raise DataError(
+                name,
+                f"feature schema mismatch: missing column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))} of the features {list(features)}",
+                1,
+                help="give the file a column for each of the model's features (any order), or fit a model on this file",
+            )
         columns = [self.features.index(f) for f in features]
-        return Table(self.timestamps, self.raw_timestamps, self.entities, list(features), self.values[:, columns], self.name)
+        return Table(
+            self.timestamps, self.raw_timestamps, self.entities, list(features), self.values[:, columns], self.name
+        )
 
     def first_out_of_order(self) -> tuple[int, int] | None:
         """(row, earlier row) of the first row older than its entity's previous row (row numbers
@@ -132,7 +140,7 @@ def parse_timestamp(value: Any) -> float:
         except ValueError:
             parsed = datetime.fromisoformat(value.strip())
             if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
+                parsed = parsed.replace(tzinfo=UTC)
             number = parsed.timestamp()
             if not 0 <= number <= MAX_EPOCH_S:
                 raise ValueError("timestamp must lie between 1970 and 9999") from None
@@ -167,7 +175,9 @@ def parse_csv(handle: IO[str], name: str, features: Sequence[str] | None = None)
     header = [column.strip() for column in next(reader, [])]
     present = _check_header(header, name)
     if features is not None:
-        Table([], [], None, present, np.empty((0, len(present))), name).with_features(features, name)  # names the missing ones
+        Table([], [], None, present, np.empty((0, len(present))), name).with_features(
+            features, name
+        )  # names the missing ones
     features = present if features is None else list(features)
     rows = list(reader)
     if not rows:
@@ -193,10 +203,19 @@ def _check_header(header: list[str], name: str) -> list[str]:
     if TIMESTAMP not in header:
         separator = _other_separator(header)
         if separator is not None:
-            raise DataError(name, f"the file looks {separator!r}-separated (header {','.join(header)!r}); the input is comma-separated", 1,
-                            help=f"write the file with ',' between fields, e.g. python -c \"import csv,sys; csv.writer(sys.stdout).writerows(csv.reader(sys.stdin, delimiter='{separator}'))\" < in.csv > out.csv")
-        raise DataError(name, f"missing column (the header has {header})", 1, TIMESTAMP,
-                        help="name the time column 'timestamp' (ISO 8601 or epoch seconds); columns may come in any order")
+            raise DataError(
+                name,
+                f"the file looks {separator!r}-separated (header {','.join(header)!r}); the input is comma-separated",
+                1,
+                help=f"write the file with ',' between fields, e.g. python -c \"import csv,sys; csv.writer(sys.stdout).writerows(csv.reader(sys.stdin, delimiter='{separator}'))\" < in.csv > out.csv",
+            )
+        raise DataError(
+            name,
+            f"missing column (the header has {header})",
+            1,
+            TIMESTAMP,
+            help="name the time column 'timestamp' (ISO 8601 or epoch seconds); columns may come in any order",
+        )
     duplicates = {c for c in header if header.count(c) > 1}
     if duplicates:
         raise DataError(name, "duplicate column", 1, sorted(duplicates)[0])
@@ -310,12 +329,21 @@ class Columns:
         """Columns of ``observations`` (``n_features`` shapes an empty batch)."""
         width = n_features if n_features is not None else (len(observations[0].values) if observations else 0)
         values = np.asarray([o.values for o in observations], dtype=np.float64).reshape(len(observations), width)
-        return cls([o.entity for o in observations], np.asarray([o.timestamp for o in observations], dtype=np.float64), values,
-                   [o.source for o in observations])
+        return cls(
+            [o.entity for o in observations],
+            np.asarray([o.timestamp for o in observations], dtype=np.float64),
+            values,
+            [o.source for o in observations],
+        )
 
     def observation(self, i: int) -> Observation:
         """Position ``i`` as an :class:`Observation`."""
-        return Observation(self.entities[i], float(self.timestamps[i]), self.values[i].tolist(), self.sources[i] if self.sources is not None else None)
+        return Observation(
+            self.entities[i],
+            float(self.timestamps[i]),
+            self.values[i].tolist(),
+            self.sources[i] if self.sources is not None else None,
+        )
 
 
 def parse_message(raw: bytes | None, key: bytes | None, features: Sequence[str], fields: MessageFields) -> Observation:
@@ -356,7 +384,11 @@ class MessageDecoder:
         self.features, self.fields = list(features), fields
         shape = msgspec.defstruct(
             "Message",
-            [("entity", str | int | None, None), ("timestamp", float | str | None, None), ("values", dict[str, float] | None, None)],
+            [
+                ("entity", str | int | None, None),
+                ("timestamp", float | str | None, None),
+                ("values", dict[str, float] | None, None),
+            ],
             rename={"entity": fields.entity, "timestamp": fields.timestamp, "values": fields.values},
         )
         self._decoder = msgspec.json.Decoder(shape)
@@ -378,7 +410,9 @@ class MessageDecoder:
         except Exception as error:  # a gap in the checks: still this message's dead letter
             raise BadMessage.unexpected(error) from None
 
-    def decode_many(self, raws: Sequence[bytes | None], keys: Sequence[bytes | None]) -> tuple[np.ndarray, Columns, list[tuple[int, BadMessage]]]:
+    def decode_many(
+        self, raws: Sequence[bytes | None], keys: Sequence[bytes | None]
+    ) -> tuple[np.ndarray, Columns, list[tuple[int, BadMessage]]]:
         """Validate a batch: (positions accepted, their columns, (position, reason) of the rest).
 
         The same verdicts as calling the decoder on each message. A batch of plain messages
@@ -422,7 +456,9 @@ class MessageDecoder:
         entities = [m.entity for m in messages]
         if any(e != e.strip() for e in entities):  # the careful path trims (a msgspec pattern cost ~1 us/msg)
             return None
-        values = np.array([astuple(m.values) for m in messages], dtype=np.float64).reshape(len(messages), len(self.features))
+        values = np.array([astuple(m.values) for m in messages], dtype=np.float64).reshape(
+            len(messages), len(self.features)
+        )
         return Columns(entities, timestamps, values)
 
     def _fast(self, raw: bytes | None, key: bytes | None) -> Observation | None:
@@ -438,7 +474,9 @@ class MessageDecoder:
             return None
         # msgspec floats are finite: NaN/Infinity are not JSON and out-of-range numbers fail to decode
         values = self._pick(message.values)
-        return Observation(entity, parse_timestamp(message.timestamp), list(values) if len(self.features) > 1 else [values])
+        return Observation(
+            entity, parse_timestamp(message.timestamp), list(values) if len(self.features) > 1 else [values]
+        )
 
 
 def _strict_shape(features: Sequence[str], fields: MessageFields) -> type:
@@ -447,16 +485,23 @@ def _strict_shape(features: Sequence[str], fields: MessageFields) -> type:
     NaN) number; other fields are ignored."""
     slots = [f"f{i}" for i in range(len(features))]
     values = msgspec.defstruct("Values", [(slot, float) for slot in slots], rename=dict(zip(slots, features)))
-    entity = Annotated[str, msgspec.Meta(min_length=1, max_length=fields.max_entity_chars)]  # untrimmed ones: see MessageDecoder._columnar
-    return msgspec.defstruct("PlainMessage", [("entity", entity), ("timestamp", float), ("values", values)],
-                             rename={"entity": fields.entity, "timestamp": fields.timestamp, "values": fields.values})
+    entity = Annotated[
+        str, msgspec.Meta(min_length=1, max_length=fields.max_entity_chars)
+    ]  # untrimmed ones: see MessageDecoder._columnar
+    return msgspec.defstruct(
+        "PlainMessage",
+        [("entity", entity), ("timestamp", float), ("values", values)],
+        rename={"entity": fields.entity, "timestamp": fields.timestamp, "values": fields.values},
+    )
 
 
 def _decode_json(raw: bytes) -> Any:
     """The JSON document; any failure (bad UTF-8, syntax, nesting too deep, an integer beyond
     Python's digit limit) is the message's ``not_json``."""
     try:
-        return json.loads(raw.decode("utf-8"))  # str: skips json's encoding detection (which lets lone surrogates through)
+        return json.loads(
+            raw.decode("utf-8")
+        )  # str: skips json's encoding detection (which lets lone surrogates through)
     except Exception as error:
         raise BadMessage("not_json", _shown(error)[:200], type(error).__name__) from None
 
@@ -473,7 +518,10 @@ def _message_entity(value: Any, key: bytes | None, fields: MessageFields) -> str
     if not entity:
         raise BadMessage("schema", f"field {fields.entity!r} missing or not a non-empty string (and no message key)")
     if len(entity) > fields.max_entity_chars:
-        raise BadMessage("schema", f"entity of {len(entity)} characters, more than stream.max_entity_chars ({fields.max_entity_chars})")
+        raise BadMessage(
+            "schema",
+            f"entity of {len(entity)} characters, more than stream.max_entity_chars ({fields.max_entity_chars})",
+        )
     try:
         entity.encode("utf-8")  # a lone surrogate ("\ud800") cannot become a Kafka key
     except UnicodeEncodeError:

@@ -66,7 +66,7 @@ from detector.model import FittedModel
 from detector.schema import Columns, Observation
 from detector.state import EntityStore
 
-__all__ = ["Contribution", "Decision", "Detector", "Outcomes", "NullCalibration", "null_calibration", "waves"]
+__all__ = ["Contribution", "Decision", "Detector", "NullCalibration", "Outcomes", "null_calibration", "waves"]
 
 _MIN_VAR = 1e-2  # floor of the baseline variance of the log score (std 0.1, as the calibration's)
 _TINY = 1e-9
@@ -98,7 +98,9 @@ class Decision:
     event: Literal["open", "close"] | None = None  # an alert opened or closed on this message
     top_features: list[Contribution] = field(default_factory=list)  # the largest contributors, for anomalous messages
     source: Any = None
-    opened_at: float | None = None  # on an event: when its alert opened (epoch s; None: unknown, opened before it was kept)
+    opened_at: float | None = (
+        None  # on an event: when its alert opened (epoch s; None: unknown, opened before it was kept)
+    )
 
 
 @dataclass
@@ -127,9 +129,17 @@ class Outcomes:
     def decision(self, i: int) -> Decision:
         source = self.batch.sources[i] if self.batch.sources is not None else None
         opened = self.opened_at.get(i)
-        return Decision(self.batch.entities[i], float(self.batch.timestamps[i]), float(self.score[i]), float(self.probability[i]),
-                        bool(self.is_anomaly[i]), self.events[i], self.top_features.get(i, []), source,
-                        None if opened is None or math.isnan(opened) else opened)
+        return Decision(
+            self.batch.entities[i],
+            float(self.batch.timestamps[i]),
+            float(self.score[i]),
+            float(self.probability[i]),
+            bool(self.is_anomaly[i]),
+            self.events[i],
+            self.top_features.get(i, []),
+            source,
+            None if opened is None or math.isnan(opened) else opened,
+        )
 
     def decisions(self) -> list[Decision]:
         return [self.decision(i) for i in range(len(self))]
@@ -143,7 +153,9 @@ class Detector:
     ``simulate_null=False``, ``1 - false_alarm_rate`` and a novelty peak starting at 0).
     """
 
-    def __init__(self, model: FittedModel, max_entities: int = 1_000_000, ttl_s: float = math.inf, simulate_null: bool = True):
+    def __init__(
+        self, model: FittedModel, max_entities: int = 1_000_000, ttl_s: float = math.inf, simulate_null: bool = True
+    ):
         self.model = model
         self.settings = ScoringSettings(**model.scoring)
         calibration = model.calibration
@@ -169,7 +181,9 @@ class Detector:
         self._delta = 1.0 - 2.0 ** (-1.0 / self.settings.likelihood_long_halflife)
         self._peak_decay = 2.0 ** (-1.0 / self.settings.novelty_halflife)
         # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
-        self._short_scale = math.sqrt(self._gamma / (2.0 - self._gamma)) if self.settings.likelihood_short_scaled else 1.0
+        self._short_scale = (
+            math.sqrt(self._gamma / (2.0 - self._gamma)) if self.settings.likelihood_short_scaled else 1.0
+        )
         # a value beyond its range by the tolerance scores this many fit-time standard deviations above the
         # calibration's median: its short-term average alone reaches the alert level
         self._range_z = self.settings.open_z / self._gamma
@@ -180,12 +194,19 @@ class Detector:
         """Score a single observation (convenience around :meth:`process`)."""
         return self.process([Observation(entity, timestamp, list(values))])[0]
 
-    def process(self, observations: Sequence[Observation], owner: int | Sequence[int] = 0, now: float | None = None) -> list[Decision]:
+    def process(
+        self, observations: Sequence[Observation], owner: int | Sequence[int] = 0, now: float | None = None
+    ) -> list[Decision]:
         """Score ``observations`` in order; one batched step per wave of distinct entities."""
         return self.process_columns(observations, owner, now).decisions()
 
-    def process_columns(self, batch: Columns | Sequence[Observation], owner: int | Sequence[int] = 0, now: float | None = None,
-                        drop_stale: bool = False) -> Outcomes:
+    def process_columns(
+        self,
+        batch: Columns | Sequence[Observation],
+        owner: int | Sequence[int] = 0,
+        now: float | None = None,
+        drop_stale: bool = False,
+    ) -> Outcomes:
         """:meth:`process` with columns in and out (cheaper for large batches).
 
         ``drop_stale``: a message older than its entity's last one is not stepped but marked in
@@ -201,7 +222,9 @@ class Detector:
         n = len(columns)
         owners = np.broadcast_to(np.asarray(owner, dtype=np.int32), (n,))
         now = time.time() if now is None else now
-        out = Outcomes(columns, np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool), [None] * n, {}, np.zeros(n, dtype=bool), {})
+        out = Outcomes(
+            columns, np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool), [None] * n, {}, np.zeros(n, dtype=bool), {}
+        )
         for wave in waves(columns.entities):
             entities = columns.entities if len(wave) == n else [columns.entities[i] for i in wave]
             slots = self.store.slots_for(entities, owners[wave], now)
@@ -217,7 +240,9 @@ class Detector:
             out.top_features.update((int(wave[i]), top) for i, top in tops.items())
         return out
 
-    def _drop_stale(self, out: Outcomes, wave: np.ndarray, slots: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _drop_stale(
+        self, out: Outcomes, wave: np.ndarray, slots: np.ndarray, timestamps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mark the wave's messages older than their entity's last one; (wave, slots, timestamps) of the rest."""
         last = self.store.fields["last_ts"][slots]
         stale = timestamps < last
@@ -228,7 +253,9 @@ class Detector:
         keep = ~stale
         return wave[keep], slots[keep], timestamps[keep]
 
-    def _step(self, slots: np.ndarray, values: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
+    def _step(
+        self, slots: np.ndarray, values: np.ndarray, timestamps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
         """One batched step of distinct entities' slots: (scores, probabilities, is_anomaly, events
         with their alert's opening time and top features by position in the step)."""
         standardised = (values.astype(np.float32) - self._mean) / self._scale
@@ -236,7 +263,9 @@ class Detector:
         index = torch.from_numpy(slots)
         elapsed = self._elapsed(slots, timestamps)
         with torch.inference_mode():
-            reconstruction, new_state = self.model.network.step(x, self.store.rnn[index], torch.from_numpy(timestamps), torch.from_numpy(elapsed))
+            reconstruction, new_state = self.model.network.step(
+                x, self.store.rnn[index], torch.from_numpy(timestamps), torch.from_numpy(elapsed)
+            )
         self.store.rnn[index] = new_state
         errors = (x - reconstruction).double().numpy() / self.model.residual_scale
         warm = self.store.fields["steps"][slots] >= self.settings.warmup_steps  # past the warm-up transient
@@ -250,7 +279,10 @@ class Detector:
             errors, scores = np.where((judged > scores)[:, None], beyond, errors), judged
         anomalous = np.flatnonzero(is_anomaly)
         if len(anomalous):  # what the model expected, in the data's units
-            expected = reconstruction[torch.from_numpy(anomalous)].double().numpy() * self.model.feature_scale + self.model.feature_mean
+            expected = (
+                reconstruction[torch.from_numpy(anomalous)].double().numpy() * self.model.feature_scale
+                + self.model.feature_mean
+            )
             tops = {i: self._top(errors[i], values[i], row) for i, row in zip(anomalous.tolist(), expected)}
         else:
             tops = {}
@@ -265,8 +297,15 @@ class Detector:
         persistent = np.sqrt(np.mean((smoothed * self._smooth_norm) ** 2, axis=1))
         return np.maximum(instant, persistent)
 
-    def _decide(self, slots: np.ndarray, scores: np.ndarray, judged: np.ndarray | None, timestamps: np.ndarray, elapsed: np.ndarray,
-                warm: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[Literal["open", "close"], float]]]:
+    def _decide(
+        self,
+        slots: np.ndarray,
+        scores: np.ndarray,
+        judged: np.ndarray | None,
+        timestamps: np.ndarray,
+        elapsed: np.ndarray,
+        warm: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[Literal["open", "close"], float]]]:
         """Open on the fast likelihood (reported as ``probability``), close on the slow baseline
         after as many calm messages as the alert has had anomalous ones, at most ``close_after``:
         (probability, is_anomaly, events with their alert's opening time). ``is_anomaly`` marks the message that opens an alert and,
@@ -298,17 +337,32 @@ class Detector:
         opening = ~was_open & warm & rising & (probability >= self.threshold)
         closing = was_open & (calm >= np.minimum(settings.close_after, evidence))
         is_open = (was_open | opening) & ~closing
-        fields["alert_open"][slots], fields["calm"][slots], fields["steps"][slots] = is_open, np.where(is_open, calm, 0), steps + 1
+        fields["alert_open"][slots], fields["calm"][slots], fields["steps"][slots] = (
+            is_open,
+            np.where(is_open, calm, 0),
+            steps + 1,
+        )
         fields["evidence"][slots] = np.where(is_open, evidence, 0)
         opened_at = np.where(opening, timestamps, fields["opened_ts"][slots])
         fields["opened_ts"][slots] = np.where(is_open, opened_at, np.nan)
-        events: dict[int, tuple[Literal["open", "close"], float]] = {i: ("open", float(opened_at[i])) for i in np.flatnonzero(opening).tolist()}
+        events: dict[int, tuple[Literal["open", "close"], float]] = {
+            i: ("open", float(opened_at[i])) for i in np.flatnonzero(opening).tolist()
+        }
         events.update((i, ("close", float(opened_at[i]))) for i in np.flatnonzero(closing).tolist())
         sustained = is_open & (evidence >= settings.close_after) & beyond_level
         return probability, opening | sustained, events
 
-    def _likelihood(self, slots: np.ndarray, log_score: np.ndarray, log_judged: np.ndarray, new: np.ndarray, warm: np.ndarray,
-                    usual: np.ndarray | None, rising: np.ndarray | None = None, alert_open: np.ndarray | None = None) -> np.ndarray:
+    def _likelihood(
+        self,
+        slots: np.ndarray,
+        log_score: np.ndarray,
+        log_judged: np.ndarray,
+        new: np.ndarray,
+        warm: np.ndarray,
+        usual: np.ndarray | None,
+        rising: np.ndarray | None = None,
+        alert_open: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Numenta-style anomaly likelihood: a short-term average of the log score judged against
         the entity's longer-term (unclipped) mean and variance of it, against the fit-time
         distribution and, if given, against ``usual`` (the entity's usual log score at this time of
@@ -329,7 +383,9 @@ class Detector:
         spread = np.sqrt(var) * self._short_scale
 
         def z_of(fast: np.ndarray) -> np.ndarray:
-            z = np.minimum((fast - mean) / spread, (fast - calibration.log_mean) / (calibration.log_std * self._short_scale))
+            z = np.minimum(
+                (fast - mean) / spread, (fast - calibration.log_mean) / (calibration.log_std * self._short_scale)
+            )
             return z if usual is None else np.minimum(z, (fast - usual) / spread)
 
         fast = before + self._gamma * (log_score - before)
@@ -341,7 +397,9 @@ class Detector:
         fields["long_var"][slots] = np.maximum((1 - self._delta) * (var + self._delta * delta**2), _MIN_VAR)
         return _normal_cdf(self._novelty(slots, judged, learned, warm, rising, alert_open))
 
-    def _seasonal(self, slots: np.ndarray, log_score: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, warm: np.ndarray) -> np.ndarray | None:
+    def _seasonal(
+        self, slots: np.ndarray, log_score: np.ndarray, timestamps: np.ndarray, elapsed: np.ndarray, warm: np.ndarray
+    ) -> np.ndarray | None:
         """The entity's usual log score in the time-of-day bin of each message (before this one),
         then that memory updated (where ``warm``, after the warm-up): an exponentially weighted mean with half-life
         ``seasonal_halflife_days`` of the bin's own time, so it means the same at any message rate.
@@ -362,8 +420,15 @@ class Detector:
         memory[slots, column] = usual + weight * (log_score - usual)
         return usual
 
-    def _novelty(self, slots: np.ndarray, z: np.ndarray, learned: np.ndarray, warm: np.ndarray, rising: np.ndarray | None = None,
-                 alert_open: np.ndarray | None = None) -> np.ndarray:
+    def _novelty(
+        self,
+        slots: np.ndarray,
+        z: np.ndarray,
+        learned: np.ndarray,
+        warm: np.ndarray,
+        rising: np.ndarray | None = None,
+        alert_open: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Discount ``z`` by ``novelty_discount`` unless it exceeds the entity's decaying recent peak.
 
         An event is reported by the message that first reaches its level, not by every message while
@@ -390,9 +455,13 @@ class Detector:
         still lags) is discounted too.
         """
         margin, peak = self.settings.novelty_margin, self.store.fields["peak"][slots]
-        bar = peak if alert_open is None else peak + np.where(alert_open, margin, 0.0)  # an open alert's event is reported
+        bar = (
+            peak if alert_open is None else peak + np.where(alert_open, margin, 0.0)
+        )  # an open alert's event is reported
         novel = z > bar if rising is None else (z > bar) & rising
-        raised = np.where(learned > peak, np.minimum(learned + margin, np.maximum(learned, self.settings.open_z)), learned)
+        raised = np.where(
+            learned > peak, np.minimum(learned + margin, np.maximum(learned, self.settings.open_z)), learned
+        )
         raised = np.maximum(raised, peak * self._peak_decay)
         self.store.fields["peak"][slots] = np.where(warm, raised, peak)
         discount = self.settings.novelty_discount
@@ -434,7 +503,9 @@ class Detector:
             return None
         calibration = self.model.calibration
         grade = np.maximum(widths / max(tolerance, _TINY), 1.0)
-        range_score = np.exp(calibration.log_mean + calibration.log_std * self._range_z * np.minimum(grade, _RANGE_GRADE_CAP))
+        range_score = np.exp(
+            calibration.log_mean + calibration.log_std * self._range_z * np.minimum(grade, _RANGE_GRADE_CAP)
+        )
         range_score *= np.maximum(grade / _RANGE_GRADE_CAP, 1.0)
         return np.where(out_of_range, np.maximum(scores, range_score), scores)
 
@@ -450,7 +521,15 @@ class Detector:
         elapsed = np.clip(timestamps - self.store.fields["last_ts"][slots], 0.0, np.inf)
         return np.nan_to_num(elapsed, posinf=0.0)
 
-    def _update_baseline(self, slots: np.ndarray, log_score: np.ndarray, mean: np.ndarray, var: np.ndarray, warm: np.ndarray, rate: np.ndarray) -> None:
+    def _update_baseline(
+        self,
+        slots: np.ndarray,
+        log_score: np.ndarray,
+        mean: np.ndarray,
+        var: np.ndarray,
+        warm: np.ndarray,
+        rate: np.ndarray,
+    ) -> None:
         """Exponentially weighted mean/variance of the log score, fed deviations clipped to
         ``baseline_clip`` standard deviations (skipped during warm-up).
 
@@ -469,7 +548,12 @@ class Detector:
         squared = errors**2
         shares = squared / max(float(squared.sum()), _TINY)
         order = np.argsort(-shares)[: self.settings.top_features]
-        return [Contribution(self.model.features[i], round(float(shares[i]), 4), float(values[i]), round(float(expected[i]), 6)) for i in order]
+        return [
+            Contribution(
+                self.model.features[i], round(float(shares[i]), 4), float(values[i]), round(float(expected[i]), 6)
+            )
+            for i in order
+        ]
 
 
 def waves(entities: Sequence[str]) -> list[np.ndarray]:
@@ -553,4 +637,6 @@ def _simulate_null(model: FittedModel, settings: ScoringSettings) -> NullCalibra
             start_peak = float(np.median(simulator.store.fields["peak"][slots]))
         if step >= burn_in:
             probabilities.append(probability)
-    return NullCalibration(float(np.quantile(np.concatenate(probabilities), 1.0 - settings.false_alarm_rate)), start_peak)
+    return NullCalibration(
+        float(np.quantile(np.concatenate(probabilities), 1.0 - settings.false_alarm_rate)), start_peak
+    )

@@ -37,7 +37,9 @@ class StartupError(Exception):
     """A set-up mistake found before consuming; the message is one line (plus a help line)."""
 
 
-def wait_for_broker(client_config: dict[str, Any], stop: threading.Event, health: Health, retry_s: float = RETRY_EVERY_S) -> KafkaAdminClient | None:
+def wait_for_broker(
+    client_config: dict[str, Any], stop: threading.Event, health: Health, retry_s: float = RETRY_EVERY_S
+) -> KafkaAdminClient | None:
     """An admin client once the bootstrap servers answer; None if ``stop`` is set first."""
     servers = ",".join(client_config["bootstrap_servers"])
     failed_since: float | None = None
@@ -48,13 +50,20 @@ def wait_for_broker(client_config: dict[str, Any], stop: threading.Event, health
         except _UNREACHABLE as error:
             if failed_since is None:
                 failed_since = time.monotonic()
-                log.error("kafka.unreachable", bootstrap_servers=servers, error=repr(error), retry_every_s=retry_s,
-                          note="retrying until the broker answers; /readyz answers 503 meanwhile")
+                log.error(
+                    "kafka.unreachable",
+                    bootstrap_servers=servers,
+                    error=repr(error),
+                    retry_every_s=retry_s,
+                    note="retrying until the broker answers; /readyz answers 503 meanwhile",
+                )
             health.set_ready(False, f"broker {servers} unreachable")
             stop.wait(retry_s)
             continue
         except kafka_errors.KafkaError as error:
-            raise StartupError(f"the broker at {servers} refused the connection: {error}\nhelp: check kafka.security_protocol and the SSL/SASL settings") from error
+            raise StartupError(
+                f"the broker at {servers} refused the connection: {error}\nhelp: check kafka.security_protocol and the SSL/SASL settings"
+            ) from error
         if failed_since is not None:
             log.info("kafka.reachable", bootstrap_servers=servers, waited_s=round(time.monotonic() - failed_since, 1))
         return admin
@@ -74,7 +83,11 @@ def check_topics(admin: KafkaAdminClient, kafka: KafkaSettings) -> list[str]:
     with ``kafka.create_topics`` missing ones are created first. Returns the topics created."""
     roles = output_topics(kafka)
     described = {t["name"]: t for t in admin.describe_topics(list(roles))}
-    missing = [name for name in roles if described.get(name, {}).get("error_code", 3) == kafka_errors.UnknownTopicOrPartitionError.errno]
+    missing = [
+        name
+        for name in roles
+        if described.get(name, {}).get("error_code", 3) == kafka_errors.UnknownTopicOrPartitionError.errno
+    ]
     if missing and kafka.create_topics:
         _create(admin, {name: roles[name] for name in missing})
         described.update({t["name"]: t for t in admin.describe_topics(missing)})
@@ -87,7 +100,9 @@ def _create(admin: KafkaAdminClient, roles: dict[str, str]) -> None:
     for name, role in roles.items():
         configs = {"cleanup.policy": "compact"} if role == "checkpoint" else {}
         try:
-            admin.create_topics({name: {"num_partitions": 1, "replication_factor": -1, "configs": configs}}, wait_for_metadata=True)
+            admin.create_topics(
+                {name: {"num_partitions": 1, "replication_factor": -1, "configs": configs}}, wait_for_metadata=True
+            )
         except kafka_errors.TopicAlreadyExistsError:
             continue  # another replica created it meanwhile
         except kafka_errors.KafkaError as error:
@@ -98,11 +113,19 @@ def _create(admin: KafkaAdminClient, roles: dict[str, str]) -> None:
 def _check_one(name: str, role: str, description: dict[str, Any]) -> None:
     code = description.get("error_code", kafka_errors.UnknownTopicOrPartitionError.errno)
     if code == kafka_errors.UnknownTopicOrPartitionError.errno:
-        raise StartupError(f"{role} topic {name!r} does not exist\nhelp: create it, or set kafka.create_topics = true to let the service create it")
+        raise StartupError(
+            f"{role} topic {name!r} does not exist\nhelp: create it, or set kafka.create_topics = true to let the service create it"
+        )
     if code == kafka_errors.TopicAuthorizationFailedError.errno:
-        raise StartupError(f"{role} topic {name!r}: not authorised to describe it\nhelp: grant the service's principal DESCRIBE and WRITE on the topic")
+        raise StartupError(
+            f"{role} topic {name!r}: not authorised to describe it\nhelp: grant the service's principal DESCRIBE and WRITE on the topic"
+        )
     if code:
         raise StartupError(f"{role} topic {name!r}: the broker answered {kafka_errors.for_code(code).__name__}")
-    operations = set(description.get("authorized_operations") or ())  # names kafka-python decodes; empty when the broker does not report them
+    operations = set(
+        description.get("authorized_operations") or ()
+    )  # names kafka-python decodes; empty when the broker does not report them
     if operations and not operations & {"WRITE", "ALL"}:
-        raise StartupError(f"{role} topic {name!r}: not authorised to write to it\nhelp: grant the service's principal WRITE on the topic")
+        raise StartupError(
+            f"{role} topic {name!r}: not authorised to write to it\nhelp: grant the service's principal WRITE on the topic"
+        )

@@ -60,7 +60,16 @@ _ADDED_LATER = ("evidence", "seasonal", "range_low", "range_high", "opened_ts")
 _RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.nan, "opened_ts": np.nan}
 
 
-_FINITE = ("base_mean", "base_var", "fast_mean", "long_mean", "long_var", "peak", "error_ewma", "seasonal")  # finite in any state
+_FINITE = (
+    "base_mean",
+    "base_var",
+    "fast_mean",
+    "long_mean",
+    "long_var",
+    "peak",
+    "error_ewma",
+    "seasonal",
+)  # finite in any state
 _NON_NEGATIVE = ("base_var", "long_var", "steps", "calm", "evidence")
 
 
@@ -105,14 +114,26 @@ class EntityStore:
         self.rnn = torch.zeros(capacity, state_size)
         self.fields = {name: np.zeros(capacity, dtype=kind) for name, kind in FIELDS.items()}
         self.fields["error_ewma"] = np.zeros((capacity, n_features))  # smoothed per-feature error
-        self.fields["seasonal"] = np.zeros((capacity, seasonal_bins), dtype=np.float32)  # usual log score per time-of-day bin
+        self.fields["seasonal"] = np.zeros(
+            (capacity, seasonal_bins), dtype=np.float32
+        )  # usual log score per time-of-day bin
         # where a new entity's range starts (the fit data's); unbounded when unknown
-        self.start_range = start_range or (np.full(n_features, -np.inf, np.float32), np.full(n_features, np.inf, np.float32))
+        self.start_range = start_range or (
+            np.full(n_features, -np.inf, np.float32),
+            np.full(n_features, np.inf, np.float32),
+        )
         for name in ("range_low", "range_high"):
             self.fields[name] = np.zeros((capacity, n_features), dtype=np.float32)
-        self._fresh_values = {"base_mean": baseline[0], "seasonal": baseline[0], "base_var": baseline[1], "last_ts": -np.inf,
-                              "range_low": self.start_range[0], "range_high": self.start_range[1], "peak": start_peak,
-                              "opened_ts": np.nan}
+        self._fresh_values = {
+            "base_mean": baseline[0],
+            "seasonal": baseline[0],
+            "base_var": baseline[1],
+            "last_ts": -np.inf,
+            "range_low": self.start_range[0],
+            "range_high": self.start_range[1],
+            "peak": start_peak,
+            "opened_ts": np.nan,
+        }
         self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self.evictions = {"ttl": 0, "capacity": 0}
@@ -162,8 +183,12 @@ class EntityStore:
         distinct = list(dict.fromkeys(entities))
         known = [e for e in distinct if e in index]
         slots = np.fromiter(map(index.__getitem__, known), dtype=np.int64, count=len(known))
-        return Snapshot(known, [e for e in distinct if e not in index], self.rnn[torch.from_numpy(slots)],
-                        {name: array[slots] for name, array in self.fields.items()})  # fancy indexing copies
+        return Snapshot(
+            known,
+            [e for e in distinct if e not in index],
+            self.rnn[torch.from_numpy(slots)],
+            {name: array[slots] for name, array in self.fields.items()},
+        )  # fancy indexing copies
 
     def roll_back(self, snapshot: Snapshot) -> None:
         """Put the states of a :meth:`snapshot` back: its new entities are forgotten, its known ones
@@ -311,7 +336,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def _load_payload(blob: bytes, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int) -> dict:
+def _load_payload(
+    blob: bytes, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int
+) -> dict:
     """The checkpoint's tensors, checked against this store (``state_size``, ``tag``, the ``widths``
     of its two-dimensional fields, ``max_entities``) and for values no state can hold (NaN, a
     negative count); raises :class:`CheckpointError`. Nothing is trusted before it is checked."""
@@ -325,19 +352,30 @@ def _load_payload(blob: bytes, state_size: int, tag: str, widths: dict[str, tupl
     return payload
 
 
-def _payload_problem(payload: object, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int) -> str:
+def _payload_problem(
+    payload: object, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int
+) -> str:
     """What makes a loaded checkpoint unusable ("" when nothing does)."""
     if not isinstance(payload, dict):
         return f"checkpoint is a {type(payload).__name__}, not a dict"
     if payload.get("tag", "") != tag:
         return f"checkpoint is for {payload.get('tag')!r}, not {tag!r}"
     entities = payload.get("entities")
-    if not isinstance(entities, list) or not all(isinstance(e, str) for e in entities) or len(set(entities)) != len(entities):
+    if (
+        not isinstance(entities, list)
+        or not all(isinstance(e, str) for e in entities)
+        or len(set(entities)) != len(entities)
+    ):
         return "checkpoint entities are not a list of distinct names"
     if len(entities) > max_entities:
         return f"checkpoint holds {len(entities)} entities, more than max_entities ({max_entities})"
     rnn = payload.get("rnn")
-    if not isinstance(rnn, torch.Tensor) or rnn.ndim != 2 or rnn.shape[1] != state_size or rnn.shape[0] != len(entities):
+    if (
+        not isinstance(rnn, torch.Tensor)
+        or rnn.ndim != 2
+        or rnn.shape[1] != state_size
+        or rnn.shape[0] != len(entities)
+    ):
         return f"checkpoint shapes do not match this model (state size {state_size})"
     if not torch.isfinite(rnn).all():
         return "checkpoint recurrent states are not finite"

@@ -93,7 +93,7 @@ def _count(fetched: list[_Fetched]) -> int:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, service: "Service"):
+    def __init__(self, service: Service):
         self.service = service
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
@@ -112,7 +112,13 @@ class Service:
         self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
         self.detector = Detector(model, max_entities=settings.stream.max_entities, ttl_s=settings.stream.entity_ttl_s)
         stream = settings.stream
-        fields = MessageFields(stream.entity_field, stream.timestamp_field, stream.values_field, stream.max_message_bytes, stream.max_entity_chars)
+        fields = MessageFields(
+            stream.entity_field,
+            stream.timestamp_field,
+            stream.values_field,
+            stream.max_message_bytes,
+            stream.max_entity_chars,
+        )
         self._guard = BatchGuard(MessageDecoder(model.features, fields), self.detector, stream.max_future_skew_s)
         self._stop = threading.Event()
         self._pending: list[_Fetched] = []
@@ -129,7 +135,9 @@ class Service:
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of each partition's last checkpoint
         self._checkpoint_queue: list[TopicPartition] = []  # partitions due for their periodic checkpoint
         self._commit_in_flight: _Commit | None = None
-        self._unacknowledged: set[TopicPartition] = set()  # states advanced by a batch whose outputs were not acknowledged
+        self._unacknowledged: set[TopicPartition] = (
+            set()
+        )  # states advanced by a batch whose outputs were not acknowledged
         self._commit_retry: dict[TopicPartition, int] = {}  # offsets whose commit failed
         self._last_checkpoint = time.monotonic()
         self._last_housekeeping = float("-inf")
@@ -151,8 +159,14 @@ class Service:
             return 0
         self._connect()
         _freeze_startup_objects()
-        log.info("service.start", version=__version__, model_version=self.model.version, topics=self.settings.kafka.input_topics, group=self.settings.kafka.group_id,
-                 alert_probability=round(self.detector.threshold, 4))
+        log.info(
+            "service.start",
+            version=__version__,
+            model_version=self.model.version,
+            topics=self.settings.kafka.input_topics,
+            group=self.settings.kafka.group_id,
+            alert_probability=round(self.detector.threshold, 4),
+        )
         code = 0
         try:
             while not self._stop.is_set():
@@ -161,16 +175,29 @@ class Service:
                 self._process_batch()
                 self._housekeeping()
         except PublishFatal as error:
-            log.error("publish.fatal", error=repr(error.error), reason=error.reason, partitions_held_back=_names(self._unacknowledged),
-                      note="nothing past the last acknowledged batch is committed or checkpointed; it is processed again after a restart")
+            log.error(
+                "publish.fatal",
+                error=repr(error.error),
+                reason=error.reason,
+                partitions_held_back=_names(self._unacknowledged),
+                note="nothing past the last acknowledged batch is committed or checkpointed; it is processed again after a restart",
+            )
             code = 1
         except KafkaError as error:
-            log.error("stream.kafka_failed", error=repr(error), partitions_held_back=_names(self._unacknowledged),
-                      note="nothing past the last acknowledged batch is committed or checkpointed; it is processed again after a restart")
+            log.error(
+                "stream.kafka_failed",
+                error=repr(error),
+                partitions_held_back=_names(self._unacknowledged),
+                note="nothing past the last acknowledged batch is committed or checkpointed; it is processed again after a restart",
+            )
             code = 1
         except StoppedUnacknowledged as error:
-            log.warning("service.stopped_unacknowledged", error=str(error), partitions_held_back=_names(self._unacknowledged),
-                        note="the batch in hand is processed again after a restart")
+            log.warning(
+                "service.stopped_unacknowledged",
+                error=str(error),
+                partitions_held_back=_names(self._unacknowledged),
+                note="the batch in hand is processed again after a restart",
+            )
         finally:
             self._shutdown()
             gc.unfreeze()  # a process running services one after another (tests) gets them collected again
@@ -208,7 +235,9 @@ class Service:
         kafka = self.settings.kafka
         self.producer = KafkaProducer(**producer_config(kafka))
         self.publisher = Publisher(self.producer)
-        self.checkpoints = CheckpointStore(self.producer, kafka.checkpoint_topic, kafka.group_id, kafka_client_config(kafka))
+        self.checkpoints = CheckpointStore(
+            self.producer, kafka.checkpoint_topic, kafka.group_id, kafka_client_config(kafka)
+        )
         self.consumer = KafkaConsumer(**consumer_config(kafka))
         check_internals(self.consumer)
         self.consumer.subscribe(kafka.input_topics, listener=_Rebalance(self))
@@ -286,7 +315,12 @@ class Service:
         chunk = np.repeat(np.arange(len(pending)), [len(f.records) for f in pending])  # record position -> its _Fetched
         live = self._live(pending)
         owners = np.fromiter((self._owners[f.tp] for f in pending), dtype=np.int32, count=len(pending))[chunk]
-        guarded = self._guard.score([r.value for r in records], [r.key for r in records], owners, drop_stale=self.settings.stream.reject_out_of_order)
+        guarded = self._guard.score(
+            [r.value for r in records],
+            [r.key for r in records],
+            owners,
+            drop_stale=self.settings.stream.reject_out_of_order,
+        )
         accepted, outcomes, dead = guarded.accepted, guarded.outcomes, guarded.refused
         self.metrics.observe_batch(len(outcomes), guarded.step_seconds)
         dead.extend(self._stale(outcomes, accepted))
@@ -304,21 +338,47 @@ class Service:
     @staticmethod
     def _stale(outcomes: Outcomes, accepted: np.ndarray) -> list[Refused]:
         """The messages refused as older than their entity's last."""
-        return [Refused(int(accepted[i]), BadMessage("stale_timestamp", f"timestamp {outcomes.batch.timestamps[i]} older than the entity's last {previous}"), "validate")
-                for i, previous in sorted(outcomes.previous.items())]
+        return [
+            Refused(
+                int(accepted[i]),
+                BadMessage(
+                    "stale_timestamp",
+                    f"timestamp {outcomes.batch.timestamps[i]} older than the entity's last {previous}",
+                ),
+                "validate",
+            )
+            for i, previous in sorted(outcomes.previous.items())
+        ]
 
     def _live(self, pending: list[_Fetched]) -> np.ndarray:
         """Per record: new (True) rather than replayed to rebuild state (no outputs)."""
         if not self._replay_until:
             return np.ones(_count(pending), dtype=bool)
-        parts = [np.fromiter((r.offset >= self._replay_until.get(f.tp, -1) for r in f.records), dtype=bool, count=len(f.records)) for f in pending]
+        parts = [
+            np.fromiter(
+                (r.offset >= self._replay_until.get(f.tp, -1) for r in f.records), dtype=bool, count=len(f.records)
+            )
+            for f in pending
+        ]
         return np.concatenate(parts)
 
-    def _publish_alerts(self, pending: list[_Fetched], records: list[Any], chunk: np.ndarray, accepted: np.ndarray, outcomes: Outcomes, scored: np.ndarray) -> list[Refused]:
+    def _publish_alerts(
+        self,
+        pending: list[_Fetched],
+        records: list[Any],
+        chunk: np.ndarray,
+        accepted: np.ndarray,
+        outcomes: Outcomes,
+        scored: np.ndarray,
+    ) -> list[Refused]:
         """Publish the scored messages' records; a message whose records cannot be built is
         unmarked in ``scored`` and returned for the dead-letter topic."""
         scores_topic, alert_topic = self.settings.kafka.scores_topic, self.settings.kafka.alert_topic
-        positions = np.flatnonzero(scored) if scores_topic else [i for i, event in enumerate(outcomes.events) if event and scored[i]]
+        positions = (
+            np.flatnonzero(scored)
+            if scores_topic
+            else [i for i, event in enumerate(outcomes.events) if event and scored[i]]
+        )
         failed: list[Refused] = []
         for i in positions:
             position = int(accepted[i])
@@ -328,7 +388,9 @@ class Service:
                 source = Source(tp.topic, tp.partition, records[position].offset)
                 built = [(scores_topic, score_record(decision, source))] if scores_topic else []
                 if decision.event:
-                    built.append((alert_topic, alert_record(decision, self.detector.threshold, self.model.version, source)))
+                    built.append(
+                        (alert_topic, alert_record(decision, self.detector.threshold, self.model.version, source))
+                    )
             except Exception as error:  # one message's output, never the loop
                 scored[i] = False
                 failed.append(Refused(position, BadMessage.unexpected(error), "output"))
@@ -339,12 +401,16 @@ class Service:
                 self.metrics.alert(decision.event)
         return failed
 
-    def _publish_dead_letters(self, pending: list[_Fetched], records: list[Any], chunk: np.ndarray, dead: list[Refused]) -> None:
+    def _publish_dead_letters(
+        self, pending: list[_Fetched], records: list[Any], chunk: np.ndarray, dead: list[Refused]
+    ) -> None:
         """Each refused message's record, as it came, to the dead-letter topic (see :mod:`detector.deadletter`)."""
         topic, max_bytes = self.settings.kafka.dead_letter_topic, self.settings.stream.dead_letter_max_bytes
         for position, error, stage in dead:
             tp, record = pending[chunk[position]].tp, records[position]
-            context = Context(tp.topic, tp.partition, record.offset, getattr(record, "timestamp", None), stage, self.model.version)
+            context = Context(
+                tp.topic, tp.partition, record.offset, getattr(record, "timestamp", None), stage, self.model.version
+            )
             try:
                 letter = dead_letter(record.key, record.value, getattr(record, "headers", None), error, context)
             except Exception:  # unusable input headers: the letter goes without them
@@ -355,11 +421,21 @@ class Service:
             self._last_dead_letter_log = time.monotonic()
             position, error, _ = dead[-1]
             tp = pending[chunk[position]].tp
-            log.warning("stream.dead_letters", count=len(dead), example_reason=error.reason, example_detail=error.detail[:200], topic=tp.topic, partition=tp.partition, offset=records[position].offset)
+            log.warning(
+                "stream.dead_letters",
+                count=len(dead),
+                example_reason=error.reason,
+                example_detail=error.detail[:200],
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=records[position].offset,
+            )
 
     def _confirm(self) -> None:
         """Wait for the broker to acknowledge the batch's outputs (see :mod:`detector.delivery`)."""
-        confirm_until_acknowledged(self.publisher, self.settings.kafka.request_timeout_ms / 1000, self._stop, self.metrics)
+        confirm_until_acknowledged(
+            self.publisher, self.settings.kafka.request_timeout_ms / 1000, self._stop, self.metrics
+        )
 
     def _commit(self, partitions: Iterable[TopicPartition], wait: bool = False) -> None:
         """Commit the processed offsets of ``partitions`` (their alerts are acknowledged already).
@@ -377,7 +453,11 @@ class Service:
         self._commit_retry = {}
         # a partition replaying up to its committed offset must not move that offset back: a
         # crash meanwhile would have the next owner publish everything after it a second time
-        offsets = {tp: offset for tp, offset in offsets.items() if tp in self._assigned and offset > self._replay_until.get(tp, -1)}
+        offsets = {
+            tp: offset
+            for tp, offset in offsets.items()
+            if tp in self._assigned and offset > self._replay_until.get(tp, -1)
+        }
         if not offsets:
             return
         request = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
@@ -404,7 +484,12 @@ class Service:
 
     def _commit_failed(self, offsets: dict[TopicPartition, int], error: BaseException) -> None:
         self.metrics.commit_failed()
-        log.warning("stream.commit_failed", error=repr(error), partitions=len(offsets), note="retried with the next commit; replayed after a crash")
+        log.warning(
+            "stream.commit_failed",
+            error=repr(error),
+            partitions=len(offsets),
+            note="retried with the next commit; replayed after a crash",
+        )
         for tp, offset in offsets.items():
             self._commit_retry[tp] = max(self._commit_retry.get(tp, 0), offset)
 
@@ -461,8 +546,12 @@ class Service:
             return  # judged again at the next check: a loop that was just blocked runs this ahead of the heartbeat's answer
         if broker_lost != self._broker_lost:
             self._broker_lost = broker_lost
-            self.health.set_ready(not broker_lost, f"no heartbeat answer from the broker for {silent:.0f} s" if broker_lost else "")
-            (log.error if broker_lost else log.info)("stream.broker_lost" if broker_lost else "stream.broker_back", silent_s=round(silent, 1))
+            self.health.set_ready(
+                not broker_lost, f"no heartbeat answer from the broker for {silent:.0f} s" if broker_lost else ""
+            )
+            (log.error if broker_lost else log.info)(
+                "stream.broker_lost" if broker_lost else "stream.broker_back", silent_s=round(silent, 1)
+            )
 
     def _count_reconnects(self) -> None:
         created = 0.0
@@ -493,7 +582,11 @@ class Service:
         """
         while self._checkpoint_queue:
             tp = self._checkpoint_queue.pop()
-            if tp in self._assigned and self._needs_checkpoint(tp) and self.checkpoints.in_flight(tp.topic, tp.partition) is None:
+            if (
+                tp in self._assigned
+                and self._needs_checkpoint(tp)
+                and self.checkpoints.in_flight(tp.topic, tp.partition) is None
+            ):
                 self._send_checkpoint(tp, "periodic")
                 return
 
@@ -511,28 +604,51 @@ class Service:
 
     def _send_checkpoint(self, tp: TopicPartition, reason: str) -> None:
         if tp in self._unacknowledged:
-            log.warning("state.checkpoint_skipped", topic=tp.topic, partition=tp.partition, reason=reason,
-                        note="its states include messages whose outputs were not acknowledged; the last checkpoint stays")
+            log.warning(
+                "state.checkpoint_skipped",
+                topic=tp.topic,
+                partition=tp.partition,
+                reason=reason,
+                note="its states include messages whose outputs were not acknowledged; the last checkpoint stays",
+            )
             return
         started = time.perf_counter()
         try:
             blob = self.detector.store.export(self._owners[tp], tag=self.model.version)
-            self.checkpoints.send(tp.topic, tp.partition, self._next_offset[tp], self.model.version, blob, reason=reason, started=started)
+            self.checkpoints.send(
+                tp.topic, tp.partition, self._next_offset[tp], self.model.version, blob, reason=reason, started=started
+            )
         except KafkaError as error:
             self.metrics.checkpoint_failed()
-            log.error("state.checkpoint_failed", topic=tp.topic, partition=tp.partition, reason=reason, error=repr(error))
+            log.error(
+                "state.checkpoint_failed", topic=tp.topic, partition=tp.partition, reason=reason, error=repr(error)
+            )
 
     def _checkpoint_settled(self, pending: PendingWrite, error: KafkaError | None) -> None:
         tp = TopicPartition(pending.topic, pending.partition)
         if error is not None:
             self.metrics.checkpoint_failed()
-            log.error("state.checkpoint_failed", topic=tp.topic, partition=tp.partition, reason=pending.reason, error=repr(error))
+            log.error(
+                "state.checkpoint_failed",
+                topic=tp.topic,
+                partition=tp.partition,
+                reason=pending.reason,
+                error=repr(error),
+            )
             return
         duration = time.perf_counter() - pending.started
         if tp in self._next_offset:  # still this instance's partition
             self._checkpointed[tp] = pending.next_offset
         self.metrics.checkpoint_succeeded(duration)
-        log.info("state.checkpoint", reason=pending.reason, topic=tp.topic, partition=tp.partition, offset=pending.next_offset, bytes=pending.size, seconds=round(duration, 3))
+        log.info(
+            "state.checkpoint",
+            reason=pending.reason,
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=pending.next_offset,
+            bytes=pending.size,
+            seconds=round(duration, 3),
+        )
 
     # kafka-python runs rebalance callbacks inside its network loop, where no blocking consumer
     # call (commit, committed) may run. At most the last batch's commit is still in flight
@@ -603,7 +719,15 @@ class Service:
                 self._replay_until[tp] = committed
         else:
             self._start_fresh(tp, committed, had_checkpoint=checkpoint is not None)
-        log.info("state.restore", topic=tp.topic, partition=tp.partition, from_checkpoint=bool(restored), position=self._next_offset.get(tp), committed=committed, replay_until=self._replay_until.get(tp))
+        log.info(
+            "state.restore",
+            topic=tp.topic,
+            partition=tp.partition,
+            from_checkpoint=bool(restored),
+            position=self._next_offset.get(tp),
+            committed=committed,
+            replay_until=self._replay_until.get(tp),
+        )
 
     def _start_fresh(self, tp: TopicPartition, committed: int | None, had_checkpoint: bool) -> None:
         """No usable checkpoint: fresh states from the committed offset (or the partition start).
@@ -618,7 +742,13 @@ class Service:
             position = committed
             if not had_checkpoint:
                 self.metrics.restore_fallback("missing")
-                log.warning("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason="no checkpoint; entity states start fresh", committed=committed)
+                log.warning(
+                    "state.restore_fallback",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    reason="no checkpoint; entity states start fresh",
+                    committed=committed,
+                )
         self.consumer.seek(tp, position)  # type: ignore[union-attr]
         self._next_offset[tp] = position
         self._checkpoint([tp], reason="initial")
@@ -631,15 +761,24 @@ class Service:
         committed offset where that is beyond the end the broker reports (the bundled Tansu
         broker reports the last batch's first offset plus one)."""
         if checkpoint.corrupt or checkpoint.invalid:
-            return self._fallback(tp, "corrupt" if checkpoint.corrupt else "invalid", checkpoint.corrupt or checkpoint.invalid)
+            return self._fallback(
+                tp, "corrupt" if checkpoint.corrupt else "invalid", checkpoint.corrupt or checkpoint.invalid
+            )
         if checkpoint.model_version != self.model.version:
             self.metrics.restore_fallback("schema_mismatch")
-            log.warning("state.restore_fallback", topic=tp.topic, partition=tp.partition, reason="checkpoint from model " + checkpoint.model_version)
+            log.warning(
+                "state.restore_fallback",
+                topic=tp.topic,
+                partition=tp.partition,
+                reason="checkpoint from model " + checkpoint.model_version,
+            )
             return False
         first = self.consumer.beginning_offsets([tp])[tp]  # type: ignore[union-attr]
         end = max(self.consumer.end_offsets([tp])[tp], committed or 0)  # type: ignore[union-attr]
         if not first <= checkpoint.next_offset <= end:
-            return self._fallback(tp, "invalid", f"checkpoint offset {checkpoint.next_offset} outside the partition's {first}..{end}")
+            return self._fallback(
+                tp, "invalid", f"checkpoint offset {checkpoint.next_offset} outside the partition's {first}..{end}"
+            )
         owner = self._owners[tp]
         try:
             count = self.detector.store.restore(checkpoint.blob, owner, time.time(), tag=self.model.version)
@@ -648,7 +787,9 @@ class Service:
         except Exception as error:  # checked states that still did not fit: none of them stays
             self.detector.store.drop_owner(owner)
             return self._fallback(tp, "invalid", f"{type(error).__name__}: {error}"[:300])
-        log.info("state.restored", topic=tp.topic, partition=tp.partition, entities=count, offset=checkpoint.next_offset)
+        log.info(
+            "state.restored", topic=tp.topic, partition=tp.partition, entities=count, offset=checkpoint.next_offset
+        )
         return True
 
     def _fallback(self, tp: TopicPartition, reason: str, detail: str) -> bool:

@@ -15,8 +15,12 @@ from detector.model import Calibration, FittedModel, StreamAutoencoder
 __all__ = ["tiny_model"]
 
 
-def tiny_model(features: tuple[str, ...] = ("a", "b"), seed: int = 0, feature_range: tuple[list[float], list[float]] | None = None,
-               **scoring: object) -> FittedModel:
+def tiny_model(
+    features: tuple[str, ...] = ("a", "b"),
+    seed: int = 0,
+    feature_range: tuple[list[float], list[float]] | None = None,
+    **scoring: object,
+) -> FittedModel:
     """An untrained but deterministic model with unit scaling and a neutral calibration; with
     ``feature_range`` ((lows), (highs)) its fit data had that range."""
     torch.manual_seed(seed)

@@ -31,8 +31,11 @@ def run_broker(settings: Settings) -> int:
 
     host, _, port = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
     if host not in ("127.0.0.1", "localhost") or not port.isdigit():
-        raise DataError("kafka.bootstrap_servers", f"the bundled broker runs on 127.0.0.1 only, not {settings.kafka.bootstrap_servers!r}",
-                        help="set DETECTOR_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:PORT")
+        raise DataError(
+            "kafka.bootstrap_servers",
+            f"the bundled broker runs on 127.0.0.1 only, not {settings.kafka.bootstrap_servers!r}",
+            help="set DETECTOR_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:PORT",
+        )
     stop = _stop_on_signals()
     try:
         broker = Broker(int(port)).start()
@@ -42,10 +45,17 @@ def run_broker(settings: Settings) -> int:
     with broker:
         kafka = settings.kafka
         create_topics(broker.bootstrap_servers, kafka.input_topics, 1)
-        create_topics(broker.bootstrap_servers, [kafka.alert_topic, kafka.dead_letter_topic, *([kafka.scores_topic] if kafka.scores_topic else [])], 1)
+        create_topics(
+            broker.bootstrap_servers,
+            [kafka.alert_topic, kafka.dead_letter_topic, *([kafka.scores_topic] if kafka.scores_topic else [])],
+            1,
+        )
         create_topics(broker.bootstrap_servers, [kafka.checkpoint_topic], 1, _COMPACTED)
-        print(f"broker ready at {broker.bootstrap_servers} (topics {', '.join(kafka.input_topics)}, {kafka.alert_topic}, "
-              f"{kafka.dead_letter_topic}, {kafka.checkpoint_topic}); Ctrl-C stops it", flush=True)
+        print(
+            f"broker ready at {broker.bootstrap_servers} (topics {', '.join(kafka.input_topics)}, {kafka.alert_topic}, "
+            f"{kafka.dead_letter_topic}, {kafka.checkpoint_topic}); Ctrl-C stops it",
+            flush=True,
+        )
         while not stop:
             time.sleep(0.2)
     return 0
@@ -76,7 +86,11 @@ def send_csv(settings: Settings, path: Path, topic: str | None) -> int:
     fields = settings.stream
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
     for row in observations_from_table(table):
-        body = {fields.entity_field: row.entity, fields.timestamp_field: row.timestamp, fields.values_field: dict(zip(table.features, row.values))}
+        body = {
+            fields.entity_field: row.entity,
+            fields.timestamp_field: row.timestamp,
+            fields.values_field: dict(zip(table.features, row.values)),
+        }
         producer.send(topic, key=row.entity.encode(), value=json.dumps(body).encode())
     producer.flush()
     producer.close()
@@ -93,8 +107,14 @@ def read_topic(settings: Settings, topic: str | None, count: int, timeout_s: flo
 
     topic = topic or settings.kafka.alert_topic
     wait_until_ready(settings.kafka.bootstrap_servers, timeout=timeout_s)
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers, auto_offset_reset="earliest",
-                             group_id=None, enable_auto_commit=False, consumer_timeout_ms=500)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=None,
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
+    )
     seen, deadline = 0, time.monotonic() + timeout_s
     try:
         while seen < count and time.monotonic() < deadline:

@@ -51,8 +51,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory):
     from detector.schema import Table
 
     history = generate_history(entities=10, rows=300)
-    table = Table([m.timestamp for m in history], [str(m.timestamp) for m in history], [m.entity for m in history], FEATURES, np.array([m.values for m in history]))
-    model, fit_history = fit_tables([table], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False)
+    table = Table(
+        [m.timestamp for m in history],
+        [str(m.timestamp) for m in history],
+        [m.entity for m in history],
+        FEATURES,
+        np.array([m.values for m in history]),
+    )
+    model, fit_history = fit_tables(
+        [table], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False
+    )
     directory = tmp_path_factory.mktemp("model")
     write_model(model, fit_history, directory, report=False)
     return directory

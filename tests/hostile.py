@@ -23,7 +23,11 @@ _feature_values = st.floats(min_value=-5, max_value=5, allow_nan=False)
 
 
 def _body(entity: str | None = None, timestamp: object = NOW, values: dict | None = None, **extra: object) -> dict:
-    body: dict = {"timestamp": timestamp, "values": values if values is not None else {f: 0.5 for f in FEATURES}, **extra}
+    body: dict = {
+        "timestamp": timestamp,
+        "values": values if values is not None else dict.fromkeys(FEATURES, 0.5),
+        **extra,
+    }
     if entity is not None:
         body["entity"] = entity
     return body
@@ -46,7 +50,13 @@ def deep_nesting(draw: st.DrawFn) -> Record:
     if where == "values":
         return entity.encode(), b'{"entity": "%s", "timestamp": %d, "values": %s}' % (entity.encode(), NOW, nested)
     others = b", ".join(b'"%s": 1' % f.encode() for f in FEATURES[1:])
-    return entity.encode(), b'{"entity": "%s", "timestamp": %d, "values": {"%s": %s, %s}}' % (entity.encode(), NOW, FEATURES[0].encode(), nested, others)
+    return entity.encode(), b'{"entity": "%s", "timestamp": %d, "values": {"%s": %s, %s}}' % (
+        entity.encode(),
+        NOW,
+        FEATURES[0].encode(),
+        nested,
+        others,
+    )
 
 
 @st.composite
@@ -56,7 +66,7 @@ def huge_integers(draw: st.DrawFn) -> Record:
     number = b"9" * digits
     entity = draw(_entities)
     where = draw(st.sampled_from(["feature", "timestamp", "entity"]))
-    template = _encoded(_body(entity, timestamp=123456789, values={**{f: 1 for f in FEATURES}, FEATURES[0]: 424242}))
+    template = _encoded(_body(entity, timestamp=123456789, values={**dict.fromkeys(FEATURES, 1), FEATURES[0]: 424242}))
     if where == "feature":
         return entity.encode(), template.replace(b"424242", number)
     if where == "timestamp":
@@ -86,7 +96,7 @@ def lone_surrogates(draw: st.DrawFn) -> Record:
     if where == "entity":
         return entity.encode(), _encoded(_body("ENTITY")).replace(b"ENTITY", (entity + escape).encode())
     if where == "feature":
-        raw = _encoded(_body(entity, values={**{f: 1 for f in FEATURES}, "EXTRA": 2}))
+        raw = _encoded(_body(entity, values={**dict.fromkeys(FEATURES, 1), "EXTRA": 2}))
         return entity.encode(), raw.replace(b"EXTRA", escape.encode())
     return chr(point).encode("utf-8", "surrogatepass") + entity.encode(), _encoded(_body(None))
 
@@ -94,15 +104,19 @@ def lone_surrogates(draw: st.DrawFn) -> Record:
 @st.composite
 def bad_timestamps(draw: st.DrawFn) -> Record:
     """Negative, zero, NaN, beyond the year 9999, epoch units that overflow when formatted, far future."""
-    timestamp = draw(st.one_of(
-        st.integers(min_value=-10**12, max_value=-1),
-        st.just(0),
-        st.sampled_from([float("nan"), float("inf"), float("-inf"), "NaN", "nan", "inf", "-1"]),
-        st.integers(min_value=253402300800 * 1000 + 1, max_value=10**30),  # milliseconds beyond 9999
-        st.floats(min_value=1e15, max_value=1e300),
-        st.sampled_from(["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "1969-12-31T23:59:59Z", "+10000-01-01"]),
-        st.integers(min_value=FUTURE, max_value=253402300799),  # far ahead of the wall clock
-    ))
+    timestamp = draw(
+        st.one_of(
+            st.integers(min_value=-(10**12), max_value=-1),
+            st.just(0),
+            st.sampled_from([float("nan"), float("inf"), float("-inf"), "NaN", "nan", "inf", "-1"]),
+            st.integers(min_value=253402300800 * 1000 + 1, max_value=10**30),  # milliseconds beyond 9999
+            st.floats(min_value=1e15, max_value=1e300),
+            st.sampled_from(
+                ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "1969-12-31T23:59:59Z", "+10000-01-01"]
+            ),
+            st.integers(min_value=FUTURE, max_value=253402300799),  # far ahead of the wall clock
+        )
+    )
     return None, _encoded(_body(draw(_entities), timestamp=timestamp))
 
 
@@ -128,12 +142,16 @@ def duplicate_keys(draw: st.DrawFn) -> Record:
     """The same field twice (entity, timestamp, values or a feature): the last one counts."""
     entity, other = draw(_entities), draw(_entities)
     features = ", ".join(f'"{f}": 1' for f in FEATURES)
-    raw = draw(st.sampled_from([
-        f'{{"entity": "{entity}", "entity": "{other}", "timestamp": {NOW}, "values": {{{features}}}}}',
-        f'{{"entity": "{entity}", "timestamp": "soon", "timestamp": {NOW}, "values": {{{features}}}}}',
-        f'{{"entity": "{entity}", "timestamp": {NOW}, "values": 7, "values": {{{features}}}}}',
-        f'{{"entity": "{entity}", "timestamp": {NOW}, "values": {{{features}, "{FEATURES[0]}": "hot"}}}}',
-    ]))
+    raw = draw(
+        st.sampled_from(
+            [
+                f'{{"entity": "{entity}", "entity": "{other}", "timestamp": {NOW}, "values": {{{features}}}}}',
+                f'{{"entity": "{entity}", "timestamp": "soon", "timestamp": {NOW}, "values": {{{features}}}}}',
+                f'{{"entity": "{entity}", "timestamp": {NOW}, "values": 7, "values": {{{features}}}}}',
+                f'{{"entity": "{entity}", "timestamp": {NOW}, "values": {{{features}, "{FEATURES[0]}": "hot"}}}}',
+            ]
+        )
+    )
     return None, raw.encode()
 
 
@@ -144,7 +162,7 @@ def many_fields(draw: st.DrawFn) -> Record:
     extra = {f"x{i}": i for i in range(count)}
     if draw(st.booleans()):
         return None, _encoded(_body(draw(_entities), **extra))
-    return None, _encoded(_body(draw(_entities), values={**{f: 1 for f in FEATURES}, **extra}))
+    return None, _encoded(_body(draw(_entities), values={**dict.fromkeys(FEATURES, 1), **extra}))
 
 
 HOSTILE = {

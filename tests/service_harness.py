@@ -20,7 +20,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from detector.demo import Message
 
-FAST_GROUP = {"DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000", "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000", "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "15000"}
+FAST_GROUP = {
+    "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
+    "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+    "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "15000",
+}
 
 
 @dataclass
@@ -63,7 +67,12 @@ class ServiceProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path):
         self.log_path = log_path
-        self.process = subprocess.Popen([sys.executable, "-m", "detector.cli", "run"], env=env, stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "detector.cli", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_path.open("ab"),
+        )
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -114,10 +123,20 @@ def json_view(record: Any) -> dict:
 def dead_letter_view(record: Any) -> dict:
     """A dead letter (original key and value, context in ``detector.errors.*`` headers) as a dict."""
     headers = {k: v.decode() for k, v in record.headers or []}
-    return {"reason": headers["detector.errors.reason"], "detail": headers["detector.errors.exception.message"],
-            "exception": headers["detector.errors.exception.class.name"], "stage": headers["detector.errors.stage"],
-            "source": {"topic": headers["detector.errors.topic"], "partition": int(headers["detector.errors.partition"]), "offset": int(headers["detector.errors.offset"])},
-            "key": record.key, "value": record.value, "headers": headers}
+    return {
+        "reason": headers["detector.errors.reason"],
+        "detail": headers["detector.errors.exception.message"],
+        "exception": headers["detector.errors.exception.class.name"],
+        "stage": headers["detector.errors.stage"],
+        "source": {
+            "topic": headers["detector.errors.topic"],
+            "partition": int(headers["detector.errors.partition"]),
+            "offset": int(headers["detector.errors.offset"]),
+        },
+        "key": record.key,
+        "value": record.value,
+        "headers": headers,
+    }
 
 
 class TopicReader:
@@ -139,7 +158,9 @@ class TopicReader:
                 self.records.extend(self.view(r) for r in batch)
         return self.records
 
-    def wait_for(self, condition: Callable[[list[dict]], bool], timeout_s: float, alive: Callable[[], bool] = lambda: True) -> list[dict]:
+    def wait_for(
+        self, condition: Callable[[list[dict]], bool], timeout_s: float, alive: Callable[[], bool] = lambda: True
+    ) -> list[dict]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if condition(self.read(0.5)):

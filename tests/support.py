@@ -32,7 +32,15 @@ def skab_to_contract(source: Path, target: Path, rows: slice = slice(None)) -> P
     return target
 
 
-def synthetic_csv(path: Path, entities: int = 3, rows: int = 300, features: int = 2, seed: int = 0, shift_at: int | None = None, shift: float = 0.0) -> Path:
+def synthetic_csv(
+    path: Path,
+    entities: int = 3,
+    rows: int = 300,
+    features: int = 2,
+    seed: int = 0,
+    shift_at: int | None = None,
+    shift: float = 0.0,
+) -> Path:
     """Interleaved multi-entity sine-plus-noise series; optional level shift from row ``shift_at``."""
     rng = np.random.default_rng(seed)
     with path.open("w", newline="") as handle:
@@ -52,7 +60,13 @@ def write_config(path: Path, **sections: dict) -> Path:
     for section, values in sections.items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            shown = ("true" if value else "false") if isinstance(value, bool) else repr(value) if not isinstance(value, str) else f'"{value}"'
+            shown = (
+                ("true" if value else "false")
+                if isinstance(value, bool)
+                else repr(value)
+                if not isinstance(value, str)
+                else f'"{value}"'
+            )
             lines.append(f"{key} = {shown}")
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import checkpoint_without
 
 from detector.alerts import Source, alert_id, alert_record, score_record
 from detector.demo import generate_stream
 from detector.schema import Observation
 from detector.scoring import Decision, Detector
 from detector.testing import tiny_model
-
-from support import checkpoint_without
 
 SOURCE = Source("sensors", 0, 1)
 RANGE = ([-1.0, -1.0], [1.0, 1.0])  # the fit data's range of the tiny model's two features: 20 is far beyond it
@@ -24,7 +23,9 @@ def _feed(detector: Detector, log_scores: list[float], every_s: float = 60.0) ->
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
     out = []
     for i, x in enumerate(log_scores):
-        _, flag, events = detector._decide(slot, np.array([np.exp(x)]), None, np.array([i * every_s]), np.array([every_s]), np.ones(1, dtype=bool))
+        _, flag, events = detector._decide(
+            slot, np.array([np.exp(x)]), None, np.array([i * every_s]), np.array([every_s]), np.ones(1, dtype=bool)
+        )
         out.append((bool(flag[0]), events.get(0, (None,))[0]))
     return out
 
@@ -50,13 +51,19 @@ def test_a_lasting_level_shift_in_generated_pumps_keeps_its_alert_open(model_dir
 
     stream = generate_stream(3, 260, seed=2)
     fault = range(100, 180)
-    observations = [Observation(m.entity, m.timestamp, [v + (0.5 if f == 2 and m.entity == "pump-1" and i // 3 in fault else 0.0)
-                                                        for f, v in enumerate(m.values)]) for i, m in enumerate(stream)]
+    observations = [
+        Observation(
+            m.entity,
+            m.timestamp,
+            [v + (0.5 if f == 2 and m.entity == "pump-1" and i // 3 in fault else 0.0) for f, v in enumerate(m.values)],
+        )
+        for i, m in enumerate(stream)
+    ]
     decisions = [d for d in Detector(load_model(model_dir)).process(observations) if d.entity == "pump-1"]
     events = [(i, d.event) for i, d in enumerate(decisions) if d.event]
     assert events and events[0][1] == "open" and fault.start <= events[0][0] < fault.start + 3, events
     assert all(i >= fault.stop for i, event in events if event == "close"), events
-    assert sum(d.is_anomaly for d in decisions[fault.start:fault.stop]) >= len(fault) - 10
+    assert sum(d.is_anomaly for d in decisions[fault.start : fault.stop]) >= len(fault) - 10
     opened = decisions[events[0][0]]
     vibration = next(c for c in opened.top_features if c.feature == "vibration")
     assert vibration.value > vibration.expected + 0.3, "the alert shows what was measured against what was expected"
@@ -105,7 +112,10 @@ def test_the_score_beyond_the_range_grows_with_the_distance():
     scores = {}
     for excess in (2.0, 4.0, 8.0, 16.0):
         detector = Detector(tiny_model(warmup_steps=0, feature_range=RANGE))
-        decisions = detector.process([Observation("p", 60.0 * i, [0.0, 0.0]) for i in range(20)] + [Observation("p", 1200.0, [1.0 + 2.0 * excess, 0.0])])
+        decisions = detector.process(
+            [Observation("p", 60.0 * i, [0.0, 0.0]) for i in range(20)]
+            + [Observation("p", 1200.0, [1.0 + 2.0 * excess, 0.0])]
+        )
         scores[excess] = decisions[-1].score
         assert decisions[-1].event == "open"
     assert scores[2.0] < scores[4.0] < scores[8.0] < scores[16.0]
@@ -115,4 +125,9 @@ def test_the_score_beyond_the_range_grows_with_the_distance():
 def test_every_topic_writes_timestamps_in_iso_8601():
     decision = Decision("p", 1795568400.5, 1.0, 0.5, False)
     assert score_record(decision, SOURCE)["timestamp"] == "2026-11-25T01:00:00.500000Z"
-    assert alert_record(Decision("p", 1795568400.5, 1.0, 0.5, True, "open", opened_at=1795568400.5), 0.9, "v", SOURCE)["timestamp"] == "2026-11-25T01:00:00.500000Z"
+    assert (
+        alert_record(Decision("p", 1795568400.5, 1.0, 0.5, True, "open", opened_at=1795568400.5), 0.9, "v", SOURCE)[
+            "timestamp"
+        ]
+        == "2026-11-25T01:00:00.500000Z"
+    )

@@ -4,12 +4,11 @@ import json
 
 import pytest
 from kafka import KafkaProducer
+from service_harness import TopicReader
 
 from detector.alerts import Publisher, Source, alert_record
 from detector.broker import create_topics, start_broker
 from detector.scoring import Contribution, Decision
-
-from service_harness import TopicReader
 
 pytestmark = pytest.mark.kafka
 
@@ -41,10 +40,22 @@ def test_records_survive_a_frozen_broker_until_acknowledged():
 
 
 def test_alert_records():
-    decision = Decision("pump-7", 1795568400.0, 9.5, 0.9995, True, "open", [Contribution("flow", 0.7, 12.0, 32.0), Contribution("pressure", 0.2, 2.5, 1.2)],
-                        opened_at=1795568400.0)
+    decision = Decision(
+        "pump-7",
+        1795568400.0,
+        9.5,
+        0.9995,
+        True,
+        "open",
+        [Contribution("flow", 0.7, 12.0, 32.0), Contribution("pressure", 0.2, 2.5, 1.2)],
+        opened_at=1795568400.0,
+    )
     alert = alert_record(decision, threshold=0.999, model_version="v9", source=Source("sensors", 3, 1200))
-    assert alert["timestamp"] == "2026-11-25T01:00:00Z" and alert["model_version"] == "v9" and alert["threshold"] == 0.999
-    assert alert["top_features"] == [{"feature": "flow", "share": 0.7, "value": 12.0, "expected": 32.0},
-                                     {"feature": "pressure", "share": 0.2, "value": 2.5, "expected": 1.2}]
+    assert (
+        alert["timestamp"] == "2026-11-25T01:00:00Z" and alert["model_version"] == "v9" and alert["threshold"] == 0.999
+    )
+    assert alert["top_features"] == [
+        {"feature": "flow", "share": 0.7, "value": 12.0, "expected": 32.0},
+        {"feature": "pressure", "share": 0.2, "value": 2.5, "expected": 1.2},
+    ]
     assert json.loads(json.dumps(alert)) == alert

@@ -10,6 +10,8 @@ import urllib.request
 import pytest
 import torch
 from kafka import KafkaProducer
+from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
+from support import checkpoint_without
 
 from detector.broker import free_port
 from detector.checkpoints import MAX_CHUNKS, _manifest
@@ -17,9 +19,6 @@ from detector.demo import generate_stream
 from detector.model import load_model
 from detector.scoring import Detector
 from detector.state import CheckpointError, EntityStore
-
-from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, produce, service_env
-from support import checkpoint_without
 
 GOOD_MANIFEST = {"id": "c1", "chunks": 1, "next_offset": 0, "model_version": "v1", "written_at": 0.0}
 
@@ -44,7 +43,9 @@ def test_a_manifest_with_a_field_off_is_invalid(change, words):
 
 def test_a_manifest_that_is_not_json_is_corrupt_and_a_good_one_passes():
     assert set(_manifest(b"{garbage")) == {"error"}
-    assert _manifest(b'{"id": "c1", "chunks": 1, "next_offset": 0, "model_version": "v1", "written_at": NaN}') == {"invalid": "manifest: written_at is not finite"}
+    assert _manifest(b'{"id": "c1", "chunks": 1, "next_offset": 0, "model_version": "v1", "written_at": NaN}') == {
+        "invalid": "manifest: written_at is not finite"
+    }
     assert _manifest(json.dumps(GOOD_MANIFEST).encode()) == GOOD_MANIFEST and MAX_CHUNKS * 512 * 1024 <= 2**31
 
 
@@ -84,7 +85,18 @@ def _rewritten(blob: bytes, **fields) -> bytes:
         (_rewritten(_export(), calm=torch.zeros(2, dtype=torch.int32)), "calm is missing or not one row per entity"),
         (checkpoint_without(_export(), "steps"), "steps is missing"),
     ],
-    ids=["nan-rnn", "inf-var", "negative-count", "nan-time", "too-many", "repeated-names", "names-not-a-list", "rnn-not-a-tensor", "short-field", "missing-field"],
+    ids=[
+        "nan-rnn",
+        "inf-var",
+        "negative-count",
+        "nan-time",
+        "too-many",
+        "repeated-names",
+        "names-not-a-list",
+        "rnn-not-a-tensor",
+        "short-field",
+        "missing-field",
+    ],
 )
 def test_crafted_states_are_invalid_and_change_nothing(blob, words):
     store = _store(max_entities=5)
@@ -100,7 +112,9 @@ def test_a_blob_that_is_not_a_checkpoint_is_corrupt():
 
 
 @pytest.mark.kafka
-def test_crafted_checkpoints_give_fresh_states_and_every_message_is_scored(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+def test_crafted_checkpoints_give_fresh_states_and_every_message_is_scored(
+    kafka_bootstrap, topic_factory, model_dir, tmp_path
+):
     model = load_model(model_dir)
     store = Detector(model, max_entities=5).store
 
@@ -132,15 +146,28 @@ def test_crafted_checkpoints_give_fresh_states_and_every_message_is_scored(kafka
     stream = generate_stream(10, 20, (), seed=21)
     produce(kafka_bootstrap, topics.input, stream)
     port = free_port()
-    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1", DETECTOR_STREAM__MAX_ENTITIES="5")
+    env = service_env(
+        kafka_bootstrap,
+        topics,
+        model_dir,
+        DETECTOR_METRICS__PORT=str(port),
+        DETECTOR_METRICS__HOST="127.0.0.1",
+        DETECTOR_STREAM__MAX_ENTITIES="5",
+    )
     service = ServiceProcess(env, tmp_path / "service.log")
     try:
-        records = TopicReader(kafka_bootstrap, topics.scores).wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=120, alive=service.alive)
+        records = TopicReader(kafka_bootstrap, topics.scores).wait_for(
+            lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=120, alive=service.alive
+        )
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         assert service.terminate() == 0
     assert len(offsets_seen(records)) == len(stream), "no message skipped"
     assert 'detector_state_restore_fallbacks_total{reason="invalid"} 5.0' in metrics
     fallbacks = [e for e in service.log_events() if e["event"] == "state.restore_fallback"]
-    assert sorted(e["partition"] for e in fallbacks) == [0, 1, 2, 3, 4] and all(e["level"] == "error" and e["fallback"] == "invalid" for e in fallbacks)
-    assert any("outside the partition" in e["reason"] for e in fallbacks) and any("max_entities" in e["reason"] for e in fallbacks)
+    assert sorted(e["partition"] for e in fallbacks) == [0, 1, 2, 3, 4] and all(
+        e["level"] == "error" and e["fallback"] == "invalid" for e in fallbacks
+    )
+    assert any("outside the partition" in e["reason"] for e in fallbacks) and any(
+        "max_entities" in e["reason"] for e in fallbacks
+    )

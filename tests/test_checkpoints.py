@@ -14,14 +14,18 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture
 def store(kafka_bootstrap, topic_factory):
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024)
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024
+    )
     yield CheckpointStore(producer, topic_factory(1), "group-a", {"bootstrap_servers": kafka_bootstrap})
     producer.close(timeout=5)
 
 
 def _settle_eventually(store: CheckpointStore, timeout_s: float = 20.0) -> list:
     deadline, settled = time.monotonic() + timeout_s, []
-    while time.monotonic() < deadline and (not settled or any(store.in_flight(p.topic, p.partition) for p, _ in settled)):
+    while time.monotonic() < deadline and (
+        not settled or any(store.in_flight(p.topic, p.partition) for p, _ in settled)
+    ):
         settled += store.settle_done()
         time.sleep(0.05)
     return settled

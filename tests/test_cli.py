@@ -4,10 +4,9 @@ import csv
 import json
 
 import pytest
+from support import QUICK_FIT, SKAB_VALVE1, skab_to_contract, synthetic_csv, write_config
 
 from detector.cli import main
-
-from support import QUICK_FIT, SKAB_VALVE1, skab_to_contract, synthetic_csv, write_config
 
 pytestmark = pytest.mark.skipif(not SKAB_VALVE1.is_dir(), reason=f"benchmark data not found at {SKAB_VALVE1}")
 
@@ -53,7 +52,9 @@ def test_score_output_contract_and_determinism(workspace):
     probabilities = [float(r["probability"]) for r in rows]
     assert all(s >= 0 for s in scores) and all(0 <= p <= 1 for p in probabilities)
     assert {r["is_anomaly"] for r in rows} <= {"0", "1"}
-    assert {r["event"] for r in rows} == {"", "open", "close"}, "the alert that flags the valve closure opens and closes"
+    assert {r["event"] for r in rows} == {"", "open", "close"}, (
+        "the alert that flags the valve closure opens and closes"
+    )
     ranked = sorted(zip(scores, probabilities))
     assert ranked[-1][1] > ranked[0][1]
     assert any(r["is_anomaly"] == "1" for r in rows[400:]), "the valve closure in file 3 is flagged"
@@ -63,7 +64,22 @@ def test_score_with_entities_adds_the_column(tmp_path):
     data = synthetic_csv(tmp_path / "multi.csv", entities=2, rows=60)
     config = write_config(tmp_path / "c.toml", fit=QUICK_FIT)
     assert main(["--config", str(config), "fit", "--data", str(data), "--out", str(tmp_path / "m")]) == 0
-    assert main(["--config", str(config), "score", "--model", str(tmp_path / "m"), "--data", str(data), "--out", str(tmp_path / "s.csv")]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(config),
+                "score",
+                "--model",
+                str(tmp_path / "m"),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "s.csv"),
+            ]
+        )
+        == 0
+    )
     rows = _read(tmp_path / "s.csv")
     assert list(rows[0]) == ["timestamp", "entity", "score", "probability", "is_anomaly", "event"]
     assert [r["entity"] for r in rows] == [r["entity"] for r in _read(data)]
@@ -72,5 +88,17 @@ def test_score_with_entities_adds_the_column(tmp_path):
 def test_score_refuses_a_model_with_other_features(workspace, tmp_path, capsys):
     root, _, config = workspace
     other = synthetic_csv(tmp_path / "other.csv", entities=1, rows=20)
-    code = main(["--config", str(config), "score", "--model", str(root / "model"), "--data", str(other), "--out", str(tmp_path / "s.csv")])
+    code = main(
+        [
+            "--config",
+            str(config),
+            "score",
+            "--model",
+            str(root / "model"),
+            "--data",
+            str(other),
+            "--out",
+            str(tmp_path / "s.csv"),
+        ]
+    )
     assert code == 2 and "feature schema mismatch" in capsys.readouterr().err

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import write_config
 
 from detector.cli import main
 from detector.demo import generate_history, write_csv
-
-from support import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,20 +34,54 @@ def files(tmp_path: Path) -> Path:
 
 MISTAKES = {
     # name: (argv with {d} for the directory, environment, words the error line must hold, words the help line must hold)
-    "list setting not JSON": (["run"], {"DETECTOR_KAFKA__INPUT_TOPICS": "sensors"},
-                              "DETECTOR_KAFKA__INPUT_TOPICS='sensors': not a JSON list", """DETECTOR_KAFKA__INPUT_TOPICS='["sensors"]'"""),
+    "list setting not JSON": (
+        ["run"],
+        {"DETECTOR_KAFKA__INPUT_TOPICS": "sensors"},
+        "DETECTOR_KAFKA__INPUT_TOPICS='sensors': not a JSON list",
+        """DETECTOR_KAFKA__INPUT_TOPICS='["sensors"]'""",
+    ),
     "bad number in environment": (["run"], {"DETECTOR_MODEL__NUM_LAYERS": "abc"}, "model.num_layers", None),
     "config file missing": (["--config", "{d}/nope.toml", "run"], {}, "config file not found", "--config"),
     "config file not TOML": (["run", "--config", "{d}/bad.toml"], {}, "is not valid TOML", None),
     "unknown command": (["frobnicate"], {}, "invalid choice: 'frobnicate'", "detector --help"),
     "missing argument": (["fit", "--data", "{d}/good.csv"], {}, "--out", "detector fit --help"),
     "data file missing": (["fit", "--data", "{d}/missing.csv", "--out", "{d}/m"], {}, "no such file", None),
-    "model dir missing": (["score", "--model", "{d}/no-model", "--data", "{d}/good.csv", "--out", "{d}/s.csv"], {}, "no such directory", None),
-    "model dir empty": (["score", "--model", "{d}/empty-model", "--data", "{d}/good.csv", "--out", "{d}/s.csv"], {}, "no model in", "detector fit"),
-    "too little history": (["fit", "--data", "{d}/short.csv", "--out", "{d}/m"], {}, "has 10 rows; fit needs at least 46 per entity", "more history"),
-    "out cannot be created": (["fit", "--data", "{d}/good.csv", "--out", "{d}/blocker/m"], {}, "--out cannot be created", "--out"),
-    "semicolon file": (["fit", "--data", "{d}/semicolon.csv", "--out", "{d}/m"], {}, "the file looks ';'-separated", "','"),
-    "rows out of order": (["fit", "--data", "{d}/unsorted.csv", "--out", "{d}/m"], {}, "row 9: entity 'pump-1' goes back in time", "sort the rows"),
+    "model dir missing": (
+        ["score", "--model", "{d}/no-model", "--data", "{d}/good.csv", "--out", "{d}/s.csv"],
+        {},
+        "no such directory",
+        None,
+    ),
+    "model dir empty": (
+        ["score", "--model", "{d}/empty-model", "--data", "{d}/good.csv", "--out", "{d}/s.csv"],
+        {},
+        "no model in",
+        "detector fit",
+    ),
+    "too little history": (
+        ["fit", "--data", "{d}/short.csv", "--out", "{d}/m"],
+        {},
+        "has 10 rows; fit needs at least 46 per entity",
+        "more history",
+    ),
+    "out cannot be created": (
+        ["fit", "--data", "{d}/good.csv", "--out", "{d}/blocker/m"],
+        {},
+        "--out cannot be created",
+        "--out",
+    ),
+    "semicolon file": (
+        ["fit", "--data", "{d}/semicolon.csv", "--out", "{d}/m"],
+        {},
+        "the file looks ';'-separated",
+        "','",
+    ),
+    "rows out of order": (
+        ["fit", "--data", "{d}/unsorted.csv", "--out", "{d}/m"],
+        {},
+        "row 9: entity 'pump-1' goes back in time",
+        "sort the rows",
+    ),
     "benchmark dir missing": (["evaluate", "--nab", "{d}/nab"], {}, "no such directory", None),
 }
 
@@ -68,7 +101,9 @@ def _check(code: int, stderr: str, error: str, help: str | None) -> None:
 
 
 @pytest.mark.parametrize("name", list(MISTAKES))
-def test_each_mistake_gets_one_line_and_exit_2(name: str, files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_each_mistake_gets_one_line_and_exit_2(
+    name: str, files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv, environment, error, help = MISTAKES[name]
     for variable in [v for v in os.environ if v.startswith("DETECTOR_")]:
         monkeypatch.delenv(variable)
@@ -82,13 +117,21 @@ def test_each_mistake_gets_one_line_and_exit_2(name: str, files: Path, monkeypat
 def test_mistakes_in_a_real_process_print_no_traceback(name: str, files: Path) -> None:
     argv, environment, error, help = MISTAKES[name]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
-    done = subprocess.run([sys.executable, "-m", "detector.cli", *_argv(argv, files)], env={**clean, **environment},
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "detector.cli", *_argv(argv, files)],
+        env={**clean, **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     _check(done.returncode, done.stderr, error, help)
     assert done.stdout == ""
 
 
-def test_an_unknown_variable_is_named_with_the_closest_setting(files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_variable_is_named_with_the_closest_setting(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("DETECTOR_KAFKA__INPUT_TOPIC", '["x"]')
     monkeypatch.setenv("DETECTOR_NOTHING_LIKE_IT", "1")
     assert main(["evaluate", "--nab", str(files / "nab")]) == 2  # the command goes on: the variable is ignored
@@ -103,11 +146,17 @@ def test_an_unknown_variable_is_named_with_the_closest_setting(files: Path, monk
 
 def test_importing_the_command_line_does_not_import_torch() -> None:
     probe = "import sys, detector.cli; print(sorted(m for m in ('torch', 'matplotlib', 'kafka', 'numpy', 'pydantic') if m in sys.modules))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT
+    )
     assert done.stdout.strip() == "[]"
 
 
-def test_out_of_order_rows_are_taken_in_file_order_when_the_stream_takes_them(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(files / "c.toml", stream={"reject_out_of_order": False}, fit={"max_epochs": 2, "report": False})
+def test_out_of_order_rows_are_taken_in_file_order_when_the_stream_takes_them(
+    files: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        files / "c.toml", stream={"reject_out_of_order": False}, fit={"max_epochs": 2, "report": False}
+    )
     assert main(["--config", str(config), "fit", "--data", str(files / "unsorted.csv"), "--out", str(files / "m")]) == 0
     assert "input.out_of_order" in capsys.readouterr().err

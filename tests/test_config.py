@@ -1,11 +1,10 @@
 from pathlib import Path
 
 import pytest
+from support import ROOT, write_config
 
 from detector.cli import main
 from detector.config import Settings, SettingsError, example_toml, load_settings
-
-from support import ROOT, write_config
 
 
 def test_example_config_is_the_defaults_and_is_generated():
@@ -14,7 +13,9 @@ def test_example_config_is_the_defaults_and_is_generated():
 
 
 def test_environment_overrides_file(tmp_path, monkeypatch):
-    config = write_config(tmp_path / "c.toml", model={"path": "/from/file", "hidden_size": 16}, kafka={"group_id": "g1"})
+    config = write_config(
+        tmp_path / "c.toml", model={"path": "/from/file", "hidden_size": 16}, kafka={"group_id": "g1"}
+    )
     monkeypatch.setenv("DETECTOR_MODEL__PATH", "/from/env")
     monkeypatch.setenv("DETECTOR_KAFKA__INPUT_TOPICS", '["a", "b"]')
     settings = load_settings(config)

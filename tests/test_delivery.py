@@ -32,8 +32,16 @@ def _count(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels or None) or 0.0
 
 
-@pytest.mark.parametrize("error", [kafka_errors.MessageSizeTooLargeError(), kafka_errors.UnknownTopicOrPartitionError(), kafka_errors.TopicAuthorizationFailedError(),
-                                   kafka_errors.InvalidTopicError()], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "error",
+    [
+        kafka_errors.MessageSizeTooLargeError(),
+        kafka_errors.UnknownTopicOrPartitionError(),
+        kafka_errors.TopicAuthorizationFailedError(),
+        kafka_errors.InvalidTopicError(),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_fatal_errors_stop_at_once_with_a_reason_and_a_metric(error):
     publisher, metrics = FailingPublisher(error), Metrics()
     with pytest.raises(PublishFatal) as raised:
@@ -44,7 +52,10 @@ def test_fatal_errors_stop_at_once_with_a_reason_and_a_metric(error):
 
 
 def test_retriable_errors_are_retried_until_acknowledged():
-    publisher, metrics = FailingPublisher(kafka_errors.KafkaTimeoutError(), kafka_errors.NotLeaderForPartitionError()), Metrics()
+    publisher, metrics = (
+        FailingPublisher(kafka_errors.KafkaTimeoutError(), kafka_errors.NotLeaderForPartitionError()),
+        Metrics(),
+    )
     confirm_until_acknowledged(publisher, 1.0, threading.Event(), metrics)
     assert publisher.confirms == 3 and publisher.retries == 2
     assert _count(metrics, "detector_publish_failures_total") == 2
@@ -60,7 +71,9 @@ def test_a_stop_during_retries_ends_them_unacknowledged():
 
 
 def test_only_unmendable_errors_are_fatal():
-    assert fatal_reason(kafka_errors.RecordListTooLargeError()) and fatal_reason(kafka_errors.ClusterAuthorizationFailedError())
+    assert fatal_reason(kafka_errors.RecordListTooLargeError()) and fatal_reason(
+        kafka_errors.ClusterAuthorizationFailedError()
+    )
     assert fatal_reason(kafka_errors.KafkaTimeoutError()) is None
     assert fatal_reason(kafka_errors.KafkaConnectionError()) is None
     assert fatal_reason(TimeoutError("record not acknowledged yet")) is None

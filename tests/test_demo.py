@@ -11,7 +11,9 @@ def test_a_fleet_sized_rate_raises_the_alert_level_and_cuts_expected_false_alert
     anomalous = {"pump-0", "pump-5"}
     stream = generate_stream(10, 40, anomalous)
     default, fleet = rate_outcomes(model_dir, stream, anomalous, [1e-3, 1e-5])
-    assert default.false_alerts_per_day == pytest.approx(1e-3 * 10 * 1440) and fleet.false_alerts_per_day == pytest.approx(1e-5 * 10 * 1440)
+    assert default.false_alerts_per_day == pytest.approx(
+        1e-3 * 10 * 1440
+    ) and fleet.false_alerts_per_day == pytest.approx(1e-5 * 10 * 1440)
     assert fleet.alert_level > default.alert_level
     assert fleet.alerted <= default.alerted and fleet.recall == 1.0 and fleet.precision >= default.precision
 

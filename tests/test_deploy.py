@@ -234,8 +234,7 @@ def test_dashboard_metrics_exist(dashboard: dict, exposition: tuple[set[str], se
     assert len(exprs) >= 20
     assert not unknown_names(exprs, *exposition)
     used = set().union(*(metric_names(e) for e in exprs))
-    assert {"detector_anomaly_score_bucket", "process_resident_memory_bytes",
-            "detector_consumer_lag_messages"} <= used
+    assert {"detector_anomaly_score_bucket", "process_resident_memory_bytes", "detector_consumer_lag_messages"} <= used
 
 
 def test_name_check_catches_unknown_metrics(exposition: tuple[set[str], set[str]]) -> None:
@@ -247,7 +246,10 @@ def test_name_check_catches_unknown_metrics(exposition: tuple[set[str], set[str]
         "process_imaginary_bytes",  # does not
     ]
     assert unknown_names(exprs, *exposition) == {
-        "detector_messages_scored_total", "detector_entities_tracked_bucket", "process_imaginary_bytes"}
+        "detector_messages_scored_total",
+        "detector_entities_tracked_bucket",
+        "process_imaginary_bytes",
+    }
 
 
 def test_up_refers_to_the_scrape_job() -> None:
@@ -282,17 +284,27 @@ def test_dashboard_structure(dashboard: dict) -> None:
     kinds = {p["type"] for p in panels}
     assert {"timeseries", "heatmap", "row"} <= kinds
     titles = " ".join(p["title"].lower() for p in panels)
-    for word in ("throughput", "alerts", "score", "step latency", "end-to-end", "lag",
-                 "entities", "evictions", "checkpoint age", "checkpoint duration",
-                 "commit failures", "memory"):
+    for word in (
+        "throughput",
+        "alerts",
+        "score",
+        "step latency",
+        "end-to-end",
+        "lag",
+        "entities",
+        "evictions",
+        "checkpoint age",
+        "checkpoint duration",
+        "commit failures",
+        "memory",
+    ):
         assert word in titles, word
 
 
 def test_dashboard_latency_panels_show_p50_p95_p99(dashboard: dict) -> None:
     for title in ("Model step latency", "End-to-end latency"):
         panel = next(p for p in dashboard["panels"] if p["title"] == title)
-        quantiles = sorted(re.search(r"histogram_quantile\(([\d.]+)", t["expr"]).group(1)
-                           for t in panel["targets"])
+        quantiles = sorted(re.search(r"histogram_quantile\(([\d.]+)", t["expr"]).group(1) for t in panel["targets"])
         assert quantiles == ["0.5", "0.95", "0.99"]
 
 

@@ -51,8 +51,11 @@ def detector_container() -> dict:
 
 def created_topics(script: str) -> dict[str, str]:
     """``{topic: its kafka-topics.sh line}`` for each topic a shell script creates."""
-    return {m.group(1): m.group(0) for m in re.finditer(r"--topic ([\w.-]+)(.*)", script)
-            if "--describe" not in m.group(0) and "--list" not in m.group(0)}
+    return {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"--topic ([\w.-]+)(.*)", script)
+        if "--describe" not in m.group(0) and "--list" not in m.group(0)
+    }
 
 
 def service_topics(settings: Settings) -> set[str]:
@@ -209,7 +212,9 @@ def test_dockerfile_passes_hadolint() -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:
         pytest.fail("hadolint not found: it is in the dev extras (pip install -e '.[dev]')")
-    result = subprocess.run([hadolint, "--no-color", "Dockerfile"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [hadolint, "--no-color", "Dockerfile"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

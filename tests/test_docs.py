@@ -6,12 +6,11 @@ import importlib
 import re
 
 import pytest
+from support import ROOT
 
 from detector.config import Settings
 from detector.docs import GENERATED, render
 from detector.metrics import Metrics
-
-from support import ROOT
 
 README_MAX_BYTES = 12 * 1024
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -53,7 +52,9 @@ def test_readme_is_short_and_shows_the_two_commands():
     assert "make demo" in text and "make test" in text
 
 
-@pytest.mark.parametrize("page", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))])
+@pytest.mark.parametrize(
+    "page", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
+)
 def test_relative_links_resolve(page):
     """Every relative link of the README and docs/ names a file that exists, and an anchor a heading of it."""
     source = ROOT / page

@@ -5,19 +5,35 @@ from contextlib import redirect_stdout
 from io import StringIO
 
 import pytest
+from support import QUICK_FIT, SHARED_DATA, write_config
 
 from detector.cli import main
 
-from support import QUICK_FIT, SHARED_DATA, write_config
-
 NAB, SKAB = SHARED_DATA / "nab", SHARED_DATA / "skab"
-pytestmark = pytest.mark.skipif(not (NAB.is_dir() and SKAB.is_dir()), reason=f"benchmark data not found under {SHARED_DATA}")
+pytestmark = pytest.mark.skipif(
+    not (NAB.is_dir() and SKAB.is_dir()), reason=f"benchmark data not found under {SHARED_DATA}"
+)
 
 
 def _evaluate(directory, name, *extra, seed=7):
     config = write_config(directory / f"{name}.toml", fit={**QUICK_FIT, "seed": seed})
     out = directory / f"{name}.json"
-    code = main(["--config", str(config), "evaluate", "--nab", str(NAB), "--skab", str(SKAB), "--limit", "1", "--out", str(out), *extra])
+    code = main(
+        [
+            "--config",
+            str(config),
+            "evaluate",
+            "--nab",
+            str(NAB),
+            "--skab",
+            str(SKAB),
+            "--limit",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     assert code == 0
     return json.loads(out.read_text())
 
@@ -37,7 +53,9 @@ def test_evaluate_reports_both_benchmarks_on_their_first_files(seed_8):
     assert results["skab"]["files"] == 1
     assert set(results["nab"]["profiles"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
     for row in results["nab"]["profiles"].values():
-        assert -100.0 <= row["as_is"] <= row["optimised"] <= 100.0, "the optimised threshold is at least as good as any other"
+        assert -100.0 <= row["as_is"] <= row["optimised"] <= 100.0, (
+            "the optimised threshold is at least as good as any other"
+        )
     pooled = results["skab"]["pooled"]
     assert 0.0 <= pooled["f1"] <= 1.0 and pooled["tp"] + pooled["fn"] > 0
     assert "SKAB (1 files): F1" in shown and "NAB (1 files)" in shown

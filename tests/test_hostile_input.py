@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from hostile import FUTURE, HOSTILE, NOW, hostile_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,10 +18,13 @@ from detector.model import load_model
 from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation
 from detector.scoring import Detector
 
-from hostile import FUTURE, HOSTILE, NOW, hostile_records
-
 DECODE = MessageDecoder(FEATURES, MessageFields())
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _verdict(raw: bytes | None, key: bytes | None) -> object:
@@ -57,20 +61,49 @@ def test_each_hostile_class_is_refused_or_decoded_never_raised(kind):
     [
         (b"h-a", b"[" * 30000 + b"]" * 30000, "not_json"),
         (b"h-a", b'{"entity": "h-a", "timestamp": 1, "values": {"temperature": ' + b"9" * 5000 + b"}}", "not_json"),
-        (b"h-a", json.dumps({"entity": "h-a", "timestamp": 1, "values": {f: 10**400 for f in FEATURES}}).encode(), "non_finite"),
+        (
+            b"h-a",
+            json.dumps({"entity": "h-a", "timestamp": 1, "values": dict.fromkeys(FEATURES, 10 ** 400)}).encode(),
+            "non_finite",
+        ),
         (None, b'{"entity": "h-\\ud800", "timestamp": 1, "values": {}}', "schema"),
         (b"\xed\xa0\x80", b'{"timestamp": 1, "values": {}}', "schema"),
         (None, json.dumps({"entity": "h-a", "timestamp": -1, "values": {}}).encode(), "timestamp"),
         (None, json.dumps({"entity": "h-a", "timestamp": 253402300800000, "values": {}}).encode(), "timestamp"),
-        (None, json.dumps({"entity": "h-a", "timestamp": "9999-12-31T23:59:59-01:00", "values": {}}).encode(), "timestamp"),
+        (
+            None,
+            json.dumps({"entity": "h-a", "timestamp": "9999-12-31T23:59:59-01:00", "values": {}}).encode(),
+            "timestamp",
+        ),
         (None, json.dumps({"entity": "h-a", "timestamp": float("nan"), "values": {}}).encode(), "timestamp"),
         (b"h-a", None, "schema"),
         (b"h-a", b"", "not_json"),
-        (None, json.dumps({"entity": "h-" + "x" * 300, "timestamp": 1, "values": {f: 1 for f in FEATURES}}).encode(), "schema"),
-        ("h-".encode() + b"x" * 300, json.dumps({"timestamp": 1, "values": {f: 1 for f in FEATURES}}).encode(), "schema"),
+        (
+            None,
+            json.dumps({"entity": "h-" + "x" * 300, "timestamp": 1, "values": dict.fromkeys(FEATURES, 1)}).encode(),
+            "schema",
+        ),
+        (
+            b"h-" + b"x" * 300,
+            json.dumps({"timestamp": 1, "values": dict.fromkeys(FEATURES, 1)}).encode(),
+            "schema",
+        ),
     ],
-    ids=["deep", "digits", "beyond-float", "surrogate-entity", "surrogate-key", "negative", "year-10000", "offset-past-9999", "nan",
-         "tombstone", "empty", "long-entity", "long-key"],
+    ids=[
+        "deep",
+        "digits",
+        "beyond-float",
+        "surrogate-entity",
+        "surrogate-key",
+        "negative",
+        "year-10000",
+        "offset-past-9999",
+        "nan",
+        "tombstone",
+        "empty",
+        "long-entity",
+        "long-key",
+    ],
 )
 def test_hand_picked_hostile_messages_get_their_reason(key, raw, reason):
     with pytest.raises(BadMessage) as caught:
@@ -89,11 +122,13 @@ def test_duplicate_keys_take_the_last_in_both_paths():
 
 @pytest.fixture(scope="module")
 def guard(model_dir) -> BatchGuard:
-    return BatchGuard(MessageDecoder(FEATURES, MessageFields()), Detector(load_model(model_dir)), max_future_skew_s=86400)
+    return BatchGuard(
+        MessageDecoder(FEATURES, MessageFields()), Detector(load_model(model_dir)), max_future_skew_s=86400
+    )
 
 
 def _valid(entity: str, timestamp: float) -> bytes:
-    return json.dumps({"entity": entity, "timestamp": timestamp, "values": {f: 0.1 for f in FEATURES}}).encode()
+    return json.dumps({"entity": entity, "timestamp": timestamp, "values": dict.fromkeys(FEATURES, 0.1)}).encode()
 
 
 def test_the_guarded_batch_accounts_for_every_hostile_message(guard):
@@ -104,7 +139,9 @@ def test_the_guarded_batch_accounts_for_every_hostile_message(guard):
         keys = [None] * 5 + [key for key, _ in records]
         result = guard.score(raws, keys, np.zeros(len(raws), dtype=np.int32), drop_stale=True)
         refused = [r.position for r in result.refused]
-        assert sorted(refused + result.accepted.tolist()) == list(range(len(raws))), "every message scored or refused, once"
+        assert sorted(refused + result.accepted.tolist()) == list(range(len(raws))), (
+            "every message scored or refused, once"
+        )
         assert set(range(5)) <= set(result.accepted.tolist()), "the valid messages are scored"
         assert np.isfinite(result.outcomes.score).all() and np.isfinite(result.outcomes.probability).all()
         assert all(r.error.reason in DEAD_LETTER_REASONS for r in result.refused)
@@ -116,12 +153,17 @@ def test_a_timestamp_beyond_the_skew_is_refused_an_old_one_is_scored(guard):
     raws = [_valid("h-future", FUTURE), _valid("h-old", 0), _valid("h-old", 946684800), _valid("h-2000", 946684800)]
     result = guard.score(raws, [None] * 4, np.zeros(4, dtype=np.int32), drop_stale=True)
     assert [(r.position, r.error.reason, r.stage) for r in result.refused] == [(0, "future_timestamp", "validate")]
-    assert result.accepted.tolist() == [1, 2, 3] and not result.outcomes.stale.any(), "1970 and 2000 are scored, and do not block later messages"
+    assert result.accepted.tolist() == [1, 2, 3] and not result.outcomes.stale.any(), (
+        "1970 and 2000 are scored, and do not block later messages"
+    )
 
 
 def test_values_beyond_float32_are_refused_before_they_reach_a_state(guard):
     store = guard.detector.store
-    raws = [json.dumps({"entity": "h-big", "timestamp": NOW, "values": {f: 1e300 for f in FEATURES}}).encode(), _valid("h-big", NOW + 1)]
+    raws = [
+        json.dumps({"entity": "h-big", "timestamp": NOW, "values": dict.fromkeys(FEATURES, 1e+300)}).encode(),
+        _valid("h-big", NOW + 1),
+    ]
     result = guard.score(raws, [None, None], np.zeros(2, dtype=np.int32))
     assert [(r.position, r.error.reason) for r in result.refused] == [(0, "non_finite")]
     assert np.isfinite(store.rnn[store.slot_of("h-big")].numpy()).all()
@@ -141,13 +183,22 @@ def test_a_failed_batched_step_is_redone_message_by_message_without_double_steps
     detector = _Poisoned(load_model(model_dir))
     detector.process([Observation("pump-1", NOW, [0.1] * len(FEATURES))])  # pump-1 has one step before the batch
     guard = BatchGuard(MessageDecoder(FEATURES, MessageFields()), detector, max_future_skew_s=86400)
-    raws = [_valid("pump-1", NOW + 1), _valid("h-poison", NOW + 1), _valid("pump-2", NOW + 1), _valid("pump-2", NOW + 2)]
+    raws = [
+        _valid("pump-1", NOW + 1),
+        _valid("h-poison", NOW + 1),
+        _valid("pump-2", NOW + 1),
+        _valid("pump-2", NOW + 2),
+    ]
     result = guard.score(raws, [None] * 4, np.zeros(4, dtype=np.int32))
     assert result.fell_back and result.accepted.tolist() == [0, 2, 3]
-    assert [(r.position, r.error.reason, r.error.error_type, r.stage) for r in result.refused] == [(1, "internal_error", "RuntimeError", "score")]
+    assert [(r.position, r.error.reason, r.error.error_type, r.stage) for r in result.refused] == [
+        (1, "internal_error", "RuntimeError", "score")
+    ]
     steps = detector.store.fields["steps"]
     assert detector.store.slot_of("h-poison") is None, "the failing message's step was undone"
-    assert steps[detector.store.slot_of("pump-2")] == 2, "each message stepped once (the failed batch's steps were dropped)"
+    assert steps[detector.store.slot_of("pump-2")] == 2, (
+        "each message stepped once (the failed batch's steps were dropped)"
+    )
     assert steps[detector.store.slot_of("pump-1")] == 1, "a batch entity restarts fresh: its earlier state was suspect"
 
 
@@ -158,9 +209,13 @@ def test_valid_batches_score_as_the_unguarded_detector_does(model_dir):
     guard = BatchGuard(MessageDecoder(FEATURES, MessageFields()), guarded, max_future_skew_s=86400)
     raws = [_valid(f"pump-{i % 7}", NOW + i) for i in range(60)]
     for start in range(0, 60, 20):
-        chunk = raws[start:start + 20]
+        chunk = raws[start : start + 20]
         accepted, batch, _ = DECODE.decode_many(chunk, [None] * 20)
         expected = plain.process_columns(batch, owner=0, drop_stale=True)
         result = guard.score(chunk, [None] * 20, np.zeros(20, dtype=np.int32), drop_stale=True)
-        assert result.accepted.tolist() == accepted.tolist() == list(range(20)) and not result.refused and not result.fell_back
+        assert (
+            result.accepted.tolist() == accepted.tolist() == list(range(20))
+            and not result.refused
+            and not result.fell_back
+        )
         assert result.outcomes.score.tolist() == expected.score.tolist() and result.outcomes.events == expected.events

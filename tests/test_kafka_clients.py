@@ -16,18 +16,42 @@ from packaging.specifiers import SpecifierSet
 from detector.broker import free_port
 from detector.checkpoints import CheckpointStore
 from detector.config import KafkaSettings
-from detector.kafka_internals import TESTED_VERSIONS, KafkaInternalsChanged, check_internals, coordinator_unknown, last_heartbeat_answer
-from detector.logs import KafkaLogLimiter
 from detector.kafka_config import consumer_config, kafka_client_config, producer_config
+from detector.kafka_internals import (
+    TESTED_VERSIONS,
+    KafkaInternalsChanged,
+    check_internals,
+    coordinator_unknown,
+    last_heartbeat_answer,
+)
+from detector.logs import KafkaLogLimiter
 
 ROOT = Path(__file__).resolve().parents[1]
-SECURE = KafkaSettings(security_protocol="SASL_SSL", ssl_cafile=Path("/etc/ca.pem"), ssl_certfile=Path("/etc/client.pem"), ssl_keyfile=Path("/etc/client.key"),
-                       ssl_password="keypass", sasl_mechanism="SCRAM-SHA-512", sasl_username="detector", sasl_password="hunter2")
-EXPECTED_SECURITY = {"security_protocol": "SASL_SSL", "ssl_cafile": "/etc/ca.pem", "ssl_certfile": "/etc/client.pem", "ssl_keyfile": "/etc/client.key",
-                     "ssl_password": "keypass", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "detector", "sasl_plain_password": "hunter2"}
+SECURE = KafkaSettings(
+    security_protocol="SASL_SSL",
+    ssl_cafile=Path("/etc/ca.pem"),
+    ssl_certfile=Path("/etc/client.pem"),
+    ssl_keyfile=Path("/etc/client.key"),
+    ssl_password="keypass",
+    sasl_mechanism="SCRAM-SHA-512",
+    sasl_username="detector",
+    sasl_password="hunter2",
+)
+EXPECTED_SECURITY = {
+    "security_protocol": "SASL_SSL",
+    "ssl_cafile": "/etc/ca.pem",
+    "ssl_certfile": "/etc/client.pem",
+    "ssl_keyfile": "/etc/client.key",
+    "ssl_password": "keypass",
+    "sasl_mechanism": "SCRAM-SHA-512",
+    "sasl_plain_username": "detector",
+    "sasl_plain_password": "hunter2",
+}
 
 
-@pytest.mark.parametrize("build", [producer_config, consumer_config, kafka_client_config], ids=["producer", "consumer", "checkpoint-reader"])
+@pytest.mark.parametrize(
+    "build", [producer_config, consumer_config, kafka_client_config], ids=["producer", "consumer", "checkpoint-reader"]
+)
 def test_security_settings_reach_every_client(build):
     config = build(SECURE)
     assert {key: config.get(key) for key in EXPECTED_SECURITY} == EXPECTED_SECURITY
@@ -47,24 +71,45 @@ def test_plaintext_sends_no_security_settings():
 def test_kafka_python_accepts_the_security_settings(client):
     """kafka-python refuses unknown configuration keys at once; with these it goes on to connect
     (and times out against a closed port), so every key the service sends is one it knows."""
-    config = {**(consumer_config(SECURE) if client is KafkaConsumer else producer_config(SECURE) if client is KafkaProducer else kafka_client_config(SECURE))}
-    config.update(bootstrap_servers=[f"127.0.0.1:{free_port()}"], security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", bootstrap_timeout_ms=300)
+    config = {
+        **(
+            consumer_config(SECURE)
+            if client is KafkaConsumer
+            else producer_config(SECURE)
+            if client is KafkaProducer
+            else kafka_client_config(SECURE)
+        )
+    }
+    config.update(
+        bootstrap_servers=[f"127.0.0.1:{free_port()}"],
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        bootstrap_timeout_ms=300,
+    )
     for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
         config.pop(key)  # no files here; SSL keys are checked by the build test above
     with pytest.raises(KafkaTimeoutError):
         client(**config)
 
 
-@pytest.mark.skip(reason="the bundled Tansu 0.6 broker cannot serve SSL or SASL to a test: its --cert and --key options exclude each other and a "
-                         "combined PEM failed the TLS handshake ('early eof'); SASL users are created with `tansu user` against a persistent "
-                         "storage engine, not the in-memory one the tests run. Use KAFKA_BOOTSTRAP_SERVERS with a secured Apache Kafka instead.")
+@pytest.mark.skip(
+    reason="the bundled Tansu 0.6 broker cannot serve SSL or SASL to a test: its --cert and --key options exclude each other and a "
+    "combined PEM failed the TLS handshake ('early eof'); SASL users are created with `tansu user` against a persistent "
+    "storage engine, not the in-memory one the tests run. Use KAFKA_BOOTSTRAP_SERVERS with a secured Apache Kafka instead."
+)
 def test_security_against_the_bundled_broker():
     raise AssertionError("not supported by the bundled broker")
 
 
 @pytest.mark.kafka
 def test_kafka_python_internals_the_service_reads_exist(kafka_bootstrap, topic_factory):
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id="internals", enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id="internals",
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
     try:
         check_internals(consumer)
         assert last_heartbeat_answer(consumer) == float("-inf"), "no heartbeat answered before joining"

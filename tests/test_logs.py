@@ -47,4 +47,6 @@ def test_a_logger_made_before_configuration_follows_it():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == ""
-    assert [(e["logger"], e["event"], e["version"]) for e in map(json.loads, done.stderr.splitlines())] == [("detector.early", "service.start", "1")]
+    assert [(e["logger"], e["event"], e["version"]) for e in map(json.loads, done.stderr.splitlines())] == [
+        ("detector.early", "service.start", "1")
+    ]

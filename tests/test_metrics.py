@@ -259,7 +259,9 @@ def test_idle_connections_are_closed_after_the_channel_timeout(server: MetricsSe
 
     from detector.metrics import HTTP_CHANNEL_TIMEOUT_S, HTTP_CLEANUP_INTERVAL_S
 
-    conn = socket.create_connection((server.host, server.port), timeout=HTTP_CHANNEL_TIMEOUT_S + 2 * HTTP_CLEANUP_INTERVAL_S + 5)
+    conn = socket.create_connection(
+        (server.host, server.port), timeout=HTTP_CHANNEL_TIMEOUT_S + 2 * HTTP_CLEANUP_INTERVAL_S + 5
+    )
     try:
         assert conn.recv(1) == b"", "the server closed the idle connection"
     finally:

@@ -44,7 +44,9 @@ def test_level_tracking_fused_equals_step_by_step_and_needs_elapsed():
 def _errors_after_a_level_shift(level_halflife_s: float) -> np.ndarray:
     """|error| per step of a 1-feature net (persistence 0.5) fed 0 for 100 minutes, then 5."""
     torch.manual_seed(0)
-    net = StreamAutoencoder(1, hidden_size=4, num_layers=1, cell="lstm", bottleneck=2, level_halflife_s=level_halflife_s).eval()
+    net = StreamAutoencoder(
+        1, hidden_size=4, num_layers=1, cell="lstm", bottleneck=2, level_halflife_s=level_halflife_s
+    ).eval()
     with torch.no_grad():
         net.persistence.fill_(0.5)
     x = torch.cat([torch.zeros(100), torch.full((600,), 5.0)]).reshape(1, -1, 1)
@@ -66,7 +68,9 @@ def test_a_new_entity_starts_at_the_fit_level_and_moves_with_time():
         net.start_state[-1] = 7.0  # the fit data's average level
     state = net.initial_state(1)
     _, state = net.step(torch.tensor([[1.0]]), state, elapsed=torch.tensor([0.0], dtype=torch.float64))
-    assert net._split(state)[2].item() == pytest.approx(7.0), "no time has passed: a first message does not set the level"
+    assert net._split(state)[2].item() == pytest.approx(7.0), (
+        "no time has passed: a first message does not set the level"
+    )
     _, state = net.step(torch.tensor([[1.0]]), state, elapsed=torch.tensor([3600.0], dtype=torch.float64))
     assert net._split(state)[2].item() == pytest.approx(4.0, abs=1e-4), "one half-life later: half way"
 
@@ -128,7 +132,9 @@ def test_arbitrary_pickle_is_not_executed(tmp_path, capsys):
 
 def test_time_context_fused_equals_step_and_round_trips(tmp_path):
     torch.manual_seed(0)
-    net = StreamAutoencoder(2, hidden_size=6, num_layers=1, cell="lstm", bottleneck=3, periods=(86400.0, 604800.0)).eval()
+    net = StreamAutoencoder(
+        2, hidden_size=6, num_layers=1, cell="lstm", bottleneck=3, periods=(86400.0, 604800.0)
+    ).eval()
     x = torch.randn(3, 7, 2)
     when = 1.7e9 + torch.arange(21, dtype=torch.float64).reshape(3, 7) * 3600.0
     fused, fused_state = net(x, net.initial_state(3), when)
@@ -158,4 +164,6 @@ def test_models_written_before_time_context_still_load(tmp_path):
     del meta["architecture"]["periods"], meta["feature_range"]
     meta_path.write_text(json.dumps(meta))
     loaded = load_model(tmp_path / "m")
-    assert loaded.network.architecture.periods == () and loaded.feature_range is None, "no range check without the fit data's range"
+    assert loaded.network.architecture.periods == () and loaded.feature_range is None, (
+        "no range check without the fit data's range"
+    )

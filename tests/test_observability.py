@@ -20,6 +20,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from service_harness import (
+    ServiceProcess,
+    TopicReader,
+    Topics,
+    dead_letter_view,
+    make_topics,
+    offsets_seen,
+    produce,
+    service_env,
+)
 
 from detector import __version__
 from detector.broker import create_topics, free_port, start_broker
@@ -27,8 +37,6 @@ from detector.config import FitSettings, ModelSettings, ScoringSettings
 from detector.demo import FEATURES, generate_history, generate_stream
 from detector.fit import fit_tables, write_model
 from detector.schema import Table
-
-from service_harness import ServiceProcess, Topics, TopicReader, dead_letter_view, make_topics, offsets_seen, produce, service_env
 
 pytestmark = pytest.mark.kafka
 
@@ -44,8 +52,16 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 def model_dir(tmp_path_factory) -> Path:
     """A model fitted on generated history (the same recipe as tests/test_stream.py)."""
     history = generate_history(entities=10, rows=300)
-    table = Table([m.timestamp for m in history], [str(m.timestamp) for m in history], [m.entity for m in history], list(FEATURES), np.array([m.values for m in history]))
-    model, fit_history = fit_tables([table], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False)
+    table = Table(
+        [m.timestamp for m in history],
+        [str(m.timestamp) for m in history],
+        [m.entity for m in history],
+        list(FEATURES),
+        np.array([m.values for m in history]),
+    )
+    model, fit_history = fit_tables(
+        [table], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False
+    )
     directory = tmp_path_factory.mktemp("model")
     write_model(model, fit_history, directory, report=False)
     return directory
@@ -62,7 +78,13 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int | None, str]:
         return None, ""
 
 
-def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25, alive: Callable[[], bool] = lambda: True) -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.25,
+    alive: Callable[[], bool] = lambda: True,
+) -> Any:
     """Poll ``condition`` until it returns something truthy; fail naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -94,19 +116,32 @@ class PrometheusServer:
             "  - job_name: detector\n"
             "    metrics_path: /metrics\n"
             "    static_configs:\n"
-            f"      - targets: [\"{target}\"]\n"
+            f'      - targets: ["{target}"]\n'
         )
         self.log_path = workdir / "prometheus.log"
         self.process = subprocess.Popen(
-            [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log_path.open("ab"), cwd=workdir,
+            [
+                str(PROMETHEUS),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("ab"),
+            cwd=workdir,
         )
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def wait_ready(self, timeout_s: float = 30) -> None:
-        wait_until(lambda: http_get(self.url + "/-/ready")[0] == 200, timeout_s, f"Prometheus ready (log {self.log_path}: {self.log_tail()})", alive=self.alive)
+        wait_until(
+            lambda: http_get(self.url + "/-/ready")[0] == 200,
+            timeout_s,
+            f"Prometheus ready (log {self.log_path}: {self.log_tail()})",
+            alive=self.alive,
+        )
 
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-10:]) if self.log_path.exists() else ""
@@ -150,8 +185,14 @@ def malformed_messages(entities: list[str]) -> list[tuple[tuple[bytes, bytes | N
         body, reason = [
             (b"{not json", "not_json"),
             (b"[1, 2, 3]", "schema"),
-            (json.dumps({"entity": entity, "timestamp": 1795568400.0, "values": {"temperature": 1.0}}).encode(), "missing_feature"),
-            (json.dumps({"entity": entity, "timestamp": 1795568400.0, "values": {**good, "rpm": "fast"}}).encode(), "non_numeric"),
+            (
+                json.dumps({"entity": entity, "timestamp": 1795568400.0, "values": {"temperature": 1.0}}).encode(),
+                "missing_feature",
+            ),
+            (
+                json.dumps({"entity": entity, "timestamp": 1795568400.0, "values": {**good, "rpm": "fast"}}).encode(),
+                "non_numeric",
+            ),
             (json.dumps({"entity": entity, "timestamp": "not a time", "values": good}).encode(), "timestamp"),
         ][i % 5]
         out.append(((entity.encode(), body), reason))
@@ -181,7 +222,9 @@ def test_prometheus_scrapes_the_running_service(kafka_bootstrap, topic_factory, 
     produce(kafka_bootstrap, topics.input, mixed)
 
     port = free_port()
-    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1")
+    env = service_env(
+        kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1"
+    )
     service = ServiceProcess(env, tmp_path / "service.log")
     prometheus = PrometheusServer(tmp_path / "prometheus", f"127.0.0.1:{port}")
     scores, alerts = (TopicReader(kafka_bootstrap, t) for t in (topics.scores, topics.alerts))
@@ -191,13 +234,25 @@ def test_prometheus_scrapes_the_running_service(kafka_bootstrap, topic_factory, 
         scores.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=90, alive=service.alive)
         dead.wait_for(lambda r: len(r) >= len(bad), timeout_s=30, alive=service.alive)
         opened = [a for a in alerts.read(1.0) if a["state"] == "open"]
-        assert len(scores.records) == len(stream) and len(dead.records) == len(bad), "a clean run publishes each decision once"
+        assert len(scores.records) == len(stream) and len(dead.records) == len(bad), (
+            "a clean run publishes each decision once"
+        )
         assert anomalous <= {a["entity"] for a in opened}, "every injected anomaly opened an alert"
 
         job = '{job="detector"}'
         # The last scrape may predate the last batch: wait until Prometheus has the final counts.
-        wait_until(lambda: prometheus.value(f'detector_messages_total{{job="detector",outcome="scored"}}') == len(stream), 30, "Prometheus has every scored message", alive=service.alive)
-        wait_until(lambda: (lag := prometheus.query(f"detector_consumer_lag_messages{job}")) and all(v == 0 for _, v in lag), 30, "lag 0 on every partition in Prometheus", alive=service.alive)
+        wait_until(
+            lambda: prometheus.value('detector_messages_total{job="detector",outcome="scored"}') == len(stream),
+            30,
+            "Prometheus has every scored message",
+            alive=service.alive,
+        )
+        wait_until(
+            lambda: (lag := prometheus.query(f"detector_consumer_lag_messages{job}")) and all(v == 0 for _, v in lag),
+            30,
+            "lag 0 on every partition in Prometheus",
+            alive=service.alive,
+        )
 
         assert prometheus.value(f"up{job}") == 1
         assert prometheus.value('detector_messages_total{job="detector",outcome="scored"}') == len(stream)
@@ -210,7 +265,9 @@ def test_prometheus_scrapes_the_running_service(kafka_bootstrap, topic_factory, 
         assert prometheus.value(f"detector_anomaly_score_count{job}") == len(stream)
         assert prometheus.value(f"detector_anomaly_probability_count{job}") == len(stream)
         for q in (0.5, 0.99):
-            step_q = prometheus.value(f"histogram_quantile({q}, sum by (le) (detector_step_duration_seconds_bucket{job}))")
+            step_q = prometheus.value(
+                f"histogram_quantile({q}, sum by (le) (detector_step_duration_seconds_bucket{job}))"
+            )
             assert step_q is not None and math.isfinite(step_q) and 0 < step_q < 5, (q, step_q)
         assert prometheus.value(f"detector_step_duration_seconds_count{job}") > 0
         assert prometheus.value(f"detector_batch_size_messages_sum{job}") == len(stream)
@@ -224,8 +281,14 @@ def test_prometheus_scrapes_the_running_service(kafka_bootstrap, topic_factory, 
         assert prometheus.value(f"detector_partitions_assigned{job}") == partitions
         age = prometheus.value(f"detector_checkpoint_age_seconds{job}")
         assert age is not None and 0 <= age < 120
-        assert prometheus.value(f"detector_checkpoint_duration_seconds_count{job}") >= partitions, "an initial checkpoint per partition"
-        for failures in ("detector_commit_failures_total", "detector_publish_failures_total", "detector_checkpoint_failures_total"):
+        assert prometheus.value(f"detector_checkpoint_duration_seconds_count{job}") >= partitions, (
+            "an initial checkpoint per partition"
+        )
+        for failures in (
+            "detector_commit_failures_total",
+            "detector_publish_failures_total",
+            "detector_checkpoint_failures_total",
+        ):
             assert prometheus.value(f"{failures}{job}") == 0, failures
 
         model_version = json.loads((model_dir / "model.json").read_text())["version"]
@@ -239,7 +302,9 @@ def test_prometheus_scrapes_the_running_service(kafka_bootstrap, topic_factory, 
         assert progress_age is not None and progress_age < 30
 
         # The rule groups of deploy/prometheus/alerts.yml are loaded and evaluate without error.
-        expected = {g["name"]: [r["alert"] for r in g["rules"]] for g in yaml.safe_load(ALERTS_YML.read_text())["groups"]}
+        expected = {
+            g["name"]: [r["alert"] for r in g["rules"]] for g in yaml.safe_load(ALERTS_YML.read_text())["groups"]
+        }
 
         def rules_ok() -> dict | None:
             groups = prometheus.api("rules")["groups"]
@@ -285,8 +350,11 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = service_env(
-            bootstrap, topics, model_dir,
-            DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1",
+            bootstrap,
+            topics,
+            model_dir,
+            DETECTOR_METRICS__PORT=str(port),
+            DETECTOR_METRICS__HOST="127.0.0.1",
             DETECTOR_METRICS__STALL_AFTER_S="2",
             DETECTOR_KAFKA__REQUEST_TIMEOUT_MS="10000",
             DETECTOR_STREAM__BATCH_MAX_MESSAGES="50",  # many broker round trips per message: the broker is on the loop's path
@@ -314,7 +382,9 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
 
             produce(bootstrap, topics.input, rest)
             behind = len(offsets_seen(reader.read(0.3)))
-            assert behind < len(stream), "the service must still have a backlog when the broker freezes (make the stream longer)"
+            assert behind < len(stream), (
+                "the service must still have a backlog when the broker freezes (make the stream longer)"
+            )
             broker.pause()
             paused_at = time.monotonic()
             statuses: list[tuple[float, int | None, str]] = []
@@ -334,11 +404,20 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
             broker.resume()
             assert held and set(held) == {503}, f"/healthz stays 503 while the loop is blocked: {held}"
             resumed_at = time.monotonic()
-            print(f"\nhealthz while frozen ({len(statuses)} polls, {behind} of {len(stream)} scored at the freeze): first 503 after {stalled[0][0]} s: {stalled[0][2]}")
+            print(
+                f"\nhealthz while frozen ({len(statuses)} polls, {behind} of {len(stream)} scored at the freeze): first 503 after {stalled[0][0]} s: {stalled[0][2]}"
+            )
 
-            wait_until(lambda: http_get(url + "/healthz")[0] == 200, 30, "/healthz 200 after the broker resumed", alive=service.alive)
+            wait_until(
+                lambda: http_get(url + "/healthz")[0] == 200,
+                30,
+                "/healthz 200 after the broker resumed",
+                alive=service.alive,
+            )
             records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=90, alive=service.alive)
-            print(f"all {len(stream)} scored {time.monotonic() - resumed_at:.1f} s after the resume; {len(records) - len(stream)} duplicates")
+            print(
+                f"all {len(stream)} scored {time.monotonic() - resumed_at:.1f} s after the resume; {len(records) - len(stream)} duplicates"
+            )
             later = []
             for _ in range(5):
                 later.append(http_get(url + "/healthz")[0])
@@ -356,20 +435,28 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
     per_partition = Counter(p for p, _ in seen)
     assert sum(per_partition.values()) == len(stream), "every input message was scored: nothing lost"
     assert seen == {(p, o) for p, count in per_partition.items() for o in range(count)}, "no offset skipped"
-    own_errors = [e for e in service.log_events() if e["level"] == "error" and e.get("logger", "").startswith("detector")]
-    assert not own_errors, "no request timed out: the loop just waited for the broker (kafka-python's own errors are logged too)"
+    own_errors = [
+        e for e in service.log_events() if e["level"] == "error" and e.get("logger", "").startswith("detector")
+    ]
+    assert not own_errors, (
+        "no request timed out: the loop just waited for the broker (kafka-python's own errors are logged too)"
+    )
 
 
 # --------------------------------------------------------------------------- 3. /readyz and lifecycle
 
 
-def test_readyz_goes_ready_after_assignment_and_the_lifecycle_is_logged(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+def test_readyz_goes_ready_after_assignment_and_the_lifecycle_is_logged(
+    kafka_bootstrap, topic_factory, model_dir, tmp_path
+):
     stream = generate_stream(10, 30, (), seed=13)
     topics = make_topics(topic_factory, partitions=3)
     produce(kafka_bootstrap, topics.input, stream)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1")
+    env = service_env(
+        kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1"
+    )
     samples: list[tuple[float, int | None, str]] = []
     stop = threading.Event()
 
@@ -406,10 +493,17 @@ def test_readyz_goes_ready_after_assignment_and_the_lifecycle_is_logged(kafka_bo
     first_ok = codes.index(200)
     assert set(codes[:first_ok]) == {503} and set(codes[first_ok:]) == {200}, f"one transition 503 -> 200: {codes}"
     reasons = {body for _, status, body in answered if status == 503}
-    assert reasons <= {"starting", "connecting to the broker", "waiting for partition assignment", "restoring checkpoints"}, reasons
+    assert reasons <= {
+        "starting",
+        "connecting to the broker",
+        "waiting for partition assignment",
+        "restoring checkpoints",
+    }, reasons
     not_ready_for = answered[first_ok][0] - answered[0][0]
     assert not_ready_for > 1.0, f"the group join takes seconds, yet ready after {not_ready_for:.2f} s"
-    print(f"\n/readyz: {first_ok} x 503 ({sorted(reasons)}) for {not_ready_for:.1f} s, then {len(codes) - first_ok} x 200")
+    print(
+        f"\n/readyz: {first_ok} x 503 ({sorted(reasons)}) for {not_ready_for:.1f} s, then {len(codes) - first_ok} x 200"
+    )
 
     events = service.log_events()
     names = [e["event"] for e in events]
@@ -428,10 +522,15 @@ def test_readyz_goes_ready_after_assignment_and_the_lifecycle_is_logged(kafka_bo
     restores = [e for e in events if e["event"] == "state.restore"]
     assert sorted(e["partition"] for e in restores) == [0, 1, 2]
     restore = index("state.restore")
-    initial = index("state.checkpoint", lambda e: e["reason"] == "initial")  # a fresh partition is checkpointed as it is restored
+    initial = index(
+        "state.checkpoint", lambda e: e["reason"] == "initial"
+    )  # a fresh partition is checkpointed as it is restored
     stopping, stopped = index("service.stopping"), index("service.stopped")
     final = index("state.checkpoint", lambda e: e["reason"] == "shutdown")
-    assert start < assigned < min(restore, initial) and max(restore, initial) < stopping < final < stopped == len(events) - 1, names
+    assert (
+        start < assigned < min(restore, initial)
+        and max(restore, initial) < stopping < final < stopped == len(events) - 1
+    ), names
     reasons = [e["reason"] for e in events if e["event"] == "state.checkpoint"]
     assert reasons.count("initial") == 3 and reasons.count("shutdown") == 3, reasons
     assert not [e for e in events if e["level"] in ("error", "critical")], "no errors in a clean run"

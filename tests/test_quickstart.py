@@ -27,13 +27,22 @@ def quickstart_commands(readme: str) -> list[str]:
     """The ```sh blocks of the README's quick-start section, in order."""
     start = readme.index(f"\n{SECTION}\n")
     following = readme.find("\n## ", start + 1)
-    section = readme[start: following if following != -1 else len(readme)]
+    section = readme[start : following if following != -1 else len(readme)]
     return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
 
 
 def test_the_quick_start_has_every_step_of_the_newcomers_path():
     script = "\n".join(quickstart_commands((ROOT / "README.md").read_text()))
-    for step in ("make setup", "detector fit", "detector score", "scores.csv", "detector broker", "detector send", "detector run", "detector read"):
+    for step in (
+        "make setup",
+        "detector fit",
+        "detector score",
+        "scores.csv",
+        "detector broker",
+        "detector send",
+        "detector run",
+        "detector read",
+    ):
         assert step in script, step
 
 
@@ -41,19 +50,25 @@ def test_the_quick_start_runs_as_written(tmp_path: Path):
     blocks = quickstart_commands((ROOT / "README.md").read_text())
     script = "\n".join(["set -euo pipefail", "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT", *blocks, "wait"])
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
-    environment.update({
-        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-        "DETECTOR_METRICS__PORT": "0",
-        "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-        "DETECTOR_LOG__FORMAT": "json",
-        "TMPDIR": str(tmp_path),
-    })
-    done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600, check=False)
+    environment.update(
+        {
+            "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+            "DETECTOR_METRICS__PORT": "0",
+            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+            "DETECTOR_LOG__FORMAT": "json",
+            "TMPDIR": str(tmp_path),
+        }
+    )
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     out = done.stdout
-    assert re.search(r"^scored 360 rows of today\.csv -> scores\.csv: \d+ anomalous, [1-9]\d* alerts opened$", out, re.MULTILINE), out
+    assert re.search(
+        r"^scored 360 rows of today\.csv -> scores\.csv: \d+ anomalous, [1-9]\d* alerts opened$", out, re.MULTILINE
+    ), out
     assert re.search(r",pump-1,[^\n]*,open\r?$", out, re.MULTILINE), "the score finds the fault in pump-1"
     assert "sent 360 messages from today.csv" in out
     alerts = [line for line in out.splitlines() if line.startswith('{"type":"anomaly_alert"')]

@@ -5,7 +5,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.cli import main
-from detector.schema import BadMessage, DataError, MessageDecoder, MessageFields, parse_message, parse_timestamp, read_csv
+from detector.schema import (
+    BadMessage,
+    DataError,
+    MessageDecoder,
+    MessageFields,
+    parse_message,
+    parse_timestamp,
+    read_csv,
+)
 
 FEATURES = ["temperature", "pressure"]
 
@@ -64,7 +72,11 @@ def test_timestamps_in_seconds_milliseconds_and_iso_agree():
 
 
 def _message(**overrides):
-    document = {"entity": "pump-7", "timestamp": "2026-11-25T01:00:00Z", "values": {"temperature": 71.2, "pressure": 1.1}}
+    document = {
+        "entity": "pump-7",
+        "timestamp": "2026-11-25T01:00:00Z",
+        "values": {"temperature": 71.2, "pressure": 1.1},
+    }
     document.update(overrides)
     return json.dumps(document).encode()
 
@@ -127,20 +139,28 @@ def test_bad_messages_have_reasons(make_parser, raw, reason):
 
 
 _JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=8))
-_FEATURE_VALUE = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=-(10**30), max_value=10**30), _JSON_LEAF)
+_FEATURE_VALUE = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=-(10**30), max_value=10**30), _JSON_LEAF
+)
 
 
 @settings(max_examples=400, deadline=None)
 @given(
     entity=st.one_of(st.text(max_size=6), st.integers(), _JSON_LEAF),
-    timestamp=st.one_of(st.floats(min_value=0, max_value=4e12), st.integers(min_value=-5, max_value=4 * 10**12), _JSON_LEAF),
+    timestamp=st.one_of(
+        st.floats(min_value=0, max_value=4e12), st.integers(min_value=-5, max_value=4 * 10**12), _JSON_LEAF
+    ),
     values=st.one_of(st.dictionaries(st.sampled_from([*FEATURES, "extra"]), _FEATURE_VALUE, max_size=3), _JSON_LEAF),
     drop=st.sets(st.sampled_from(["entity", "timestamp", "values"])),
     key=st.one_of(st.none(), st.binary(max_size=4)),
 )
 def test_fast_decoder_agrees_with_parse_message(entity, timestamp, values, drop, key):
     """Whatever the message, MessageDecoder returns what parse_message returns or raises the same reason."""
-    document = {name: value for name, value in (("entity", entity), ("timestamp", timestamp), ("values", values)) if name not in drop}
+    document = {
+        name: value
+        for name, value in (("entity", entity), ("timestamp", timestamp), ("values", values))
+        if name not in drop
+    }
     raw = json.dumps(document).encode()
     outcomes = []
     for parse in (_slow(), _fast()):
@@ -174,16 +194,32 @@ def _verdicts_of_batch(raws, keys):
     return verdicts
 
 
-_NUMBER = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=-(10**30), max_value=10**30))
-_PLAIN = st.builds(
-    lambda entity, timestamp, a, b: json.dumps({"entity": entity, "timestamp": timestamp, "values": {"temperature": a, "pressure": b}}).encode(),
-    st.text(min_size=1, max_size=6), st.one_of(st.floats(min_value=-1, max_value=4e12), st.integers(min_value=-5, max_value=4 * 10**12)), _NUMBER, _NUMBER,
+_NUMBER = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=-(10**30), max_value=10**30)
 )
-_ODD = st.one_of(st.none(), st.binary(max_size=12), st.builds(lambda v: json.dumps(v).encode(), st.dictionaries(st.sampled_from(["entity", "timestamp", "values"]), _JSON_LEAF)))
+_PLAIN = st.builds(
+    lambda entity, timestamp, a, b: json.dumps(
+        {"entity": entity, "timestamp": timestamp, "values": {"temperature": a, "pressure": b}}
+    ).encode(),
+    st.text(min_size=1, max_size=6),
+    st.one_of(st.floats(min_value=-1, max_value=4e12), st.integers(min_value=-5, max_value=4 * 10**12)),
+    _NUMBER,
+    _NUMBER,
+)
+_ODD = st.one_of(
+    st.none(),
+    st.binary(max_size=12),
+    st.builds(
+        lambda v: json.dumps(v).encode(),
+        st.dictionaries(st.sampled_from(["entity", "timestamp", "values"]), _JSON_LEAF),
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(raws=st.lists(st.one_of(_PLAIN, _PLAIN, _PLAIN, _ODD), max_size=8), key=st.one_of(st.none(), st.binary(max_size=4)))
+@given(
+    raws=st.lists(st.one_of(_PLAIN, _PLAIN, _PLAIN, _ODD), max_size=8), key=st.one_of(st.none(), st.binary(max_size=4))
+)
 def test_batch_decoding_agrees_with_parse_message(raws, key):
     """decode_many gives every message of a batch the verdict parse_message gives it alone."""
     keys = [key] * len(raws)
@@ -195,7 +231,13 @@ def test_plain_batches_take_the_columnar_path_and_odd_ones_do_not():
     decoder = _fast()
     assert decoder._columnar(plain) is not None
     assert _verdicts_of_batch(plain, [None] * 5) == _verdicts_one_by_one(plain, [None] * 5)
-    for odd in (_message(entity=" padded "), _message(entity=7), _message(timestamp="2026-11-25T01:00:00Z"), _message(values={"temperature": 1}), None):
+    for odd in (
+        _message(entity=" padded "),
+        _message(entity=7),
+        _message(timestamp="2026-11-25T01:00:00Z"),
+        _message(values={"temperature": 1}),
+        None,
+    ):
         batch = [*plain, odd]
         assert decoder._columnar(batch) is None
         assert _verdicts_of_batch(batch, [None] * 6) == _verdicts_one_by_one(batch, [None] * 6)

@@ -5,6 +5,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from support import QUICK_FIT, checkpoint_without, synthetic_csv
 
 from detector.config import FitSettings, ModelSettings, ScoringSettings
 from detector.fit import fit_tables
@@ -12,19 +13,21 @@ from detector.schema import Observation, observations_from_table, read_csv
 from detector.scoring import Detector, waves
 from detector.testing import tiny_model
 
-from support import QUICK_FIT, checkpoint_without, synthetic_csv
-
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     path = synthetic_csv(tmp_path_factory.mktemp("data") / "train.csv", entities=4, rows=400, seed=1)
-    model, _ = fit_tables([read_csv(path)], ModelSettings(hidden_size=16), FitSettings(**QUICK_FIT), ScoringSettings(), progress=False)
+    model, _ = fit_tables(
+        [read_csv(path)], ModelSettings(hidden_size=16), FitSettings(**QUICK_FIT), ScoringSettings(), progress=False
+    )
     return model
 
 
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory):
-    path = synthetic_csv(tmp_path_factory.mktemp("data") / "stream.csv", entities=6, rows=120, seed=2, shift_at=80, shift=3.0)
+    path = synthetic_csv(
+        tmp_path_factory.mktemp("data") / "stream.csv", entities=6, rows=120, seed=2, shift_at=80, shift=3.0
+    )
     return list(observations_from_table(read_csv(path)))
 
 
@@ -141,9 +144,21 @@ def _daily_csv(path, days: float, step_s: float = 1800.0, entities: int = 2):
 
 
 def test_daily_context_is_used_only_when_the_fit_covers_a_day_and_keeps_equivalence(tmp_path):
-    short, _ = fit_tables([read_csv(_daily_csv(tmp_path / "short.csv", days=1.0))], ModelSettings(hidden_size=8), FitSettings(**QUICK_FIT), ScoringSettings(), progress=False)
+    short, _ = fit_tables(
+        [read_csv(_daily_csv(tmp_path / "short.csv", days=1.0))],
+        ModelSettings(hidden_size=8),
+        FitSettings(**QUICK_FIT),
+        ScoringSettings(),
+        progress=False,
+    )
     assert short.network.architecture.periods == ()  # 80 % of a day trains: no daily context
-    model, _ = fit_tables([read_csv(_daily_csv(tmp_path / "long.csv", days=3.0))], ModelSettings(hidden_size=8), FitSettings(**QUICK_FIT), ScoringSettings(), progress=False)
+    model, _ = fit_tables(
+        [read_csv(_daily_csv(tmp_path / "long.csv", days=3.0))],
+        ModelSettings(hidden_size=8),
+        FitSettings(**QUICK_FIT),
+        ScoringSettings(),
+        progress=False,
+    )
     assert model.network.architecture.periods == (86400.0,)
     stream = list(observations_from_table(read_csv(_daily_csv(tmp_path / "later.csv", days=1.5))))
     whole = _scores(Detector(model).process(stream))
@@ -162,7 +177,9 @@ def _escapes(detector: Detector, slot: np.ndarray, z: float, alert_open: bool | 
 def test_an_event_rising_over_several_messages_is_reported_once(margin, reported):
     detector = Detector(tiny_model(novelty_margin=margin, novelty_discount=3.0))
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    detector.store.fields["peak"][slot] = 0.0  # an entity whose recent peak is 0 (a new one starts at a settled entity's)
+    detector.store.fields["peak"][slot] = (
+        0.0  # an entity whose recent peak is 0 (a new one starts at a settled entity's)
+    )
     rising = [1.5, 2.0, 2.4, 2.7]  # sub-alert z-scores of consecutive messages; 2.7 exceeds 1.5 + 1.0
     escaped = [i for i, z in enumerate(rising) if _escapes(detector, slot, z)]
     assert escaped == reported
@@ -197,12 +214,17 @@ def test_a_message_that_is_not_new_stays_below_the_alert_level_however_large():
         assert NormalDist().cdf(discounted) < detector.threshold  # its probability
 
 
-@pytest.mark.parametrize(("peak", "z", "reported_beyond_level"), [  # peak and z relative to the alert level
-    (-5.0, 0.5, 0.5),  # a calm entity (peak far below the level): its z itself
-    (1.0, 1.05, 0.05),  # barely beats a peak a recent event raised: barely beyond the level
-    (1.0, 3.0, 2.0),  # beats it by far
-])
-def test_a_new_high_is_reported_beyond_the_alert_level_by_no_more_than_it_beats_the_peak(peak, z, reported_beyond_level):
+@pytest.mark.parametrize(
+    ("peak", "z", "reported_beyond_level"),
+    [  # peak and z relative to the alert level
+        (-5.0, 0.5, 0.5),  # a calm entity (peak far below the level): its z itself
+        (1.0, 1.05, 0.05),  # barely beats a peak a recent event raised: barely beyond the level
+        (1.0, 3.0, 2.0),  # beats it by far
+    ],
+)
+def test_a_new_high_is_reported_beyond_the_alert_level_by_no_more_than_it_beats_the_peak(
+    peak, z, reported_beyond_level
+):
     detector = Detector(tiny_model(novelty_discount=3.0))
     level = detector._threshold_z
     slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
@@ -214,7 +236,9 @@ def test_a_new_high_is_reported_beyond_the_alert_level_by_no_more_than_it_beats_
 
 def _decide(detector: Detector, slot: np.ndarray, score: float, timestamp: float = 0.0, elapsed: float = 1.0) -> tuple:
     """One decision for one entity past its warm-up (the tests' models have none): (probability, is_open, events)."""
-    return detector._decide(slot, np.array([score]), None, np.array([timestamp]), np.array([elapsed]), np.ones(1, dtype=bool))
+    return detector._decide(
+        slot, np.array([score]), None, np.array([timestamp]), np.array([elapsed]), np.ones(1, dtype=bool)
+    )
 
 
 def _alert_run(log_scores: list[float], close_after: int = 10) -> tuple[list[int], list[int]]:
@@ -247,7 +271,9 @@ def test_a_burst_is_marked_by_its_onset_and_a_sustained_anomaly_while_it_lasts()
     assert burst == [50], "a short alert: its onset only"
     _, sustained = _alert_run([0.0] * 50 + [8.0] * 30 + [0.0] * 9 + [8.0] * 5 + [0.0] * 30, close_after=10)
     expected = [50] + list(range(59, 80)) + list(range(89, 94))
-    assert sustained == expected, "from its 10th anomalous message on, every anomalous one; not the calm ones of the dip"
+    assert sustained == expected, (
+        "from its 10th anomalous message on, every anomalous one; not the calm ones of the dip"
+    )
     _, weak = _alert_run([0.0] * 50 + [8.0] + [2.5] * 40 + [0.0] * 30, close_after=10)
     assert weak == [50], "messages below the fit-time alert level are not marked, however long the alert"
 
@@ -259,7 +285,9 @@ def _normal_messages(detector: Detector, steps: int, seed: int, entities: int = 
     draws, calibration = np.random.default_rng(seed), detector.model.calibration
     for _ in range(steps):
         scores = np.exp(calibration.log_mean + calibration.log_std * draws.standard_normal(entities))
-        probability, _, events = detector._decide(slots, scores, None, np.zeros(entities), np.ones(entities), np.ones(entities, dtype=bool))
+        probability, _, events = detector._decide(
+            slots, scores, None, np.zeros(entities), np.ones(entities), np.ones(entities, dtype=bool)
+        )
         yield probability, events
 
 
@@ -268,7 +296,9 @@ def test_alerts_open_at_the_false_alarm_rate_on_normal_data():
     detector, rate = Detector(model), ScoringSettings(**model.scoring).false_alarm_rate
     assert 0.9 < detector.threshold < 1 - rate, "the novelty discount keeps normal messages below their raw likelihood"
     # per message of the entities' lives: how many of the 500 reached the threshold (other draws than the simulation's)
-    reached = [int((probability >= detector.threshold).sum()) for probability, _ in _normal_messages(detector, 3000, seed=1)]
+    reached = [
+        int((probability >= detector.threshold).sum()) for probability, _ in _normal_messages(detector, 3000, seed=1)
+    ]
     settled = sum(reached[1000:]) / (2000 * 500)
     assert 0.7 * rate < settled < 1.4 * rate, settled
     assert sum(reached[:200]) / (200 * 500) < 2 * rate, "a new entity's first messages are judged as a settled one's"
@@ -281,8 +311,10 @@ def test_without_the_simulated_start_peak_a_new_entity_alerts_more_often():
     calibrated = Detector(model)
     naive = Detector(model, simulate_null=False)
     naive.threshold = calibrated.threshold  # the same level; only the start of the novelty peak differs
-    counts = [sum(event == "open" for _, events in _normal_messages(detector, 50, seed=2) for event, _ in events.values())
-              for detector in (calibrated, naive)]
+    counts = [
+        sum(event == "open" for _, events in _normal_messages(detector, 50, seed=2) for event, _ in events.values())
+        for detector in (calibrated, naive)
+    ]
     assert calibrated.store._fresh("peak") > 1.0 and counts[0] * 3 < counts[1], counts
 
 
@@ -346,8 +378,10 @@ def test_the_calm_after_an_event_is_not_reported_as_news():
 
 def _ranged_pair() -> tuple[Detector, Detector]:
     """Two detectors of a model fitted on values in [0, 1]: with the range check, and without it."""
+
     def make(tolerance: float) -> Detector:
         return Detector(tiny_model(feature_range=([0.0, 0.0], [1.0, 1.0]), warmup_steps=0, range_tolerance=tolerance))
+
     return make(0.05), make(math.inf)
 
 
@@ -355,31 +389,54 @@ def test_a_level_never_seen_before_alerts_without_teaching_the_entity_it_is_usua
     checked, unchecked = _ranged_pair()
     rng = np.random.default_rng(0)
     for t, values in enumerate(rng.uniform(0.0, 1.0, (200, 2)).tolist()):
-        assert checked.score_one("pump", values, float(t)) == unchecked.score_one("pump", values, float(t)), "inside the range: no difference"
+        assert checked.score_one("pump", values, float(t)) == unchecked.score_one("pump", values, float(t)), (
+            "inside the range: no difference"
+        )
     breach = checked.score_one("pump", [0.5, 1.5], 200.0)  # feature b half its range's width beyond it
     plain = unchecked.score_one("pump", [0.5, 1.5], 200.0)
     assert breach.event == "open" and breach.top_features[0][0] == "b", "alerts, naming the feature out of range"
     assert plain.event is None and breach.score > plain.score and breach.probability > plain.probability
-    learned = ("fast_mean", "long_mean", "long_var", "base_mean", "base_var", "peak", "seasonal", "error_ewma", "range_low", "range_high")
+    learned = (
+        "fast_mean",
+        "long_mean",
+        "long_var",
+        "base_mean",
+        "base_var",
+        "peak",
+        "seasonal",
+        "error_ewma",
+        "range_low",
+        "range_high",
+    )
     for name in learned:
-        assert np.array_equal(checked.store.fields[name], unchecked.store.fields[name]), f"{name}: the statistics learn the reconstruction score only"
+        assert np.array_equal(checked.store.fields[name], unchecked.store.fields[name]), (
+            f"{name}: the statistics learn the reconstruction score only"
+        )
     stands_out = []
     for t in range(201, 206):  # the range absorbs half of each excess: 0.25 / 1.25 = 0.2 widths, then 0.09, 0.04
         again, again_plain = (d.score_one("pump", [0.5, 1.5], float(t)) for d in (checked, unchecked))
         stands_out.append(again.score > again_plain.score)
-    assert stands_out == [True, True, False, False, False], "a new level stands out for 3 messages, then belongs to the range"
+    assert stands_out == [True, True, False, False, False], (
+        "a new level stands out for 3 messages, then belongs to the range"
+    )
     assert (again.score, again.probability) == (again_plain.score, again_plain.probability)
 
 
 def test_one_wild_value_widens_the_range_by_a_share_of_its_excess():
-    absorbing, including = (Detector(tiny_model(feature_range=([0.0, 0.0], [1.0, 1.0]), warmup_steps=0, range_absorb=share))
-                            for share in (0.5, 1.0))
+    absorbing, including = (
+        Detector(tiny_model(feature_range=([0.0, 0.0], [1.0, 1.0]), warmup_steps=0, range_absorb=share))
+        for share in (0.5, 1.0)
+    )
     for detector in (absorbing, including):
         detector.score_one("pump", [0.5, 11.0], 0.0)  # a glitch: feature b ten widths above its range
-    high = {share: float(d.store.fields["range_high"][0, 1]) * d.model.feature_scale[1] + d.model.feature_mean[1]
-            for share, d in ((0.5, absorbing), (1.0, including))}
+    high = {
+        share: float(d.store.fields["range_high"][0, 1]) * d.model.feature_scale[1] + d.model.feature_mean[1]
+        for share, d in ((0.5, absorbing), (1.0, including))
+    }
     assert high[0.5] == pytest.approx(6.0, rel=1e-5) and high[1.0] == pytest.approx(11.0, rel=1e-5)
-    level = [d.score_one("pump", [0.5, 7.0], 1.0).score > d.model.calibration.threshold_score for d in (absorbing, including)]
+    level = [
+        d.score_one("pump", [0.5, 7.0], 1.0).score > d.model.calibration.threshold_score for d in (absorbing, including)
+    ]
     assert level == [True, False], "after the glitch a level of 7 is still news with half-absorption, hidden with full"
 
 
@@ -400,7 +457,9 @@ def test_after_an_upgrade_an_entity_is_not_alerted_for_where_it_wandered_before_
         detector.store.restore(old, owner=0, now=0.0)
     wandered = [d.score_one("pump", [0.5, 1.5], 50.0) for d in (upgraded, unchecked)]
     assert wandered[0] == wandered[1], "its first message completes the fit data's range instead of being judged by it"
-    assert upgraded.score_one("pump", [0.5, 2.5], 51.0).score > unchecked.score_one("pump", [0.5, 2.5], 51.0).score, "then the range is known"
+    assert upgraded.score_one("pump", [0.5, 2.5], 51.0).score > unchecked.score_one("pump", [0.5, 2.5], 51.0).score, (
+        "then the range is known"
+    )
 
 
 def test_a_model_fitted_before_ranges_were_kept_gets_no_range_check():

@@ -11,22 +11,31 @@ import time
 
 import pytest
 from kafka import KafkaAdminClient
+from service_harness import http_status, make_topics, service_env
 
 from detector.broker import free_port
 from detector.config import KafkaSettings
+from detector.kafka_config import kafka_client_config
 from detector.metrics import Health
 from detector.startup import StartupError, _check_one, check_topics, wait_for_broker
-from detector.kafka_config import kafka_client_config
-
-from service_harness import http_status, make_topics, service_env
 
 
 def test_unreachable_broker_waits_quietly_not_ready_and_stops_on_sigterm(model_dir, tmp_path):
     """30 s against a closed port: one detector event saying so, at most a dozen lines in all,
     /readyz 503 throughout, and SIGTERM ends it with exit 0 without waiting for the broker."""
     metrics_port, closed = free_port(), free_port()
-    env = {**service_env(f"127.0.0.1:{closed}", make_topics(lambda partitions=1: "unused"), model_dir), "DETECTOR_METRICS__PORT": str(metrics_port), "DETECTOR_METRICS__HOST": "127.0.0.1"}
-    process = subprocess.Popen([sys.executable, "-m", "detector.cli", "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **service_env(f"127.0.0.1:{closed}", make_topics(lambda partitions=1: "unused"), model_dir),
+        "DETECTOR_METRICS__PORT": str(metrics_port),
+        "DETECTOR_METRICS__HOST": "127.0.0.1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "detector.cli", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         started = time.monotonic()
         while http_status(f"http://127.0.0.1:{metrics_port}/readyz") == -1 and time.monotonic() - started < 60:
@@ -52,20 +61,31 @@ def test_unreachable_broker_waits_quietly_not_ready_and_stops_on_sigterm(model_d
     assert not any("Traceback" in line for line in lines)
     [unreachable] = [e for e in events if e["event"] == "kafka.unreachable"]
     assert unreachable["bootstrap_servers"] == f"127.0.0.1:{closed}" and unreachable["retry_every_s"] > 0
-    assert all(e["level"] in ("info", "warning") for e in events if e["logger"].startswith("kafka")), "kafka-python's lines are warnings"
+    assert all(e["level"] in ("info", "warning") for e in events if e["logger"].startswith("kafka")), (
+        "kafka-python's lines are warnings"
+    )
 
 
 def test_stop_while_waiting_for_the_broker_returns_none():
     stop, health = threading.Event(), Health(60.0)
     stop.set()
-    assert wait_for_broker(kafka_client_config(KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")), stop, health) is None
+    assert (
+        wait_for_broker(kafka_client_config(KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")), stop, health)
+        is None
+    )
 
 
 @pytest.mark.kafka
 def test_missing_output_topic_is_one_line_and_exit_2(kafka_bootstrap, topic_factory, model_dir):
     topics = make_topics(topic_factory)
     topics.alerts = f"missing-alerts-{topics.group}"
-    result = subprocess.run([sys.executable, "-m", "detector.cli", "run"], env=service_env(kafka_bootstrap, topics, model_dir), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "run"],
+        env=service_env(kafka_bootstrap, topics, model_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     plain = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert result.returncode == 2
     assert plain[0] == f"detector run: alert topic '{topics.alerts}' does not exist", result.stderr
@@ -80,8 +100,14 @@ def test_missing_output_topic_is_one_line_and_exit_2(kafka_bootstrap, topic_fact
 @pytest.mark.kafka
 def test_create_topics_creates_the_missing_output_topics(kafka_bootstrap, topic_factory):
     suffix = topic_factory(1)
-    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, alert_topic=f"{suffix}-a", dead_letter_topic=f"{suffix}-d", checkpoint_topic=f"{suffix}-c",
-                          scores_topic=suffix, create_topics=True)
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_bootstrap,
+        alert_topic=f"{suffix}-a",
+        dead_letter_topic=f"{suffix}-d",
+        checkpoint_topic=f"{suffix}-c",
+        scores_topic=suffix,
+        create_topics=True,
+    )
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
         created = check_topics(admin, kafka)
@@ -89,7 +115,9 @@ def test_create_topics_creates_the_missing_output_topics(kafka_bootstrap, topic_
         assert {kafka.alert_topic, kafka.dead_letter_topic, kafka.checkpoint_topic} <= set(admin.list_topics())
         assert check_topics(admin, kafka) == [], "nothing to create the second time"
         with pytest.raises(StartupError, match=f"dead-letter topic '{suffix}-missing'"):
-            check_topics(admin, kafka.model_copy(update={"dead_letter_topic": f"{suffix}-missing", "create_topics": False}))
+            check_topics(
+                admin, kafka.model_copy(update={"dead_letter_topic": f"{suffix}-missing", "create_topics": False})
+            )
     finally:
         admin.close()
 
@@ -102,4 +130,6 @@ def test_forbidden_topics_are_named():
         _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": read_only})
     _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": read_only + ["WRITE"]})
     _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": ["ALL"]})
-    _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": None})  # a broker that does not report operations
+    _check_one(
+        "alerts", "alert", {"error_code": 0, "authorized_operations": None}
+    )  # a broker that does not report operations

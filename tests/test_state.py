@@ -5,17 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import checkpoint_without
 
 from detector.state import CheckpointError, EntityStore
-
-from support import checkpoint_without
 
 BASELINE = (-0.5, 0.25)
 
 
 def _store(state_size: int = 3, seasonal_bins: int = 4, n_features: int = 2, max_entities: int = 10) -> EntityStore:
     start_range = (np.full(n_features, -1.0, np.float32), np.full(n_features, 2.0, np.float32))
-    return EntityStore(state_size, BASELINE, max_entities=max_entities, n_features=n_features, seasonal_bins=seasonal_bins, start_range=start_range)
+    return EntityStore(
+        state_size,
+        BASELINE,
+        max_entities=max_entities,
+        n_features=n_features,
+        seasonal_bins=seasonal_bins,
+        start_range=start_range,
+    )
 
 
 def _busy_store() -> EntityStore:
@@ -33,11 +39,26 @@ def test_a_reused_slot_starts_as_a_new_entity():
     store = _busy_store()
     store.max_entities = 2
     slot = store.slots_for(["c"], owner=0, now=1.0)  # evicts "a" and takes its slot
-    fields = {name: store.fields[name][slot[0]] for name in ("base_mean", "base_var", "seasonal", "last_ts", "steps", "alert_open", "error_ewma", "range_low", "range_high")}
+    fields = {
+        name: store.fields[name][slot[0]]
+        for name in (
+            "base_mean",
+            "base_var",
+            "seasonal",
+            "last_ts",
+            "steps",
+            "alert_open",
+            "error_ewma",
+            "range_low",
+            "range_high",
+        )
+    }
     assert fields["base_mean"] == BASELINE[0] and fields["base_var"] == BASELINE[1]
     assert (fields["seasonal"] == np.float32(BASELINE[0])).all() and (fields["error_ewma"] == 0).all()
     assert fields["last_ts"] == -np.inf and fields["steps"] == 0 and not fields["alert_open"]
-    assert fields["range_low"].tolist() == [-1.0, -1.0] and fields["range_high"].tolist() == [2.0, 2.0], "the fit data's range"
+    assert fields["range_low"].tolist() == [-1.0, -1.0] and fields["range_high"].tolist() == [2.0, 2.0], (
+        "the fit data's range"
+    )
 
 
 def test_a_checkpoint_restores_every_field_exactly():
@@ -55,10 +76,16 @@ def test_a_checkpoint_restores_every_field_exactly():
 
 def test_a_checkpoint_from_before_the_time_of_day_memory_and_the_range_restores_them_fresh_or_unknown():
     target = _store()
-    target.restore(checkpoint_without(_busy_store().export(owner=0), "seasonal", "evidence", "range_low", "range_high"), owner=0, now=0.0)
+    target.restore(
+        checkpoint_without(_busy_store().export(owner=0), "seasonal", "evidence", "range_low", "range_high"),
+        owner=0,
+        now=0.0,
+    )
     slot = target.slot_of("b")
     assert (target.fields["seasonal"][slot] == np.float32(BASELINE[0])).all()
-    assert np.isnan(target.fields["range_low"][slot]).all() and np.isnan(target.fields["range_high"][slot]).all(), "unknown: the scorer completes it"
+    assert np.isnan(target.fields["range_low"][slot]).all() and np.isnan(target.fields["range_high"][slot]).all(), (
+        "unknown: the scorer completes it"
+    )
     assert target.fields["evidence"][slot] == 1 << 20
     assert target.fields["steps"][slot] == 2, "the fields it has are restored"
 

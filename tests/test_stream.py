@@ -6,12 +6,19 @@ import json
 import time
 
 import pytest
+from service_harness import (
+    ServiceProcess,
+    TopicReader,
+    dead_letter_view,
+    make_topics,
+    offsets_seen,
+    produce,
+    service_env,
+)
 
 from detector.demo import Message, generate_stream
 from detector.schema import Observation, parse_timestamp
 from detector.scoring import Detector
-
-from service_harness import ServiceProcess, TopicReader, dead_letter_view, make_topics, offsets_seen, produce, service_env
 
 pytestmark = pytest.mark.kafka
 
@@ -19,7 +26,9 @@ pytestmark = pytest.mark.kafka
 def _offline(model_dir, messages: list[Message]) -> dict[tuple[str, float], tuple[float, float, int]]:
     from detector.model import load_model
 
-    decisions = Detector(load_model(model_dir)).process([Observation(m.entity, m.timestamp, m.values) for m in messages])
+    decisions = Detector(load_model(model_dir)).process(
+        [Observation(m.entity, m.timestamp, m.values) for m in messages]
+    )
     return {(d.entity, d.timestamp): (d.score, d.probability, int(d.is_anomaly)) for d in decisions}
 
 
@@ -50,7 +59,16 @@ def test_thousand_entities_alerts_and_false_alarm_rate(kafka_bootstrap, topic_fa
     opened = [a for a in alerts if a["state"] == "open"]
     assert anomalous <= {a["entity"] for a in opened}, "every injected anomaly raises an alert"
     for alert in opened[:5]:
-        assert {"entity", "timestamp", "score", "probability", "threshold", "model_version", "source", "top_features"} <= set(alert)
+        assert {
+            "entity",
+            "timestamp",
+            "score",
+            "probability",
+            "threshold",
+            "model_version",
+            "source",
+            "top_features",
+        } <= set(alert)
     clean_opens = sum(a["entity"] not in anomalous for a in opened)
     clean_messages = sum(m.entity not in anomalous for m in stream)
     rate = float(json.loads((model_dir / "model.json").read_text())["scoring"]["false_alarm_rate"])
@@ -77,11 +95,19 @@ def test_service_scores_equal_offline_score(kafka_bootstrap, topic_factory, mode
     _assert_scores_match(records, _offline(model_dir, stream))
 
 
-def test_kill_9_and_restart_loses_nothing_and_restores_exact_states(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+def test_kill_9_and_restart_loses_nothing_and_restores_exact_states(
+    kafka_bootstrap, topic_factory, model_dir, tmp_path
+):
     stream = generate_stream(60, 80, {"pump-1", "pump-7"}, seed=6)
     topics = make_topics(topic_factory)
     produce(kafka_bootstrap, topics.input, stream)
-    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__BATCH_MAX_MESSAGES="40", DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.3")
+    env = service_env(
+        kafka_bootstrap,
+        topics,
+        model_dir,
+        DETECTOR_STREAM__BATCH_MAX_MESSAGES="40",
+        DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.3",
+    )
     reader = TopicReader(kafka_bootstrap, topics.scores)
     first = ServiceProcess(env, tmp_path / "first.log")
     reader.wait_for(lambda r: len(r) >= len(stream) // 3, timeout_s=120, alive=first.alive)
@@ -127,7 +153,16 @@ def test_second_instance_takes_over_partitions_with_their_states(kafka_bootstrap
 
 
 def _malformed(entity: str, timestamp: float) -> list[tuple[bytes | None, bytes | None, str]]:
-    good = {"temperature": 1, "pressure": 1, "vibration": 1, "current": 1, "voltage": 1, "flow": 1, "rpm": 1, "humidity": 1}
+    good = {
+        "temperature": 1,
+        "pressure": 1,
+        "vibration": 1,
+        "current": 1,
+        "voltage": 1,
+        "flow": 1,
+        "rpm": 1,
+        "humidity": 1,
+    }
     body = lambda **kw: json.dumps({"entity": entity, "timestamp": timestamp, "values": good, **kw}).encode()  # noqa: E731
     return [
         (entity.encode(), b"\x00\xff binary", "not_json"),
@@ -146,7 +181,9 @@ def _malformed(entity: str, timestamp: float) -> list[tuple[bytes | None, bytes 
     ]
 
 
-def test_malformed_messages_go_to_dead_letters_and_valid_ones_are_scored(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+def test_malformed_messages_go_to_dead_letters_and_valid_ones_are_scored(
+    kafka_bootstrap, topic_factory, model_dir, tmp_path
+):
     stream = generate_stream(20, 30, (), seed=8)
     topics = make_topics(topic_factory, partitions=2)
     mixed, expected_reasons = [], []
@@ -158,7 +195,10 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_are_scored(kafka_b
                 expected_reasons.append(reason)
     produce(kafka_bootstrap, topics.input, mixed)
     service = ServiceProcess(service_env(kafka_bootstrap, topics, model_dir), tmp_path / "service.log")
-    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view)
+    scores, dead = (
+        TopicReader(kafka_bootstrap, topics.scores),
+        TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view),
+    )
     try:
         scores.wait_for(lambda r: len(r) >= len(stream), timeout_s=120, alive=service.alive)
         letters = dead.wait_for(lambda r: len(r) >= len(expected_reasons), timeout_s=60, alive=service.alive)
@@ -180,7 +220,13 @@ def test_replay_after_a_restart_never_moves_committed_offsets_back(kafka_bootstr
     stream = generate_stream(40, 100, {"pump-3"}, seed=17)
     topics = make_topics(topic_factory)
     produce(kafka_bootstrap, topics.input, stream)
-    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__BATCH_MAX_MESSAGES="50", DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="3600")
+    env = service_env(
+        kafka_bootstrap,
+        topics,
+        model_dir,
+        DETECTOR_STREAM__BATCH_MAX_MESSAGES="50",
+        DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="3600",
+    )
     reader = TopicReader(kafka_bootstrap, topics.scores)
     first = ServiceProcess(env, tmp_path / "first.log")
     reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=120, alive=first.alive)
@@ -194,7 +240,9 @@ def test_replay_after_a_restart_never_moves_committed_offsets_back(kafka_bootstr
     lowest = dict(committed_at_kill)
     try:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and sum(e["event"] == "state.replay_done" for e in second.log_events()) < len(partitions):
+        while time.monotonic() < deadline and sum(e["event"] == "state.replay_done" for e in second.log_events()) < len(
+            partitions
+        ):
             for tp in partitions:
                 lowest[tp] = min(lowest[tp], watcher.committed(tp) or 0)
             time.sleep(0.05)

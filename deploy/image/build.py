@@ -69,11 +69,16 @@ def ensure_base_image() -> str:
         make_base_tarball(BASE_TARBALL)
     podman(
         "import",
-        "--change", "ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "--change", "ENV=LANG=C.UTF-8",
-        "--change", 'CMD=["python3"]',
-        "--message", f"debootstrap --variant=minbase --include={BASE_PACKAGES} {SUITE}",
-        str(BASE_TARBALL), BASE_IMAGE,
+        "--change",
+        "ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--change",
+        "ENV=LANG=C.UTF-8",
+        "--change",
+        'CMD=["python3"]',
+        "--message",
+        f"debootstrap --variant=minbase --include={BASE_PACKAGES} {SUITE}",
+        str(BASE_TARBALL),
+        BASE_IMAGE,
     )
     return BASE_IMAGE
 
@@ -88,10 +93,17 @@ def make_base_tarball(target: Path) -> None:
         rootfs = Path(tmp) / "rootfs"
         print(f"image: debootstrap {SUITE} into {rootfs} (a few minutes, once)", flush=True)
         mirror = os.environ.get("DEBIAN_MIRROR") or DEFAULT_MIRROR
-        subprocess.run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(rootfs), mirror],
-                       check=True, stdout=subprocess.DEVNULL)
-        found = subprocess.run(["chroot", str(rootfs), "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                               check=True, text=True, capture_output=True).stdout.strip()
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", SUITE, str(rootfs), mirror],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        found = subprocess.run(
+            ["chroot", str(rootfs), "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            check=True,
+            text=True,
+            capture_output=True,
+        ).stdout.strip()
         if found != EXPECTED_PYTHON:
             sys.exit(f"error: {SUITE}'s python3 is {found}, the image needs {EXPECTED_PYTHON}")
         (rootfs / "usr/bin/python").symlink_to("python3")
@@ -119,7 +131,7 @@ def pip_mounts(python: str) -> list[str]:
             paths.add(Path(config_file.group(1)))
             continue
         setting = re.match(r"^\s+[\w.-]+[:=]\s*'?(.*?)'?$", line)
-        for word in (setting.group(1).split() if setting else []):
+        for word in setting.group(1).split() if setting else []:
             if word.startswith("file:///"):
                 paths.add(Path(word.removeprefix("file://")).parent)
             elif word.startswith("/"):
@@ -132,13 +144,21 @@ def pip_mounts(python: str) -> list[str]:
 
 def build(tag: str, python_image: str, torch_index_url: str, python: str) -> None:
     podman(
-        "build", "--format", "docker", "--pull=never", "--layers",
+        "build",
+        "--format",
+        "docker",
+        "--pull=never",
+        "--layers",
         *CONTAINER_FLAGS,
         *pip_mounts(python),
-        "--build-arg", f"PYTHON_IMAGE={python_image}",
-        "--build-arg", f"TORCH_INDEX_URL={torch_index_url}",
-        "--tag", tag,
-        "--file", str(ROOT / "Dockerfile"),
+        "--build-arg",
+        f"PYTHON_IMAGE={python_image}",
+        "--build-arg",
+        f"TORCH_INDEX_URL={torch_index_url}",
+        "--tag",
+        tag,
+        "--file",
+        str(ROOT / "Dockerfile"),
         str(ROOT),
     )
 
@@ -154,7 +174,10 @@ def main() -> int:
         python_image = os.environ.get("PYTHON_IMAGE") or ensure_base_image()
         build(tag, python_image, torch_index_url, os.environ.get("PYTHON", sys.executable))
     except subprocess.CalledProcessError as error:
-        print(f"error: `{' '.join(map(str, error.cmd))[:160]}` exited with {error.returncode} (output above)", file=sys.stderr)
+        print(
+            f"error: `{' '.join(map(str, error.cmd))[:160]}` exited with {error.returncode} (output above)",
+            file=sys.stderr,
+        )
         return 1
     print(f"image: built {tag} on {python_image}")
     return 0

@@ -11,11 +11,23 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import UTC
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaProducer
+from service_harness import (
+    ServiceProcess,
+    TopicReader,
+    dead_letter_view,
+    http_status,
+    make_topics,
+    offsets_seen,
+    produce,
+    service_env,
+)
 
 from detector.broker import free_port, start_broker
 from detector.demo import FEATURES, generate_stream
@@ -23,16 +35,14 @@ from detector.model import load_model
 from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation, parse_message, parse_timestamp
 from detector.scoring import Detector
 
-from service_harness import ServiceProcess, TopicReader, dead_letter_view, http_status, make_topics, offsets_seen, produce, service_env
-
-import numpy as np
-
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 FIGURES: dict[str, object] = {}
 
 
 def _offline(model_dir, messages):
-    decisions = Detector(load_model(model_dir)).process([Observation(m.entity, m.timestamp, m.values) for m in messages])
+    decisions = Detector(load_model(model_dir)).process(
+        [Observation(m.entity, m.timestamp, m.values) for m in messages]
+    )
     return {(d.entity, d.timestamp): d for d in decisions}
 
 
@@ -44,9 +54,9 @@ def _check_scores(records, expected):
 
 def _alert_events(expected):
     """(entity, state, ISO timestamp) of every alert event the uninterrupted run makes."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    iso = lambda t: datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")  # noqa: E731
+    iso = lambda t: datetime.fromtimestamp(t, tz=UTC).isoformat().replace("+00:00", "Z")  # noqa: E731
     return {(d.entity, d.event, iso(d.timestamp)) for d in expected.values() if d.event}
 
 
@@ -55,7 +65,13 @@ def test_repeated_kill_9_loses_nothing(kafka_bootstrap, topic_factory, model_dir
     topics = make_topics(topic_factory)
     produce(kafka_bootstrap, topics.input, stream)
     batch = 50
-    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__BATCH_MAX_MESSAGES=str(batch), DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.5")
+    env = service_env(
+        kafka_bootstrap,
+        topics,
+        model_dir,
+        DETECTOR_STREAM__BATCH_MAX_MESSAGES=str(batch),
+        DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.5",
+    )
     reader = TopicReader(kafka_bootstrap, topics.scores)
     rng, kills, duplicates_per_kill = random.Random(5), 0, []
     while kills < 6:
@@ -75,7 +91,12 @@ def test_repeated_kill_9_loses_nothing(kafka_bootstrap, topic_factory, model_dir
     finally:
         assert final.terminate() == 0
     duplicates = len(records) - len(offsets_seen(records))
-    FIGURES["kill9"] = {"messages": len(stream), "kills": kills, "duplicates": duplicates, "lost": len(stream) - len(offsets_seen(records))}
+    FIGURES["kill9"] = {
+        "messages": len(stream),
+        "kills": kills,
+        "duplicates": duplicates,
+        "lost": len(stream) - len(offsets_seen(records)),
+    }
     print("kill -9 figures:", FIGURES["kill9"])
     assert kills >= 5
     assert len(offsets_seen(records)) == len(stream), "every message scored at least once"
@@ -103,7 +124,14 @@ def test_broker_outage_20s(model_dir, tmp_path):
         half = len(stream) // 2
         produce(broker.bootstrap_servers, topics.input, stream[:half])
         port = free_port()
-        env = service_env(broker.bootstrap_servers, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1", DETECTOR_METRICS__STALL_AFTER_S="5")
+        env = service_env(
+            broker.bootstrap_servers,
+            topics,
+            model_dir,
+            DETECTOR_METRICS__PORT=str(port),
+            DETECTOR_METRICS__HOST="127.0.0.1",
+            DETECTOR_METRICS__STALL_AFTER_S="5",
+        )
         service = ServiceProcess(env, tmp_path / "service.log")
         reader = TopicReader(broker.bootstrap_servers, topics.scores)
         try:
@@ -125,7 +153,14 @@ def test_broker_outage_20s(model_dir, tmp_path):
             ready_after = http_status(f"http://127.0.0.1:{port}/readyz")
         finally:
             code = service.terminate()
-        FIGURES["outage"] = {"messages": len(stream), "lost": len(stream) - len(offsets_seen(records)), "healthz_during": sorted(set(health_during)), "readyz_during": sorted(set(ready_during)), "healthz_after": health_after, "readyz_after": ready_after}
+        FIGURES["outage"] = {
+            "messages": len(stream),
+            "lost": len(stream) - len(offsets_seen(records)),
+            "healthz_during": sorted(set(health_during)),
+            "readyz_during": sorted(set(ready_during)),
+            "healthz_after": health_after,
+            "readyz_after": ready_after,
+        }
         print("outage figures:", FIGURES["outage"])
         assert code == 0
         assert len(offsets_seen(records)) == len(stream)
@@ -165,16 +200,48 @@ def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory
         records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=180, alive=anchor.alive)
     finally:
         anchor.terminate()
-    FIGURES["rebalance"] = {"messages": len(stream), "membership_changes": churn * 2, "duplicates": len(records) - len(offsets_seen(records)), "lost": len(stream) - len(offsets_seen(records))}
+    FIGURES["rebalance"] = {
+        "messages": len(stream),
+        "membership_changes": churn * 2,
+        "duplicates": len(records) - len(offsets_seen(records)),
+        "lost": len(stream) - len(offsets_seen(records)),
+    }
     print("rebalance figures:", FIGURES["rebalance"])
     assert len(offsets_seen(records)) == len(stream)
     _check_scores(records, _offline(model_dir, stream))
 
 
-_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
-_feature_values = st.fixed_dictionaries({}, optional={f: st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3), st.none(), st.booleans(), st.integers(min_value=-10**400, max_value=10**400)) for f in FEATURES})
-_shaped = st.fixed_dictionaries({}, optional={"entity": st.one_of(st.text(max_size=5), st.integers(), st.none()), "timestamp": st.one_of(st.integers(min_value=-10, max_value=10**14), st.text(max_size=25), st.floats()), "values": st.one_of(_feature_values, _json_values)})
-_bad_bytes = st.one_of(st.binary(max_size=64), _json_values.map(lambda v: json.dumps(v).encode()), _shaped.map(lambda v: json.dumps(v).encode()))
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_feature_values = st.fixed_dictionaries(
+    {},
+    optional={
+        f: st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.text(max_size=3),
+            st.none(),
+            st.booleans(),
+            st.integers(min_value=-(10**400), max_value=10**400),
+        )
+        for f in FEATURES
+    },
+)
+_shaped = st.fixed_dictionaries(
+    {},
+    optional={
+        "entity": st.one_of(st.text(max_size=5), st.integers(), st.none()),
+        "timestamp": st.one_of(st.integers(min_value=-10, max_value=10**14), st.text(max_size=25), st.floats()),
+        "values": st.one_of(_feature_values, _json_values),
+    },
+)
+_bad_bytes = st.one_of(
+    st.binary(max_size=64),
+    _json_values.map(lambda v: json.dumps(v).encode()),
+    _shaped.map(lambda v: json.dumps(v).encode()),
+)
 
 
 @given(value=_bad_bytes)
@@ -186,7 +253,15 @@ def test_parser_rejects_or_accepts_never_crashes(value):
         try:
             obs = parse(value)
         except BadMessage as error:
-            assert error.reason in {"not_json", "schema", "missing_feature", "non_numeric", "non_finite", "too_large", "timestamp"}
+            assert error.reason in {
+                "not_json",
+                "schema",
+                "missing_feature",
+                "non_numeric",
+                "non_finite",
+                "too_large",
+                "timestamp",
+            }
             verdicts.append(error.reason)
         else:
             assert len(obs.values) == len(FEATURES) and all(np.isfinite(obs.values)) and obs.entity
@@ -215,7 +290,10 @@ def test_fuzzed_messages_in_a_live_stream(messages, kafka_bootstrap, topic_facto
                 verdicts.append(error.reason)
     produce(kafka_bootstrap, topics.input, mixed)
     service = ServiceProcess(service_env(kafka_bootstrap, topics, model_dir), tmp_path / "service.log")
-    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view)
+    scores, dead = (
+        TopicReader(kafka_bootstrap, topics.scores),
+        TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view),
+    )
     bad = [v for v in verdicts if v != "ok"]
     try:
         dead.wait_for(lambda r: len(r) >= len(bad), timeout_s=120, alive=service.alive)
@@ -235,14 +313,26 @@ def test_corrupt_or_mismatched_model_is_a_clear_error(model_dir, tmp_path, kafka
     shutil.copytree(model_dir, broken)
     (broken / "weights.pt").write_bytes(b"not a model")
     topics = make_topics(topic_factory)
-    result = subprocess.run([sys.executable, "-m", "detector.cli", "run"], env=service_env(kafka_bootstrap, topics, broken), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "run"],
+        env=service_env(kafka_bootstrap, topics, broken),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "corrupt" in result.stderr and "broken" in result.stderr
     meta = json.loads((model_dir / "model.json").read_text())
     mismatched = tmp_path / "mismatched"
     shutil.copytree(model_dir, mismatched)
     meta["architecture"]["hidden_size"] = 5
     (mismatched / "model.json").write_text(json.dumps(meta))
-    result = subprocess.run([sys.executable, "-m", "detector.cli", "run"], env=service_env(kafka_bootstrap, topics, mismatched), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "run"],
+        env=service_env(kafka_bootstrap, topics, mismatched),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "incompatible" in result.stderr
 
 
@@ -251,16 +341,28 @@ def test_corrupt_checkpoint_falls_back_to_fresh_state(kafka_bootstrap, topic_fac
     topics = make_topics(topic_factory, partitions=2)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     producer.send(topics.checkpoints, key=f"{topics.group}/{topics.input}/0".encode(), value=b"{garbage")
-    manifest = {"id": "x", "chunks": 1, "next_offset": 0, "model_version": load_model(model_dir).version, "written_at": 0}
+    manifest = {
+        "id": "x",
+        "chunks": 1,
+        "next_offset": 0,
+        "model_version": load_model(model_dir).version,
+        "written_at": 0,
+    }
     producer.send(topics.checkpoints, key=f"{topics.group}/{topics.input}/1/x/0".encode(), value=b"\x00\x01 not torch")
-    producer.send(topics.checkpoints, key=f"{topics.group}/{topics.input}/1".encode(), value=json.dumps(manifest).encode())
+    producer.send(
+        topics.checkpoints, key=f"{topics.group}/{topics.input}/1".encode(), value=json.dumps(manifest).encode()
+    )
     producer.flush()
     produce(kafka_bootstrap, topics.input, stream)
     port = free_port()
-    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1")
+    env = service_env(
+        kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1"
+    )
     service = ServiceProcess(env, tmp_path / "service.log")
     try:
-        TopicReader(kafka_bootstrap, topics.scores).wait_for(lambda r: len(r) >= len(stream), timeout_s=120, alive=service.alive)
+        TopicReader(kafka_bootstrap, topics.scores).wait_for(
+            lambda r: len(r) >= len(stream), timeout_s=120, alive=service.alive
+        )
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         assert service.terminate() == 0
@@ -274,8 +376,9 @@ def test_stop_while_alerts_unacknowledged_loses_no_alert(model_dir, tmp_path):
     stop meanwhile and the broker comes back during its shutdown: the shutdown commit and
     checkpoint must not cover the batch whose alerts never arrived, so after a restart every
     alert of an uninterrupted run is published and every score matches it."""
-    from detector.broker import create_topics
     from service_harness import Topics
+
+    from detector.broker import create_topics
 
     stream = generate_stream(40, 300, {f"pump-{e}" for e in range(0, 40, 4)}, seed=16)
     expected = _offline(model_dir, stream)
@@ -285,8 +388,14 @@ def test_stop_while_alerts_unacknowledged_loses_no_alert(model_dir, tmp_path):
         create_topics(broker.bootstrap_servers, [names[k] for k in ("alerts", "dead", "ckpt", "scores")], 1)
         topics = Topics(names["in"], names["alerts"], names["dead"], names["ckpt"], names["scores"])
         produce(broker.bootstrap_servers, topics.input, stream)
-        env = service_env(broker.bootstrap_servers, topics, model_dir, DETECTOR_STREAM__BATCH_MAX_MESSAGES="200", DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.5",
-                          DETECTOR_KAFKA__REQUEST_TIMEOUT_MS="7000")
+        env = service_env(
+            broker.bootstrap_servers,
+            topics,
+            model_dir,
+            DETECTOR_STREAM__BATCH_MAX_MESSAGES="200",
+            DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.5",
+            DETECTOR_KAFKA__REQUEST_TIMEOUT_MS="7000",
+        )
         first = ServiceProcess(env, tmp_path / "first.log")
         reader = TopicReader(broker.bootstrap_servers, topics.scores)
         reader.wait_for(lambda r: len(r) >= len(stream) // 3, timeout_s=120, alive=first.alive)
@@ -308,12 +417,18 @@ def test_stop_while_alerts_unacknowledged_loses_no_alert(model_dir, tmp_path):
             alerts = TopicReader(broker.bootstrap_servers, topics.alerts).read(2.0)
         finally:
             assert second.terminate() == 0
-    FIGURES["unacknowledged_stop"] = {"messages": len(stream), "first_exit": first_code, "held_back": "service.stopped_unacknowledged" in events,
-                                      "duplicates": len(records) - len(offsets_seen(records))}
+    FIGURES["unacknowledged_stop"] = {
+        "messages": len(stream),
+        "first_exit": first_code,
+        "held_back": "service.stopped_unacknowledged" in events,
+        "duplicates": len(records) - len(offsets_seen(records)),
+    }
     print("unacknowledged-stop figures:", FIGURES["unacknowledged_stop"])
     assert len(offsets_seen(records)) == len(stream)
     wanted = _alert_events(expected)
     published = {(a["entity"], a["state"], a["timestamp"]) for a in alerts}
-    assert wanted and wanted <= published, f"{len(wanted - published)} alerts lost, e.g. {sorted(wanted - published)[:3]}"
+    assert wanted and wanted <= published, (
+        f"{len(wanted - published)} alerts lost, e.g. {sorted(wanted - published)[:3]}"
+    )
     _check_scores(records, expected)
     assert first_code == 0, "a stop during a failed publish is a clean stop"

@@ -10,14 +10,13 @@ import urllib.request
 from collections import Counter
 
 import pytest
+from hostile import HOSTILE
 from hypothesis import HealthCheck, Phase, given, settings
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from service_harness import ServiceProcess, TopicReader, dead_letter_view, make_topics, offsets_seen, service_env
 
 from detector.broker import free_port
 from detector.demo import generate_stream
-
-from hostile import HOSTILE
-from service_harness import ServiceProcess, TopicReader, dead_letter_view, make_topics, offsets_seen, service_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 PER_CLASS = 25
@@ -34,7 +33,9 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes
 
 def _metric(port: int, outcome: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    line = next(line for line in text.splitlines() if line.startswith(f'detector_messages_total{{outcome="{outcome}"}}'))
+    line = next(
+        line for line in text.splitlines() if line.startswith(f'detector_messages_total{{outcome="{outcome}"}}')
+    )
     return float(line.split()[-1])
 
 
@@ -42,7 +43,9 @@ def _committed(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
     """The group's committed offset of each partition."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
-        return {p: consumer.committed(TopicPartition(topic, p)) for p in sorted(consumer.partitions_for_topic(topic) or [])}
+        return {
+            p: consumer.committed(TopicPartition(topic, p)) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        }
     finally:
         consumer.close()
 
@@ -51,7 +54,14 @@ def _drawn(strategy, count: int) -> list:
     """``count`` examples of ``strategy``, the same on every run (hypothesis, derandomized)."""
     drawn: list = []
 
-    @settings(max_examples=count, deadline=None, derandomize=True, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(example=strategy)
     def collect(example):
         drawn.append(example)
@@ -68,21 +78,30 @@ def test_hostile_input_never_stops_the_stream(kafka_bootstrap, topic_factory, mo
     for i, message in enumerate(valid):
         mixed.append((message.entity.encode(), message.to_json()))
         is_valid.append(True)
-        for record in bad[i * len(bad) // len(valid): (i + 1) * len(bad) // len(valid)]:
+        for record in bad[i * len(bad) // len(valid) : (i + 1) * len(bad) // len(valid)]:
             mixed.append(record)
             is_valid.append(False)
     topics = make_topics(topic_factory, partitions=3)
     positions = _produce(kafka_bootstrap, topics.input, mixed)
     sent = dict(zip(positions, mixed))
     port = free_port()
-    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1")
+    env = service_env(
+        kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1"
+    )
     service = ServiceProcess(env, tmp_path / "service.log")
-    scores, dead = TopicReader(kafka_bootstrap, topics.scores), TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view)
+    scores, dead = (
+        TopicReader(kafka_bootstrap, topics.scores),
+        TopicReader(kafka_bootstrap, topics.dead_letters, dead_letter_view),
+    )
     try:
         dead.wait_for(lambda r: len(r) + len(scores.read(0.1)) >= len(mixed), timeout_s=90, alive=service.alive)
-        end = {p: max(o for q, o in positions if q == p) + 1 for p, _ in positions}  # Tansu's end offsets lag: from the producer
+        end = {
+            p: max(o for q, o in positions if q == p) + 1 for p, _ in positions
+        }  # Tansu's end offsets lag: from the producer
         deadline = time.monotonic() + 30
-        while (committed := _committed(kafka_bootstrap, topics.input, topics.group)) != end and time.monotonic() < deadline:
+        while (
+            committed := _committed(kafka_bootstrap, topics.input, topics.group)
+        ) != end and time.monotonic() < deadline:
             assert service.alive(), "the service process died"
             time.sleep(0.5)
         counted = {outcome: _metric(port, outcome) for outcome in ("scored", "dead_letter")}
@@ -91,8 +110,18 @@ def test_hostile_input_never_stops_the_stream(kafka_bootstrap, topic_factory, mo
         code = service.terminate()
     scored, lettered = offsets_seen(scores.records), offsets_seen(dead.records)
     reasons = Counter(letter["reason"] for letter in dead.records)
-    print("hostile figures:", {"messages": len(mixed), "hostile": len(bad), "distinct_hostile": len(set(bad)), "scored": len(scored), "dead_letters": len(lettered),
-                               "seconds": round(time.monotonic() - started, 1), "reasons": dict(reasons)})
+    print(
+        "hostile figures:",
+        {
+            "messages": len(mixed),
+            "hostile": len(bad),
+            "distinct_hostile": len(set(bad)),
+            "scored": len(scored),
+            "dead_letters": len(lettered),
+            "seconds": round(time.monotonic() - started, 1),
+            "reasons": dict(reasons),
+        },
+    )
     assert code == 0, "the process never exited and stopped cleanly"
     assert committed == end, f"the committed offsets reach the end of every partition: {committed} against {end}"
     assert {p for p, ok in zip(positions, is_valid) if ok} <= scored, "every valid message is scored"

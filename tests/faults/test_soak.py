@@ -11,11 +11,10 @@ import urllib.request
 import numpy as np
 import pytest
 from kafka import KafkaProducer
+from service_harness import ServiceProcess, make_topics, service_env
 
 from detector.broker import free_port
 from detector.demo import Message
-
-from service_harness import ServiceProcess, TopicReader, make_topics, offsets_seen, service_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 SOAK_SECONDS = float(os.environ.get("DETECTOR_SOAK_SECONDS", "600"))
@@ -48,8 +47,15 @@ def _feed(bootstrap: str, topic: str, stop: threading.Event, sent: list[int]) ->
 def test_soak_memory_flat_under_entity_churn(kafka_bootstrap, topic_factory, model_dir, tmp_path):
     topics = make_topics(topic_factory)
     port = free_port()
-    env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1",
-                      DETECTOR_STREAM__ENTITY_TTL_S="90", DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="15")
+    env = service_env(
+        kafka_bootstrap,
+        topics,
+        model_dir,
+        DETECTOR_METRICS__PORT=str(port),
+        DETECTOR_METRICS__HOST="127.0.0.1",
+        DETECTOR_STREAM__ENTITY_TTL_S="90",
+        DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="15",
+    )
     service = ServiceProcess(env, tmp_path / "service.log")
     stop, sent, samples = threading.Event(), [0], []
     feeder = threading.Thread(target=_feed, args=(kafka_bootstrap, topics.input, stop, sent))
@@ -69,9 +75,13 @@ def test_soak_memory_flat_under_entity_churn(kafka_bootstrap, topic_factory, mod
     assert code == 0
     warm = [rss for t, rss in samples if t >= SOAK_SECONDS * 0.3]
     trend, spike = _growth(warm)
-    print(f"soak: {sent[0]} messages over {SOAK_SECONDS:.0f} s; RSS after warm-up {warm[0] / 2**20:.1f} MiB, peak {max(warm) / 2**20:.1f} MiB; "
-          f"trend {100 * trend:.1f}% (median of the last third against the first), peak {100 * spike:.1f}% above the first third")
-    print("soak RSS (s: MiB):", ", ".join(f"{t:.0f}: {rss / 2**20:.1f}" for t, rss in samples[::3]))  # where any growth happens
+    print(
+        f"soak: {sent[0]} messages over {SOAK_SECONDS:.0f} s; RSS after warm-up {warm[0] / 2**20:.1f} MiB, peak {max(warm) / 2**20:.1f} MiB; "
+        f"trend {100 * trend:.1f}% (median of the last third against the first), peak {100 * spike:.1f}% above the first third"
+    )
+    print(
+        "soak RSS (s: MiB):", ", ".join(f"{t:.0f}: {rss / 2**20:.1f}" for t, rss in samples[::3])
+    )  # where any growth happens
     assert trend < 0.03, "RSS keeps growing: a leak"
     assert spike < 0.08, "RSS transient too large"
 

@@ -62,14 +62,26 @@ class Container:
 
     def __init__(self, image: str, args: list[str], flags: list[str]) -> None:
         self.name = f"detector-test-{uuid.uuid4().hex[:8]}"
-        started = build.podman("run", "--detach", "--name", self.name, *build.CONTAINER_FLAGS, *flags, image, *args,
-                               capture=True, check=False)
+        started = build.podman(
+            "run",
+            "--detach",
+            "--name",
+            self.name,
+            *build.CONTAINER_FLAGS,
+            *flags,
+            image,
+            *args,
+            capture=True,
+            check=False,
+        )
         if started.returncode != 0:
             self.remove()
             pytest.fail(f"podman run failed ({started.returncode}): {started.stderr}")
 
     def state(self) -> tuple[str, int]:
-        out = build.podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self.name, capture=True).stdout.split()
+        out = build.podman(
+            "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", self.name, capture=True
+        ).stdout.split()
         return out[0], int(out[1])
 
     def logs(self) -> str:
@@ -190,8 +202,9 @@ def kubernetes_flags(container: dict, pod: dict, models: Path, config_dir: Path)
     return flags
 
 
-def test_image_runs_as_the_kubernetes_deployment(image: str, models: Path, kafka_bootstrap: str,
-                                                 tmp_path: Path) -> None:
+def test_image_runs_as_the_kubernetes_deployment(
+    image: str, models: Path, kafka_bootstrap: str, tmp_path: Path
+) -> None:
     """The Deployment's image, args, environment, ConfigMap, volumes and security context."""
     container, pod = deployment_container()
     assert container["image"] == image, "the Deployment runs the image `make image` builds"
@@ -203,4 +216,3 @@ def test_image_runs_as_the_kubernetes_deployment(image: str, models: Path, kafka
     code, logs = run_and_stop(container["image"], container["args"], flags)
     assert code == 0, logs
     assert "Traceback" not in logs, logs
-
