@@ -47,9 +47,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import _common as c
 from _common import Row, say
+
+if TYPE_CHECKING:
+    from detector.testing import ServiceTopics
 
 PARTITIONS = 8
 # The latency runs use a 2-partition topic. Tansu's in-memory store (the bundled broker) answers a
@@ -75,7 +79,6 @@ def _default_batch() -> tuple[int, int]:
 
 DEFAULT_BATCH = _default_batch()
 SCRAPE_EVERY_S = 0.25
-FAST_GROUP = {"DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000", "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
 
 
 # --- workload -----------------------------------------------------------------------------------
@@ -166,37 +169,23 @@ class Deployment:
     group: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}")
     scores_topic: str | None = None
 
-    def topics(self, bootstrap: str) -> dict[str, str]:
+    def topics(self, bootstrap: str) -> ServiceTopics:
+        """Create this run's output topics; the scores topic only when the run reads scores."""
         from detector.broker import create_topics
+        from detector.testing import ServiceTopics
 
         suffix = self.group
-        names = {"alerts": f"alerts-{suffix}", "dead": f"dead-{suffix}", "checkpoints": f"checkpoints-{suffix}"}
-        create_topics(bootstrap, [names["alerts"], names["dead"]], 1)
-        create_topics(bootstrap, [names["checkpoints"]], 1, {"cleanup.policy": "compact"})
-        return names
-
-
-def service_env(
-    bootstrap: str, deployment: Deployment, names: dict[str, str], model_dir: Path, port: int, extra: dict[str, str]
-) -> dict[str, str]:
-    env = {
-        **os.environ,
-        **FAST_GROUP,
-        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "DETECTOR_KAFKA__INPUT_TOPICS": json.dumps([deployment.input_topic]),
-        "DETECTOR_KAFKA__ALERT_TOPIC": names["alerts"],
-        "DETECTOR_KAFKA__DEAD_LETTER_TOPIC": names["dead"],
-        "DETECTOR_KAFKA__CHECKPOINT_TOPIC": names["checkpoints"],
-        "DETECTOR_KAFKA__GROUP_ID": deployment.group,
-        "DETECTOR_MODEL__PATH": str(model_dir),
-        "DETECTOR_METRICS__PORT": str(port),
-        "DETECTOR_METRICS__HOST": "127.0.0.1",
-        "DETECTOR_LOG__FORMAT": "json",
-    }
-    if deployment.scores_topic:
-        env["DETECTOR_KAFKA__SCORES_TOPIC"] = deployment.scores_topic
-    env.update(extra)
-    return env
+        topics = ServiceTopics(
+            input=self.input_topic,
+            alerts=f"alerts-{suffix}",
+            dead_letters=f"dead-{suffix}",
+            checkpoints=f"checkpoints-{suffix}",
+            scores=self.scores_topic,
+            group=self.group,
+        )
+        create_topics(bootstrap, [topics.alerts, topics.dead_letters], 1)
+        create_topics(bootstrap, [topics.checkpoints], 1, {"cleanup.policy": "compact"})
+        return topics
 
 
 @dataclass
@@ -214,14 +203,23 @@ class Services:
     def __init__(
         self, bootstrap: str, deployment: Deployment, model_dir: Path, count: int, extra: dict[str, str], log_dir: Path
     ):
-        names = deployment.topics(bootstrap)
+        from detector.testing import service_env
+
+        topics = deployment.topics(bootstrap)
         command = [c.python(), "-m", "detector.cli", "run"]
         self.ports = [c.free_port() for _ in range(count)]
         self.logs = [log_dir / f"{deployment.group}-{i}.log" for i in range(count)]
         self.processes = [
             subprocess.Popen(
                 command,
-                env=service_env(bootstrap, deployment, names, model_dir, port, extra),
+                env=service_env(
+                    bootstrap,
+                    topics,
+                    model_dir,
+                    DETECTOR_METRICS__PORT=str(port),
+                    DETECTOR_METRICS__HOST="127.0.0.1",
+                    **extra,
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=log.open("wb"),
             )

@@ -203,6 +203,7 @@ def main() -> int:  # pragma: no cover - exercised by `make demo`
     from kafka import KafkaConsumer, KafkaProducer
 
     from detector.broker import create_topics, start_broker
+    from detector.testing import FAST_GROUP
 
     entities, messages = 200, 60
     anomalous = {f"pump-{e}" for e in range(0, entities, 10)}
@@ -223,10 +224,9 @@ def main() -> int:  # pragma: no cover - exercised by `make demo`
         print(f"== produced {len(stream) + 1} messages ({len(anomalous)} entities with injected faults, 1 malformed)")
         env = {
             **os.environ,
+            **FAST_GROUP,
             "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "DETECTOR_MODEL__PATH": str(work / "model"),
-            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
             "DETECTOR_METRICS__PORT": "0",
             "DETECTOR_LOG__FORMAT": "json",
         }
