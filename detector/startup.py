@@ -62,7 +62,8 @@ def wait_for_broker(
             continue
         except kafka_errors.KafkaError as error:
             raise StartupError(
-                f"the broker at {servers} refused the connection: {error}\nhelp: check kafka.security_protocol and the SSL/SASL settings"
+                f"the broker at {servers} refused the connection: {error}\n"
+                "help: check kafka.security_protocol and the SSL/SASL settings"
             ) from error
         if failed_since is not None:
             log.info("kafka.reachable", bootstrap_servers=servers, waited_s=round(time.monotonic() - failed_since, 1))
@@ -114,11 +115,13 @@ def _check_one(name: str, role: str, description: dict[str, Any]) -> None:
     code = description.get("error_code", kafka_errors.UnknownTopicOrPartitionError.errno)
     if code == kafka_errors.UnknownTopicOrPartitionError.errno:
         raise StartupError(
-            f"{role} topic {name!r} does not exist\nhelp: create it, or set kafka.create_topics = true to let the service create it"
+            f"{role} topic {name!r} does not exist\n"
+            "help: create it, or set kafka.create_topics = true to let the service create it"
         )
     if code == kafka_errors.TopicAuthorizationFailedError.errno:
         raise StartupError(
-            f"{role} topic {name!r}: not authorised to describe it\nhelp: grant the service's principal DESCRIBE and WRITE on the topic"
+            f"{role} topic {name!r}: not authorised to describe it\n"
+            "help: grant the service's principal DESCRIBE and WRITE on the topic"
         )
     if code:
         raise StartupError(f"{role} topic {name!r}: the broker answered {kafka_errors.for_code(code).__name__}")
@@ -127,5 +130,6 @@ def _check_one(name: str, role: str, description: dict[str, Any]) -> None:
     )  # names kafka-python decodes; empty when the broker does not report them
     if operations and not operations & {"WRITE", "ALL"}:
         raise StartupError(
-            f"{role} topic {name!r}: not authorised to write to it\nhelp: grant the service's principal WRITE on the topic"
+            f"{role} topic {name!r}: not authorised to write to it\n"
+            "help: grant the service's principal WRITE on the topic"
         )
