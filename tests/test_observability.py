@@ -334,7 +334,8 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
             DETECTOR_METRICS__HOST="127.0.0.1",
             DETECTOR_METRICS__STALL_AFTER_S="2",
             DETECTOR_KAFKA__REQUEST_TIMEOUT_MS="10000",
-            DETECTOR_STREAM__BATCH_MAX_MESSAGES="50",  # many broker round trips per message: the broker is on the loop's path
+            # many broker round trips per message: the broker is on the loop's path
+            DETECTOR_STREAM__BATCH_MAX_MESSAGES="50",
         )
         entities = 400
         stream = generate_stream(entities, 50, (), seed=12)  # 20000 messages, time-ordered
@@ -382,7 +383,8 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
             assert held and set(held) == {503}, f"/healthz stays 503 while the loop is blocked: {held}"
             resumed_at = time.monotonic()
             print(
-                f"\nhealthz while frozen ({len(statuses)} polls, {behind} of {len(stream)} scored at the freeze): first 503 after {stalled[0][0]} s: {stalled[0][2]}"
+                f"\nhealthz while frozen ({len(statuses)} polls, {behind} of {len(stream)} scored at the freeze): "
+                f"first 503 after {stalled[0][0]} s: {stalled[0][2]}"
             )
 
             wait_until(
@@ -393,7 +395,8 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
             )
             records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=90, alive=service.alive)
             print(
-                f"all {len(stream)} scored {time.monotonic() - resumed_at:.1f} s after the resume; {len(records) - len(stream)} duplicates"
+                f"all {len(stream)} scored {time.monotonic() - resumed_at:.1f} s after the resume; "
+                f"{len(records) - len(stream)} duplicates"
             )
             later = []
             for _ in range(5):

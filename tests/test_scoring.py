@@ -167,7 +167,9 @@ def test_daily_context_is_used_only_when_the_fit_covers_a_day_and_keeps_equivale
 
 
 def _escapes(detector: Detector, slot: np.ndarray, z: float, alert_open: bool | None = None) -> bool:
-    """Whether a rising message of likelihood z-score ``z`` escapes the novelty discount (the peak learns it either way)."""
+    """Whether a rising message of likelihood z-score ``z`` escapes the novelty discount.
+
+    The peak learns it either way."""
     is_open = None if alert_open is None else np.array([alert_open])
     reported = detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]), None, is_open)[0]
     return bool(reported > min(z, detector._threshold_z) - detector.settings.novelty_discount)
@@ -270,7 +272,7 @@ def test_a_burst_is_marked_by_its_onset_and_a_sustained_anomaly_while_it_lasts()
     _, burst = _alert_run([0.0] * 50 + [8.0] * 3 + [0.0] * 30)
     assert burst == [50], "a short alert: its onset only"
     _, sustained = _alert_run([0.0] * 50 + [8.0] * 30 + [0.0] * 9 + [8.0] * 5 + [0.0] * 30, close_after=10)
-    expected = [50] + list(range(59, 80)) + list(range(89, 94))
+    expected = [50, *range(59, 80), *range(89, 94)]
     assert sustained == expected, (
         "from its 10th anomalous message on, every anomalous one; not the calm ones of the dip"
     )

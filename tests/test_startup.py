@@ -129,7 +129,7 @@ def test_forbidden_topics_are_named():
     read_only = ["READ", "DESCRIBE"]  # as kafka-python's describe_topics decodes a topic's authorized operations
     with pytest.raises(StartupError, match="alert topic 'alerts': not authorised to write"):
         _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": read_only})
-    _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": read_only + ["WRITE"]})
+    _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": [*read_only, "WRITE"]})
     _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": ["ALL"]})
     _check_one(
         "alerts", "alert", {"error_code": 0, "authorized_operations": None}

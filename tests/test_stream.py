@@ -197,8 +197,11 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_are_scored(
         assert service.alive()
     finally:
         assert service.terminate() == 0
-    assert sorted(l["reason"] for l in letters) == sorted(expected_reasons)
-    assert all(l["source"]["topic"] == topics.input and "offset" in l["source"] and l["detail"] for l in letters)
+    assert sorted(letter["reason"] for letter in letters) == sorted(expected_reasons)
+    assert all(
+        letter["source"]["topic"] == topics.input and "offset" in letter["source"] and letter["detail"]
+        for letter in letters
+    )
     assert len(scores.records) == len(stream)
     _assert_scores_match(scores.records, offline_decisions(model_dir, stream))
 

@@ -66,12 +66,12 @@ def test_repeated_kill_9_loses_nothing(kafka_bootstrap, topic_factory, model_dir
         DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.5",
     )
     reader = TopicReader(kafka_bootstrap, topics.scores)
-    rng, kills, duplicates_per_kill = random.Random(5), 0, []
+    rng, kills = random.Random(5), 0
     while kills < 6:
         service = ServiceProcess(env, tmp_path / f"run{kills}.log")
         before = len(reader.read(0.2))
         target = before + rng.randint(100, 600)
-        reader.wait_for(lambda r: len(r) >= min(target, len(stream)), timeout_s=120, alive=service.alive)
+        reader.wait_for(lambda r, target=target: len(r) >= min(target, len(stream)), timeout_s=120, alive=service.alive)
         service.kill()
         kills += 1
         if len(offsets_seen(reader.read(0.5))) >= len(stream):
@@ -167,7 +167,6 @@ def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory
     topics = make_topics(topic_factory, partitions=6)
     env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="1")
     anchor = ServiceProcess(env, tmp_path / "anchor.log")
-    stop = threading.Event()
 
     def trickle():
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
