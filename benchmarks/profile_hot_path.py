@@ -299,7 +299,8 @@ def main() -> int:
     quick = args.quick
     entities, per_entity = (2_000, 10) if quick else (10_000, 20)
     say(
-        f"== profile ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, batches of {BATCH:,}"
+        f"== profile ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, "
+        f"batches of {BATCH:,}"
     )
     model_dir = args.model or c.fit_default_model(**({"max_epochs": 3} if quick else {}))
     from detector.demo import FEATURES
@@ -314,7 +315,8 @@ def main() -> int:
     b = stage_breakdown(model, raw)
     total, n = b["total"], b["messages"]
     say(
-        f"\n-- part 1: MessageDecoder + Detector.process, no profiler: {n / total:,.0f} msg/s, {1e6 * total / n:.1f} us/msg; "
+        f"\n-- part 1: MessageDecoder + Detector.process, no profiler: {n / total:,.0f} msg/s, "
+        f"{1e6 * total / n:.1f} us/msg; "
         f"{b['anomalous']:,} of {n:,} decisions anomalous ({100 * b['anomalous'] / n:.1f}%)"
     )
     ordered = sorted(b["stages"].items(), key=lambda kv: -kv[1])
@@ -356,7 +358,8 @@ def main() -> int:
     if not args.no_service:
         seconds, window, count, tree = service_loop(model_dir, raw)
         say(
-            f"\n-- part 2: Service.run in-process, {count:,} messages scored, {count / window:,.0f} msg/s from the first scored to the last "
+            f"\n-- part 2: Service.run in-process, {count:,} messages scored, "
+            f"{count / window:,.0f} msg/s from the first scored to the last "
             f"(profiled with pyinstrument: slower than unprofiled); wall-time shares of that window:"
         )
         for name, spent in sorted(seconds.items(), key=lambda kv: -kv[1]):
