@@ -51,7 +51,7 @@ $(TOOLS): | $(STAMP)
 # runs; the target fails if any of them failed.
 lint: $(STAMP)
 	@status=0; \
-	echo "ruff check $(LINT_PATHS)"; $(VENV)/bin/ruff check --quiet $(LINT_PATHS) || status=1; \
+	echo "ruff check $(LINT_PATHS)"; $(VENV)/bin/ruff check --quiet --output-format concise $(LINT_PATHS) || status=1; \
 	echo "ruff format --check $(LINT_PATHS)"; $(VENV)/bin/ruff format --check --quiet $(LINT_PATHS) || status=1; \
 	echo "mypy"; $(VENV)/bin/mypy || status=1; \
 	echo "$(HADOLINT)"; $(HADOLINT) || status=1; \
@@ -64,7 +64,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .demo
+	rm -rf $(VENV) build *.egg-info .demo .mypy_cache .ruff_cache
 
 .PHONY: docs evaluate
 docs: $(STAMP)
