@@ -4,8 +4,8 @@ Set KAFKA_BOOTSTRAP_SERVERS to run against a real Apache Kafka; otherwise
 the bundled Tansu broker (detector.broker) is started once per session.
 
 Every test that uses the broker fixture is marked ``kafka`` here, so `make unit`
-(``-m "not kafka"``) leaves it out; a test that starts a broker of its own must
-carry the mark itself, and fails saying so if it does not.
+(``-m "not kafka and not slow"``) leaves it out; a test that starts a broker of its
+own must carry the mark itself, and fails saying so if it does not.
 """
 
 from __future__ import annotations
