@@ -54,6 +54,19 @@ class BrokerHealth:
         """A group (re)join began (the revocation callback)."""
         self.in_group = False
 
+    def finish_join(self, timeout_s: float) -> None:
+        """Let a group join in progress complete before leaving (shutdown), for at most ``timeout_s``.
+
+        A member that leaves while its JoinGroup is pending can stay behind as a ghost that the
+        bundled Tansu broker keeps electing group leader, so no member ever gets partitions.
+        Records polled here are neither processed nor committed: the next owner gets them.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.in_group and time.monotonic() < deadline:
+            self.consumer.poll(timeout_ms=100)
+        if not self.in_group:
+            log.warning("service.leaving_mid_join", note="the group join did not complete before shutdown")
+
     def coordinator_unknown(self) -> bool:
         """True while the group coordinator is not known (asynchronous commits are unsafe)."""
         return coordinator_unknown(self.consumer)

@@ -82,6 +82,7 @@ class Positions:
         done = [tp for tp, until in self.replay_until.items() if self.next_offset.get(tp, 0) >= until]
         for tp in done:
             del self.replay_until[tp]
+            log.info("state.replay_done", topic=tp.topic, partition=tp.partition, offset=self.next_offset.get(tp))
         return done
 
     def committable(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:

@@ -77,6 +77,13 @@ class BatchOutputs:
         """Block until the broker has acknowledged every queued output (see :mod:`detector.delivery`)."""
         confirm_until_acknowledged(self.publisher, self.kafka.request_timeout_ms / 1000, self.stop, self.metrics)
 
+    def count_scored(self, outcomes: Outcomes, scored: np.ndarray) -> None:
+        """Metrics of the messages scored: how many, their scores and probabilities, their end-to-end latency."""
+        self.metrics.messages("scored", int(scored.sum()))
+        if scored.any():
+            self.metrics.observe_score(outcomes.score[scored], outcomes.probability[scored])
+            self.metrics.observe_end_to_end(time.time() - outcomes.batch.timestamps[scored])
+
     def _publish_scored(
         self, batch: Batch, accepted: np.ndarray, outcomes: Outcomes, scored: np.ndarray, detector: Detector
     ) -> list[Refused]:

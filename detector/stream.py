@@ -36,7 +36,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
@@ -46,7 +45,7 @@ from detector.batch import Batch, Fetched, Poller, count
 from detector.broker_health import BrokerHealth
 from detector.checkpointing import CheckpointScheduler
 from detector.checkpoints import CheckpointStore
-from detector.config import Settings
+from detector.config import Settings, StreamSettings
 from detector.delivery import PublishFatal, StoppedUnacknowledged, fatal_reason
 from detector.guard import BatchGuard
 from detector.housekeeping import Housekeeping
@@ -59,8 +58,8 @@ from detector.outputs import BatchOutputs
 from detector.partition_states import PartitionStates
 from detector.recovery import PartitionRecovery, names
 from detector.schema import MessageDecoder, MessageFields
-from detector.scoring import Detector, Outcomes
-from detector.startup import StartupError, check_topics, wait_for_broker
+from detector.scoring import Detector
+from detector.startup import StartupError, broker_ready
 
 __all__ = ["Service", "consumer_config", "kafka_client_config", "producer_config", "run_service"]
 
@@ -109,7 +108,7 @@ class Service:
         self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
         stream = settings.stream
         self.states = PartitionStates(Detector(model, max_entities=stream.max_entities, ttl_s=stream.entity_ttl_s))
-        self.guard = self._guard_for(self.states.detector)
+        self.guard = _guard(self.settings.stream, self.states.detector)
         self.positions = Positions()
         self.stopping = threading.Event()  # set by stop(): the loop finishes the batch in hand and returns
         self._pending: list[Fetched] = []
@@ -130,7 +129,7 @@ class Service:
         The entity states scored from then on are those in ``detector``'s store.
         """
         self.states.replace(detector)
-        self.guard = self._guard_for(detector)
+        self.guard = _guard(self.settings.stream, detector)
 
     def stop(self, *_: Any) -> None:
         """Ask the loop to finish the batch in hand, commit, checkpoint and return."""
@@ -138,7 +137,7 @@ class Service:
 
     def run(self) -> int:
         """Consume until stopped; returns the process exit code (0 on a clean shutdown)."""
-        if not self._broker_ready():
+        if not broker_ready(self.settings.kafka, self.stopping, self.health):
             return 0
         self._connect()
         _freeze_startup_objects()
@@ -201,7 +200,8 @@ class Service:
             self.outputs.confirm()
             self.positions.advance(batch.last_offsets())
             self.committer.commit(batch.partitions)
-            self._record_outcomes(guarded.outcomes, scored)
+            self.outputs.count_scored(guarded.outcomes, scored)
+            self.positions.finish_replays()
 
     @contextmanager
     def _held_back_on_failure(self, in_hand: set[TopicPartition]) -> Iterator[None]:
@@ -217,45 +217,11 @@ class Service:
                 raise PublishFatal(error, reason) from error
             raise
 
-    def _record_outcomes(self, outcomes: Outcomes, scored: np.ndarray) -> None:
-        self.metrics.messages("scored", int(scored.sum()))
-        if scored.any():
-            self.metrics.observe_score(outcomes.score[scored], outcomes.probability[scored])
-            self.metrics.observe_end_to_end(time.time() - outcomes.batch.timestamps[scored])
-        for tp in self.positions.finish_replays():
-            log.info("state.replay_done", topic=tp.topic, partition=tp.partition, offset=self.positions.get(tp))
-
     def _housekeeping(self) -> None:
         """Every loop: liveness beat and checkpoints; at most once a second: eviction, gauges, broker checks."""
         self.health.beat()
         self.checkpoints.tick(self.recovery.owned)
         self.housekeeping.tick(self.recovery.owned)
-
-    def _guard_for(self, detector: Detector) -> BatchGuard:
-        stream = self.settings.stream
-        fields = MessageFields(
-            stream.entity_field,
-            stream.timestamp_field,
-            stream.values_field,
-            stream.max_message_bytes,
-            stream.max_entity_chars,
-        )
-        return BatchGuard(MessageDecoder(detector.model.features, fields), detector, stream.max_future_skew_s)
-
-    def _broker_ready(self) -> bool:
-        """Wait for the broker and check the output topics; False if stopped meanwhile.
-
-        Raises :class:`detector.startup.StartupError` for a missing or forbidden topic."""
-        self.health.set_ready(False, "connecting to the broker")
-        admin = wait_for_broker(kafka_client_config(self.settings.kafka), self.stopping, self.health)
-        if admin is None:
-            log.info("service.stopped", note="stopped before the broker was reached")
-            return False
-        try:
-            check_topics(admin, self.settings.kafka)
-        finally:
-            admin.close()
-        return True
 
     def _connect(self) -> None:
         """Create the Kafka clients and the parts that use them; subscribe."""
@@ -299,7 +265,7 @@ class Service:
         log.info("service.stopping", pending=count(self._pending), partitions=len(self.recovery.owned))
         self.health.set_ready(False, "shutting down")
         try:
-            self._finish_join()
+            self.broker.finish_join(self.settings.stream.shutdown_grace_s / 3)
             self._process_pending()
             self.committer.await_commit()
             self.committer.commit(self.recovery.owned, wait=True)
@@ -311,18 +277,17 @@ class Service:
             self.producer.close(timeout=5)
         log.info("service.stopped")
 
-    def _finish_join(self) -> None:
-        """Let a group join in progress complete before leaving (bounded by a third of the grace).
 
-        A member that leaves while its JoinGroup is pending can stay behind as a ghost that the
-        bundled Tansu broker keeps electing group leader, so no member ever gets partitions.
-        Records polled here are neither processed nor committed: the next owner gets them.
-        """
-        deadline = time.monotonic() + self.settings.stream.shutdown_grace_s / 3
-        while not self.broker.in_group and time.monotonic() < deadline:
-            self.consumer.poll(timeout_ms=100)
-        if not self.broker.in_group:
-            log.warning("service.leaving_mid_join", note="the group join did not complete before shutdown")
+def _guard(stream: StreamSettings, detector: Detector) -> BatchGuard:
+    """The guard that decodes, validates and scores batches for ``detector``."""
+    fields = MessageFields(
+        stream.entity_field,
+        stream.timestamp_field,
+        stream.values_field,
+        stream.max_message_bytes,
+        stream.max_entity_chars,
+    )
+    return BatchGuard(MessageDecoder(detector.model.features, fields), detector, stream.max_future_skew_s)
 
 
 def run_service(settings: Settings) -> int:
