@@ -21,10 +21,11 @@ from kafka import KafkaAdminClient
 from kafka import errors as kafka_errors
 
 from detector.config import KafkaSettings
+from detector.kafka_config import kafka_client_config
 from detector.logs import get_logger
 from detector.metrics import Health
 
-__all__ = ["StartupError", "check_topics", "output_topics", "wait_for_broker"]
+__all__ = ["StartupError", "broker_ready", "check_topics", "output_topics", "wait_for_broker"]
 
 log = get_logger(__name__)
 
@@ -69,6 +70,23 @@ def wait_for_broker(
             log.info("kafka.reachable", bootstrap_servers=servers, waited_s=round(time.monotonic() - failed_since, 1))
         return admin
     return None
+
+
+def broker_ready(kafka: KafkaSettings, stop: threading.Event, health: Health) -> bool:
+    """Wait for the broker and check the output topics; False if ``stop`` is set meanwhile.
+
+    Raises :class:`StartupError` for a missing or forbidden topic.
+    """
+    health.set_ready(False, "connecting to the broker")
+    admin = wait_for_broker(kafka_client_config(kafka), stop, health)
+    if admin is None:
+        log.info("service.stopped", note="stopped before the broker was reached")
+        return False
+    try:
+        check_topics(admin, kafka)
+    finally:
+        admin.close()
+    return True
 
 
 def output_topics(kafka: KafkaSettings) -> dict[str, str]:
