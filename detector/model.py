@@ -156,27 +156,54 @@ class StreamAutoencoder(nn.Module):
         state: torch.Tensor,
         when: torch.Tensor | None = None,
         elapsed: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+        levels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct a whole window (batch, time, features); each step sees only the past (and
         the time of the step being reconstructed, ``when``: (batch, time) epoch seconds; with level
         tracking also ``elapsed``: (batch, time) seconds since the previous step).
 
-        Equivalent to calling :meth:`step` once per time step, but one fused call (training).
+        Equivalent to calling :meth:`step` once per time step, but one fused call. ``lengths``
+        (batch,): the valid steps of each row of a padded batch (the new state is each row's
+        after its last valid step); ``levels`` (batch, time + 1, features): the tracked level
+        before each step and after the last, when the caller has computed them.
         """
         recurrent_state, last, level = self._split(state)
         previous = torch.cat([last.unsqueeze(1), x[:, :-1]], dim=1)
-        levels = []  # the level before each step (cheap: no parameters, one small op per step)
-        for t in range(x.shape[1] if self._tracks_level else 0):
-            levels.append(level)
-            level = self._next_level(x[:, t], level, None if elapsed is None else elapsed[:, t])
-        before = torch.stack(levels, dim=1) if levels else torch.zeros_like(x)
+        if levels is None and self._tracks_level:
+            steps = [level]  # the level before each step (cheap: no parameters, one small op per step)
+            for t in range(x.shape[1]):
+                steps.append(self._next_level(x[:, t], steps[-1], None if elapsed is None else elapsed[:, t]))
+            levels = torch.stack(steps, dim=1)
+        before = levels[:, :-1] if levels is not None else torch.zeros_like(x)
         context = self.context(when, x.shape[:2])
-        outputs, new_state = self.encoder(self._inputs(x, previous, before, context), recurrent_state)
+        inputs = self._inputs(x, previous, before, context)
+        if lengths is None:
+            outputs, new_state = self.encoder(inputs, recurrent_state)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+            packed_outputs, new_state = self.encoder(packed, recurrent_state)
+            outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_outputs, batch_first=True, total_length=x.shape[1])
         before_each_step = torch.cat([self._top_hidden(recurrent_state).unsqueeze(1), outputs[:, :-1]], dim=1)
-        tracked = [level] if self._tracks_level else []
+        last_step = torch.full((x.shape[0],), x.shape[1]) if lengths is None else lengths
+        rows = torch.arange(x.shape[0])
+        tracked = [levels[rows, last_step]] if levels is not None else []
         return self._decode(before_each_step, previous, before, context), torch.cat(
-            [self._flatten(new_state), x[:, -1], *tracked], dim=1
+            [self._flatten(new_state), x[rows, last_step - 1], *tracked], dim=1
         )
+
+    def track_levels(self, x: torch.Tensor, state: torch.Tensor, elapsed: torch.Tensor) -> torch.Tensor | None:
+        """The tracked level before each step of a window ``x`` (batch, time, features) and after
+        its last, (batch, time + 1, features), in one compiled pass (for :meth:`forward`'s
+        ``levels``); None without level tracking."""
+        if not self._tracks_level:
+            return None
+        from detector.kernel import track_levels  # compiled; imported only where windows are scored
+
+        _, _, level = self._split(state)
+        gap = torch.nan_to_num(elapsed.double().clamp(min=0.0), posinf=0.0)
+        rates = (1.0 - torch.exp2(-gap / self.architecture.level_halflife_s)).float()
+        return torch.from_numpy(track_levels(x.contiguous().numpy(), level.contiguous().numpy(), rates.numpy()))
 
     def _split(self, state: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """(recurrent state, last observation, level) of flat states; without level tracking the

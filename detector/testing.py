@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from detector import stages
 from detector.config import ScoringSettings
 from detector.model import Calibration, FittedModel, StreamAutoencoder
+from detector.scoring import Detector
 
-__all__ = ["tiny_model"]
+__all__ = ["decide", "tiny_model"]
 
 
 def tiny_model(
@@ -37,3 +39,32 @@ def tiny_model(
         version="tiny",
         feature_range=None if feature_range is None else np.asarray(feature_range, dtype=np.float64),
     )
+
+
+def decide(
+    detector: Detector, slot: int, score: float, timestamp: float = 0.0, elapsed: float = 1.0, warm: bool = True
+) -> tuple[float, bool, str | None]:
+    """Run the decision stages (:func:`detector.stages.decide`) on one entity's ``score``, as if
+    its message had been reconstructed that well: (probability, is_anomaly, event).
+
+    >>> detector = Detector(tiny_model(warmup_steps=0))
+    >>> slot = int(detector.store.slots_for(["pump"], owner=0, now=0.0)[0])
+    >>> decide(detector, slot, 1.0)[1:]
+    (False, None)
+    """
+    store = detector.store
+    probability, is_anomaly, event, _ = stages.decide(
+        store.seasonal,
+        store.likelihood,
+        store.novelty,
+        store.baseline,
+        store.hysteresis,
+        slot,
+        score,
+        score,
+        timestamp,
+        elapsed,
+        warm,
+        detector.params,
+    )
+    return probability, is_anomaly, {stages.EVENT_OPEN: "open", stages.EVENT_CLOSE: "close"}.get(event)
