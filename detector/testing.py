@@ -21,12 +21,17 @@ def tiny_model(
     features: tuple[str, ...] = ("a", "b"),
     seed: int = 0,
     feature_range: tuple[list[float], list[float]] | None = None,
+    periods: tuple[float, ...] = (),
+    level_halflife_s: float = 0.0,
     **scoring: object,
 ) -> FittedModel:
     """An untrained but deterministic model with unit scaling and a neutral calibration; with
-    ``feature_range`` ((lows), (highs)) its fit data had that range."""
+    ``feature_range`` ((lows), (highs)) its fit data had that range; ``periods`` and
+    ``level_halflife_s`` as in :class:`StreamAutoencoder`."""
     torch.manual_seed(seed)
-    network = StreamAutoencoder(len(features), hidden_size=8, num_layers=1, cell="lstm", bottleneck=4).eval()
+    network = StreamAutoencoder(
+        len(features), 8, 1, "lstm", 4, periods=periods, level_halflife_s=level_halflife_s
+    ).eval()
     ones = np.ones(len(features))
     return FittedModel(
         network=network,
