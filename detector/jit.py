@@ -46,6 +46,7 @@ if _CACHE_DIR:
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is set: numba reads it on import)
 
 if _CACHE_DIR:
-    numba.config.CACHE_DIR = _CACHE_DIR  # in case numba was imported before this module
+    # in case numba was imported before this module (its settings are module attributes, untyped)
+    numba.config.CACHE_DIR = _CACHE_DIR  # type: ignore[attr-defined]
 
 njit = numba.njit(cache=bool(_CACHE_DIR), nogil=True)

@@ -76,7 +76,7 @@ class StreamAutoencoder(nn.Module):
         n_features: int,
         hidden_size: int,
         num_layers: int,
-        cell: str,
+        cell: Literal["lstm", "gru"],
         bottleneck: int,
         periods: Sequence[float] = (),
         level_halflife_s: float = 0.0,
@@ -90,7 +90,7 @@ class StreamAutoencoder(nn.Module):
             bottleneck,
             tuple(float(p) for p in periods),
             float(level_halflife_s),
-        )  # type: ignore[arg-type]
+        )
         self._tracks_level = level_halflife_s > 0
         recurrent = nn.LSTM if cell == "lstm" else nn.GRU
         context = 2 * len(periods)
@@ -101,6 +101,7 @@ class StreamAutoencoder(nn.Module):
         self.persistence = nn.Parameter(torch.ones(n_features))  # per-feature weight of the last value (learned)
         # Where a new entity starts: the average state of the fit data (set by `fit`), not zeros,
         # so that a fresh entity is judged fairly after a short warm-up.
+        self.start_state: torch.Tensor
         self.register_buffer("start_state", torch.zeros(self.state_size))
 
     @classmethod
@@ -363,7 +364,7 @@ def load_model(directory: Path | str, features: list[str] | None = None) -> Fitt
         )
     except ModelError:
         raise
-    except Exception as error:  # any corruption: say which directory and what broke
+    except Exception as error:  # noqa: BLE001  (any corruption: say which directory and what broke)
         raise ModelError(f"model {directory} is corrupt or incompatible: {type(error).__name__}: {error}") from None
 
 
@@ -375,9 +376,8 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelError(f"model {directory}: {META_FILE} is not valid JSON ({error})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise ModelError(
-            f"model {directory}: unsupported format {meta.get('format') if isinstance(meta, dict) else '?'} (want {FORMAT_VERSION})"
-        )
+        found = meta.get("format") if isinstance(meta, dict) else "?"
+        raise ModelError(f"model {directory}: unsupported format {found} (want {FORMAT_VERSION})")
     return meta
 
 

@@ -36,35 +36,35 @@ def params_of(settings: ScoringSettings, calibration: Calibration, threshold: fl
     short_average_scale = (
         math.sqrt(likelihood_short_rate / (2.0 - likelihood_short_rate)) if settings.likelihood_short_scaled else 1.0
     )
-    values = dict(
-        warmup_steps=settings.warmup_steps,
-        error_smoothing_rate=error_smoothing_rate,
-        smoothed_error_norm=math.sqrt((2.0 - error_smoothing_rate) / error_smoothing_rate),
-        range_absorb=settings.range_absorb,
-        range_tolerance=settings.range_tolerance,
+    values = {
+        "warmup_steps": settings.warmup_steps,
+        "error_smoothing_rate": error_smoothing_rate,
+        "smoothed_error_norm": math.sqrt((2.0 - error_smoothing_rate) / error_smoothing_rate),
+        "range_absorb": settings.range_absorb,
+        "range_tolerance": settings.range_tolerance,
         # a value beyond its range by the tolerance scores this many fit-time standard deviations
         # above the calibration's median: its short-term average alone reaches the alert level
-        range_z=settings.open_z / likelihood_short_rate,
-        likelihood_short_rate=likelihood_short_rate,
-        likelihood_long_rate=weight_per_message(settings.likelihood_long_halflife),
-        short_average_scale=short_average_scale,
-        peak_decay=2.0 ** (-1.0 / settings.novelty_halflife),
-        novelty_margin=settings.novelty_margin,
-        novelty_discount=settings.novelty_discount,
-        open_z=settings.open_z,
-        threshold=threshold,
-        threshold_z=NormalDist().inv_cdf(min(max(threshold, TINY), 1.0 - TINY)),
-        seasonal_bins=settings.seasonal_bins,
-        seasonal_halflife_days=settings.seasonal_halflife_days,
-        baseline_rate_per_message=weight_per_message(settings.drift_halflife),
-        drift_halflife_s=settings.drift_halflife_s,
-        baseline_clip=settings.baseline_clip,
-        open_probability=settings.open_probability,
-        close_probability=settings.close_probability,
-        close_after=settings.close_after,
-        log_mean=calibration.log_mean,
-        log_std=calibration.log_std,
-    )
+        "range_z": settings.open_z / likelihood_short_rate,
+        "likelihood_short_rate": likelihood_short_rate,
+        "likelihood_long_rate": weight_per_message(settings.likelihood_long_halflife),
+        "short_average_scale": short_average_scale,
+        "peak_decay": 2.0 ** (-1.0 / settings.novelty_halflife),
+        "novelty_margin": settings.novelty_margin,
+        "novelty_discount": settings.novelty_discount,
+        "open_z": settings.open_z,
+        "threshold": threshold,
+        "threshold_z": NormalDist().inv_cdf(min(max(threshold, TINY), 1.0 - TINY)),
+        "seasonal_bins": settings.seasonal_bins,
+        "seasonal_halflife_days": settings.seasonal_halflife_days,
+        "baseline_rate_per_message": weight_per_message(settings.drift_halflife),
+        "drift_halflife_s": settings.drift_halflife_s,
+        "baseline_clip": settings.baseline_clip,
+        "open_probability": settings.open_probability,
+        "close_probability": settings.close_probability,
+        "close_after": settings.close_after,
+        "log_mean": calibration.log_mean,
+        "log_std": calibration.log_std,
+    }
     # one type per field whatever the settings hold (an int half-life, a numpy float), so the
     # compiled stages are compiled once
-    return Params(**{name: (int if name in _INTEGERS else float)(value) for name, value in values.items()})
+    return Params._make((int if name in _INTEGERS else float)(values[name]) for name in Params._fields)

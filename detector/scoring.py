@@ -107,8 +107,9 @@ class Outcomes:
     """The outcomes of a batch as columns (what the service reads; no object per message).
 
     ``events[i]`` is "open", "close" or None; ``top_features`` holds the positions that are
-    anomalous, ``opened_at`` when the alert of each event opened (NaN: unknown). With ``drop_stale``, ``stale[i]`` marks a message older than its entity's last one:
-    it was not stepped (score 0, no event) and ``previous[i]`` is that last timestamp.
+    anomalous, ``opened_at`` when the alert of each event opened (NaN: unknown). With
+    ``drop_stale``, ``stale[i]`` marks a message older than its entity's last one: it was not
+    stepped (score 0, no event) and ``previous[i]`` is that last timestamp.
     :meth:`decision` builds the :class:`Decision` of one position.
     """
 
@@ -190,7 +191,7 @@ class Detector:
         return self.process([Observation(entity, timestamp, list(values))])[0]
 
     def process(
-        self, observations: Sequence[Observation], owner: int | Sequence[int] = 0, now: float | None = None
+        self, observations: Sequence[Observation], owner: int | Sequence[int] | np.ndarray = 0, now: float | None = None
     ) -> list[Decision]:
         """Score ``observations`` in order (see :meth:`process_columns`)."""
         return self.process_columns(observations, owner, now).decisions()
@@ -198,7 +199,7 @@ class Detector:
     def process_columns(
         self,
         batch: Columns | Sequence[Observation],
-        owner: int | Sequence[int] = 0,
+        owner: int | Sequence[int] | np.ndarray = 0,
         now: float | None = None,
         drop_stale: bool = False,
     ) -> Outcomes:
@@ -213,7 +214,8 @@ class Detector:
 
         >>> from detector.testing import tiny_model
         >>> detector = Detector(tiny_model())
-        >>> out = detector.process_columns([Observation("p1", 20.0, [0.1, 0.2]), Observation("p1", 10.0, [0.1, 0.2])], drop_stale=True)
+        >>> late = [Observation("p1", 20.0, [0.1, 0.2]), Observation("p1", 10.0, [0.1, 0.2])]
+        >>> out = detector.process_columns(late, drop_stale=True)
         >>> out.stale.tolist(), out.previous
         ([False, True], {1: 20.0})
         """
@@ -281,7 +283,7 @@ class Detector:
         )
         if stale.any():
             out.stale[positions[stale]] = True
-            out.previous.update(zip(positions[stale].tolist(), previous[stale].tolist()))
+            out.previous.update(zip(positions[stale].tolist(), previous[stale].tolist(), strict=True))
         return elapsed, np.flatnonzero(~stale)
 
     def _standardise(self, values: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ for each rule in docs/scoring.md:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -59,6 +59,7 @@ HOLD_EVIDENCE = 2  # a young alert: fewer anomalous messages than this many time
 RANGE_GRADE_CAP = 4.0  # beyond this many tolerances out of range, a score grows in proportion to the distance
 EVENT_NONE, EVENT_OPEN, EVENT_CLOSE = 0, 1, 2
 _SQRT1_2 = 0.7071067811865476
+Real = Any  # a float64 or float32 scalar: numba compiles the helpers below for each
 
 
 class Params(NamedTuple):
@@ -92,19 +93,19 @@ class Params(NamedTuple):
 
 
 @njit
-def _max(a: float, b: float) -> float:
+def _max(a: Real, b: Real) -> Real:
     """numpy's maximum for scalars: NaN wins."""
     return a if (a >= b or a != a) else b
 
 
 @njit
-def _min(a: float, b: float) -> float:
+def _min(a: Real, b: Real) -> Real:
     """numpy's minimum for scalars: NaN wins."""
     return a if (a <= b or a != a) else b
 
 
 @njit
-def _mean_square(row: np.ndarray, scale: float) -> float:
+def _mean_square(row: np.ndarray, scale: Real) -> Real:
     """Mean of ``(row * scale) ** 2`` in the row's precision, summed in numpy's order (eight
     partial sums from eight values on), so a score is the very number numpy computes."""
     n = row.shape[0]

@@ -20,7 +20,6 @@ import ctypes
 import ctypes.util
 import functools
 import io
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from detector.stage_state import (
     RangeState,
     SeasonalState,
 )
+from detector.state_payload import CheckpointError, checkpointed, load_payload
 
 __all__ = ["CheckpointError", "EntityStore", "Snapshot", "release_freed_memory"]
 
@@ -51,16 +51,7 @@ __all__ = ["CheckpointError", "EntityStore", "Snapshot", "release_freed_memory"]
 # fit, so its next message completes the fit data's range instead of being judged by it), and an
 # open alert's opening time is unknown (NaN: its close carries no alert id or duration).
 _RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.nan, "opened_ts": np.nan}
-_CHECKPOINTED = [spec for spec in LAYOUT if spec.checkpointed]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint blob that cannot be restored: ``reason`` is ``corrupt`` (unreadable) or
-    ``invalid`` (readable, but not states of this model that can be trusted)."""
-
-    def __init__(self, message: str, reason: str = "invalid"):
-        super().__init__(message)
-        self.reason = reason
+_CHECKPOINTED = checkpointed()
 
 
 @dataclass(frozen=True)
@@ -89,7 +80,7 @@ class EntityStore:
         start_range: tuple[np.ndarray, np.ndarray] | None = None,
         start_peak: float = 0.0,
     ):
-        self.state_size, self.baseline = state_size, baseline
+        self.state_size = state_size
         self.max_entities, self.ttl_s = max_entities, ttl_s
         self.start_state = start_state if start_state is not None else torch.zeros(state_size)
         self.rnn = torch.zeros(capacity, state_size)
@@ -135,7 +126,7 @@ class EntityStore:
         """The entity's slot, or None when it is not tracked."""
         return self._index.get(entity)
 
-    def slots_for(self, entities: Sequence[str], owner: int | Sequence[int], now: float) -> np.ndarray:
+    def slots_for(self, entities: Sequence[str], owner: int | Sequence[int] | np.ndarray, now: float) -> np.ndarray:
         """Slots of ``entities`` (distinct), creating fresh states for new ones; marks them seen."""
         owners = np.broadcast_to(np.asarray(owner, dtype=np.int32), (len(entities),))
         index = self._index
@@ -234,7 +225,7 @@ class EntityStore:
     def restore(self, blob: bytes, owner: int, now: float, tag: str = "") -> int:
         """Load states written by :meth:`export` for ``owner``; raises :class:`CheckpointError`."""
         widths = {spec.checkpoint_name: self._widths[spec.width] for spec in _CHECKPOINTED}
-        payload = _load_payload(blob, self.state_size, tag, widths, self.max_entities)
+        payload = load_payload(blob, self.state_size, tag, widths, self.max_entities)
         entities: list[str] = payload["entities"]
         slots = self.slots_for(entities, owner, now)
         self.rnn[torch.from_numpy(slots)] = payload["rnn"]
@@ -286,13 +277,18 @@ class EntityStore:
 
     def array(self, spec: ArraySpec) -> np.ndarray:
         """The array that ``spec`` describes (all rows)."""
-        return getattr(getattr(self, spec.stage), spec.attribute)  # type: ignore[no-any-return]  # numpy array by construction
+        array: np.ndarray = getattr(getattr(self, spec.stage), spec.attribute)
+        return array
+
+    def nbytes(self) -> int:
+        """Bytes held by the states: the recurrent ones and every stage's arrays."""
+        return self.rnn.element_size() * self.rnn.nelement() + sum(self.array(spec).nbytes for spec in LAYOUT)
 
     def _allocate_arrays(self, capacity: int, keep: int = 0) -> None:
         """(Re)allocate every stage's arrays with ``capacity`` rows, keeping the first ``keep``."""
         arrays: dict[str, dict[str, np.ndarray]] = {stage: {} for stage in STAGES}
         for spec in LAYOUT:
-            array = np.zeros((capacity, *self._widths[spec.width]), dtype=spec.dtype)
+            array: np.ndarray = np.zeros((capacity, *self._widths[spec.width]), dtype=spec.dtype)
             if keep:
                 array[:keep] = self.array(spec)[:keep]
             arrays[spec.stage][spec.attribute] = array
@@ -332,66 +328,3 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
         return None
-
-
-def _load_payload(
-    blob: bytes, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int
-) -> dict:
-    """The checkpoint's tensors, checked against this store (``state_size``, ``tag``, the ``widths``
-    of its two-dimensional fields, ``max_entities``) and for values no state can hold (NaN, a
-    negative count); raises :class:`CheckpointError`. Nothing is trusted before it is checked."""
-    try:
-        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"corrupt checkpoint: {type(error).__name__}: {str(error)[:200]}", "corrupt") from None
-    problem = _payload_problem(payload, state_size, tag, widths, max_entities)
-    if problem:
-        raise CheckpointError(problem, "invalid")
-    return payload
-
-
-def _payload_problem(
-    payload: object, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int
-) -> str:
-    """What makes a loaded checkpoint unusable ("" when nothing does)."""
-    if not isinstance(payload, dict):
-        return f"checkpoint is a {type(payload).__name__}, not a dict"
-    if payload.get("tag", "") != tag:
-        return f"checkpoint is for {payload.get('tag')!r}, not {tag!r}"
-    entities = payload.get("entities")
-    if (
-        not isinstance(entities, list)
-        or not all(isinstance(e, str) for e in entities)
-        or len(set(entities)) != len(entities)
-    ):
-        return "checkpoint entities are not a list of distinct names"
-    if len(entities) > max_entities:
-        return f"checkpoint holds {len(entities)} entities, more than max_entities ({max_entities})"
-    rnn = payload.get("rnn")
-    if (
-        not isinstance(rnn, torch.Tensor)
-        or rnn.ndim != 2
-        or rnn.shape[1] != state_size
-        or rnn.shape[0] != len(entities)
-    ):
-        return f"checkpoint shapes do not match this model (state size {state_size})"
-    if not torch.isfinite(rnn).all():
-        return "checkpoint recurrent states are not finite"
-    for spec in _CHECKPOINTED:
-        name = spec.checkpoint_name
-        value = payload.get(name)
-        if value is None and spec.added_later:
-            continue
-        if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != len(entities):
-            return f"checkpoint field {name} is missing or not one row per entity"
-        if tuple(value.shape[1:]) != widths.get(name, ()):
-            return f"checkpoint field {name} has shape {tuple(value.shape[1:])}, this model {widths.get(name, ())}"
-        if spec.finite and not torch.isfinite(value).all():
-            return f"checkpoint field {name} is not finite"
-        if spec.non_negative and (value < 0).any():
-            return f"checkpoint field {name} is negative"
-        if name == "last_ts" and (value.isnan() | (value == math.inf)).any():
-            return "checkpoint field last_ts is NaN or infinite"
-        if name == "opened_ts" and value.isinf().any():  # NaN: no alert open, or its opening unknown
-            return "checkpoint field opened_ts is infinite"
-    return ""

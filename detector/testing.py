@@ -40,7 +40,7 @@ def tiny_model(
         feature_scale=ones,
         residual_scale=ones,
         calibration=Calibration(log_mean=0.0, log_std=1.0, threshold_score=22.0, heldout_scores=0),
-        scoring=ScoringSettings(**scoring).model_dump(),  # type: ignore[arg-type]
+        scoring=ScoringSettings.model_validate(scoring).model_dump(),
         version="tiny",
         feature_range=None if feature_range is None else np.asarray(feature_range, dtype=np.float64),
     )

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from support import QUICK_FIT, checkpoint_without, synthetic_csv
 
+from detector import stages
 from detector.config import FitSettings, ModelSettings, ScoringSettings
 from detector.fit import fit_tables
 from detector.schema import Observation, observations_from_table, read_csv
-from detector import stages
 from detector.scoring import Detector, waves
 from detector.testing import decide, tiny_model
 
@@ -173,7 +173,8 @@ def _novelty(detector: Detector, slot: int, z: float, alert_open: bool = False) 
 
 
 def _escapes(detector: Detector, slot: int, z: float, alert_open: bool = False) -> bool:
-    """Whether a rising message of likelihood z-score ``z`` escapes the novelty discount (the peak learns it either way)."""
+    """Whether a rising message of likelihood z-score ``z`` escapes the novelty discount (the peak
+    learns it either way)."""
     reported = _novelty(detector, slot, z, alert_open)
     return bool(reported > min(z, detector.params.threshold_z) - detector.settings.novelty_discount)
 
@@ -270,7 +271,7 @@ def test_a_burst_is_marked_by_its_onset_and_a_sustained_anomaly_while_it_lasts()
     _, burst = _alert_run([0.0] * 50 + [8.0] * 3 + [0.0] * 30)
     assert burst == [50], "a short alert: its onset only"
     _, sustained = _alert_run([0.0] * 50 + [8.0] * 30 + [0.0] * 9 + [8.0] * 5 + [0.0] * 30, close_after=10)
-    expected = [50] + list(range(59, 80)) + list(range(89, 94))
+    expected = [50, *range(59, 80), *range(89, 94)]
     assert sustained == expected, (
         "from its 10th anomalous message on, every anomalous one; not the calm ones of the dip"
     )
