@@ -1,46 +1,13 @@
-"""The one scoring path: batched recurrent step -> score -> probability -> alert decision.
+"""The detector: observations in, a score, a probability and an alert decision out per message.
 
-``detector score`` (files) and ``detector run`` (Kafka) both call :meth:`Detector.process`,
-so a backtest means what production does.
-
-* score: root-mean-square of the per-feature reconstruction error, each feature's error
-  divided by its fit-time residual scale (about 1 on normal data; >= 0, higher is worse),
-  raised to at least an alert-level score for a message beyond its entity's range by more than
-  ``range_tolerance`` of the range's width (a level never seen before; the range starts at the
-  fit data's and absorbs ``range_absorb`` of each message's excess, so a new level stands out
-  for a few messages). The entity's statistics below learn from the reconstruction score alone;
-* probability: a Numenta-style anomaly likelihood -- a short-term average of the log score
-  (half-life ``likelihood_short_halflife``) judged against the entity's long-term, unclipped
-  mean/variance of it (``likelihood_long_halflife``), against the fit-time held-out
-  distribution and against the entity's usual log score at this time of day (``seasonal_bins``,
-  so an error recurring daily at the same hour stops alerting), the smallest of the three; it
-  spikes when a change starts and decays as the entity's statistics adapt. Its z-score is
-  discounted by ``novelty_discount`` unless it exceeds the entity's decaying recent peak
-  (``novelty_halflife``; a new high raises it by ``novelty_margin``, up to ``open_z``, and by
-  one more margin while the entity's alert is open) and raises the short-term average, and a
-  discounted message stays that far below the alert level, so an event is reported by its
-  onset, not by every message while it lasts nor by the calm after it; a message that escapes
-  is reported beyond the alert level by at most as much as it beats the bar, so its
-  probability says how clearly it is new;
-* decision: an alert opens when probability reaches :attr:`Detector.threshold` (after warm-up),
-  the level that a fraction ``false_alarm_rate`` of normal messages reaches (simulated, see
-  :func:`null_calibration`), on a message that raises the short-term average (an excursion's
-  onset, not the first calm message after it, whose average still lags), and closes
-  after as many consecutive messages whose slow probability is below ``close_probability`` as it
-  has had messages above it (the opening one included), at most ``close_after``: hysteresis that
-  grows with the evidence, so a one-message blip is a one-message alert and a long anomaly does
-  not flap. ``is_anomaly`` marks the message that opens an alert and, once the alert is sustained
-  (``close_after`` anomalous messages), each of its messages whose score is beyond the fit-time
-  alert level (``1 - false_alarm_rate`` of the calibration): a burst is reported once, by its
-  onset, while a lasting anomaly is marked for as long as it lasts. The slow probability judges
-  the log score against the fit-time distribution and the entity's robust drifting baseline (an
-  exponentially weighted mean/variance with ``drift_halflife`` messages or ``drift_halflife_s``
-  seconds, whichever is shorter, fed deviations clipped to ``baseline_clip`` standard
-  deviations), so an alert stays open while a change lasts but a persistent change stops
-  alerting after a while (a time growing with the logarithm of its size). While an alert is
-  young (fewer than twice ``close_after`` anomalous messages), its messages beyond the
-  fit-time alert level do not teach the baseline, so a lasting fault is not absorbed while it is
-  being reported.
+``detector score`` (files), ``fit``'s held-out part, ``evaluate`` and ``detector run`` (Kafka)
+all call :meth:`Detector.process_columns`, so a backtest means what production does. For each
+batch it runs the recurrent network -- one batched step per wave of distinct entities, or each
+entity's rows in one call when a batch holds many rows per entity (:mod:`detector.sequence`) --
+and then the compiled scoring stages over the rows in order (:mod:`detector.kernel`,
+:mod:`detector.stages`): reconstruction error, range check, time-of-day memory, likelihood with
+novelty, drifting baseline, hysteresis. Each entity's state lives in :class:`EntityStore`, one
+named structure per stage. docs/scoring.md gives the method and the reason for each rule.
 
 >>> from detector.testing import tiny_model
 >>> detector = Detector(tiny_model())
@@ -85,7 +52,7 @@ class Contribution(NamedTuple):
     expected: float
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more per instance on the hot path
+@dataclass(slots=True)  # not frozen: cheaper to build, and one is built per message
 class Decision:
     """The outcome for one observation."""
 
