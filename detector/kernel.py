@@ -12,16 +12,8 @@ import math
 
 import numpy as np
 
+from detector import stage_state as state
 from detector.jit import njit
-from detector.stage_state import (
-    BaselineState,
-    ErrorState,
-    HysteresisState,
-    LikelihoodState,
-    NoveltyState,
-    RangeState,
-    SeasonalState,
-)
 from detector.stages import Params, decide, range_excess, range_judged, smooth_error
 
 __all__ = ["score_rows", "timeline", "track_levels"]
@@ -74,13 +66,13 @@ def score_rows(
     standardised: np.ndarray,
     timestamps: np.ndarray,
     elapsed: np.ndarray,
-    error: ErrorState,
-    ranges: RangeState,
-    seasonal: SeasonalState,
-    stats: LikelihoodState,
-    peaks: NoveltyState,
-    baseline: BaselineState,
-    alerts: HysteresisState,
+    error: state.ErrorState,
+    ranges: state.RangeState,
+    seasonal: state.SeasonalState,
+    stats: state.LikelihoodState,
+    peaks: state.NoveltyState,
+    baseline: state.BaselineState,
+    alerts: state.HysteresisState,
     start_low: np.ndarray,
     start_high: np.ndarray,
     p: Params,

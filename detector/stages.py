@@ -24,16 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from detector import stage_state as state
 from detector.jit import njit
-from detector.stage_state import (
-    BaselineState,
-    ErrorState,
-    HysteresisState,
-    LikelihoodState,
-    NoveltyState,
-    RangeState,
-    SeasonalState,
-)
 
 __all__ = [
     "EVENT_CLOSE",
@@ -143,7 +135,7 @@ def normal_cdf(z: float) -> float:
 
 
 @njit
-def smooth_error(error: ErrorState, slot: int, errors: np.ndarray, warm: bool, p: Params) -> float:
+def smooth_error(error: state.ErrorState, slot: int, errors: np.ndarray, warm: bool, p: Params) -> float:
     """The reconstruction score of one message: max(RMS of its per-feature error, RMS of the
     entity's smoothed error), so both spikes and small persistent shifts score. The smoothing
     starts after the warm-up (its transient would otherwise linger)."""
@@ -159,7 +151,7 @@ def smooth_error(error: ErrorState, slot: int, errors: np.ndarray, warm: bool, p
 
 @njit
 def range_excess(
-    ranges: RangeState,
+    ranges: state.RangeState,
     slot: int,
     standardised: np.ndarray,
     start_low: np.ndarray,
@@ -207,7 +199,7 @@ def range_judged(score: float, width: float, p: Params) -> float:
 
 @njit
 def seasonal_usual(
-    seasonal: SeasonalState, slot: int, log_score: float, timestamp: float, elapsed: float, warm: bool, p: Params
+    seasonal: state.SeasonalState, slot: int, log_score: float, timestamp: float, elapsed: float, warm: bool, p: Params
 ) -> float:
     """The entity's usual log score in the time-of-day bin of ``timestamp`` (before this message),
     then that memory updated after the warm-up: an exponentially weighted mean with half-life
@@ -227,7 +219,14 @@ def seasonal_usual(
 
 @njit
 def novelty(
-    peaks: NoveltyState, slot: int, z: float, learned: float, warm: bool, rising: bool, alert_open: bool, p: Params
+    peaks: state.NoveltyState,
+    slot: int,
+    z: float,
+    learned: float,
+    warm: bool,
+    rising: bool,
+    alert_open: bool,
+    p: Params,
 ) -> float:
     """Discount ``z`` by ``novelty_discount`` unless it beats the entity's decaying recent peak
     (by one more ``novelty_margin`` while its alert is open) on a message that raises the short
@@ -252,8 +251,8 @@ def novelty(
 
 @njit
 def likelihood(
-    stats: LikelihoodState,
-    peaks: NoveltyState,
+    stats: state.LikelihoodState,
+    peaks: state.NoveltyState,
     slot: int,
     log_score: float,
     log_judged: float,
@@ -298,7 +297,7 @@ def drift_rate(elapsed: float, p: Params) -> float:
 
 
 @njit
-def update_baseline(baseline: BaselineState, slot: int, log_score: float, rate: float, p: Params) -> None:
+def update_baseline(baseline: state.BaselineState, slot: int, log_score: float, rate: float, p: Params) -> None:
     """Exponentially weighted mean/variance of the log score fed deviations clipped to
     ``baseline_clip`` standard deviations: an outlier barely moves it, and a persistent change is
     absorbed in a time growing with the logarithm of its size (the variance grows geometrically
@@ -312,7 +311,7 @@ def update_baseline(baseline: BaselineState, slot: int, log_score: float, rate: 
 
 @njit
 def hysteresis(
-    alerts: HysteresisState,
+    alerts: state.HysteresisState,
     slot: int,
     probability: float,
     p_slow: float,
@@ -349,11 +348,11 @@ def hysteresis(
 
 @njit
 def decide(
-    seasonal: SeasonalState,
-    stats: LikelihoodState,
-    peaks: NoveltyState,
-    baseline: BaselineState,
-    alerts: HysteresisState,
+    seasonal: state.SeasonalState,
+    stats: state.LikelihoodState,
+    peaks: state.NoveltyState,
+    baseline: state.BaselineState,
+    alerts: state.HysteresisState,
     slot: int,
     score: float,
     judged: float,
