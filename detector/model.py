@@ -3,7 +3,20 @@
 Each observation is one recurrent step. Before seeing ``x_t`` the decoder reconstructs it
 from the encoder state, which compresses everything the entity has shown so far; the gap
 between ``x_t`` and that reconstruction is the anomaly evidence. Then ``x_t`` updates the
-state. States of many entities are stepped in one call:
+state. States of many entities are stepped in one call.
+
+The network: a state is carried as one flat vector per entity (h and, for LSTM, c of every
+layer, then the last observation), so a state store can hold all entities in one
+``(entities, state_size)`` tensor. The encoder sees each observation's level (clipped) and its
+change since the last one; the reconstruction adds a learned per-feature share of the last value
+to the decoder's output, so slowly wandering features are followed beyond the range seen in
+training. With ``periods`` (e.g. a day and a week, in seconds) the phase of each message's
+timestamp in every period is an input of both the encoder and the decoder (which reconstructs a
+message knowing its time, never its values), so regular daily/weekly patterns can be expected.
+With ``level_halflife_s`` each entity's level is tracked (an exponentially weighted mean over that
+half-life of its own timestamps, carried in its state): the encoder sees values relative to it
+and the reconstruction is built around it, so after a lasting level shift the entity is judged
+around its new level instead of erring for ever (and hiding a second change in that error).
 
 >>> import torch
 >>> net = StreamAutoencoder(n_features=3, hidden_size=8, num_layers=2, cell="lstm", bottleneck=4)
@@ -29,7 +42,16 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Architecture", "Calibration", "FittedModel", "ModelError", "StreamAutoencoder", "load_model", "save_model"]
+__all__ = [
+    "Architecture",
+    "Calibration",
+    "FittedModel",
+    "ModelError",
+    "StreamAutoencoder",
+    "load_model",
+    "save_model",
+    "window_levels",
+]
 
 # Small recurrent models run fastest on one thread (measured: a 3,000-row fit takes 8 s on one
 # thread, over 60 s on two busy ones); scale out with processes instead.
@@ -54,22 +76,8 @@ class Architecture:
 
 
 class StreamAutoencoder(nn.Module):
-    """Recurrent encoder (LSTM or GRU, 1-2 layers) with a bottlenecked decoder.
-
-    A state is carried as one flat vector per entity (h and, for LSTM, c of every layer, then the
-    last observation), so a state store can hold all entities in one ``(entities, state_size)``
-    tensor. The encoder sees each observation's level (clipped) and its change since the last one;
-    the reconstruction adds a learned per-feature share of the last value to the decoder's output,
-    so slowly wandering features are followed beyond the range seen in training. With ``periods``
-    (e.g. a day and a week, in seconds) the phase of each message's timestamp in every period is an
-    input of both the encoder and the decoder (which reconstructs a message knowing its time, never
-    its values), so regular daily/weekly patterns can be expected. With ``level_halflife_s`` each
-    entity's level is tracked (an exponentially weighted mean over that half-life of its own
-    timestamps, carried in its state): the encoder sees values relative to it and the reconstruction
-    is built around it, so after a lasting level shift the entity is judged around its new level
-    instead of erring for ever (a model that learned "values return to the mean" would otherwise
-    keep predicting a return that never comes, and a second change would hide in that error).
-    """
+    """Recurrent encoder (LSTM or GRU, 1-2 layers) with a bottlenecked decoder (see the module
+    docstring for its inputs, its time context and the tracked level)."""
 
     def __init__(
         self,
@@ -164,15 +172,14 @@ class StreamAutoencoder(nn.Module):
         the time of the step being reconstructed, ``when``: (batch, time) epoch seconds; with level
         tracking also ``elapsed``: (batch, time) seconds since the previous step).
 
-        Equivalent to calling :meth:`step` once per time step, but one fused call. ``lengths``
-        (batch,): the valid steps of each row of a padded batch (the new state is each row's
-        after its last valid step); ``levels`` (batch, time + 1, features): the tracked level
-        before each step and after the last, when the caller has computed them.
+        Equivalent to :meth:`step` once per time step, in one fused call. ``lengths`` (batch,):
+        each row's valid steps in a padded batch (its new state is after the last of them);
+        ``levels``: :func:`window_levels`, when the caller has computed them.
         """
         recurrent_state, last, level = self._split(state)
         previous = torch.cat([last.unsqueeze(1), x[:, :-1]], dim=1)
-        if levels is None and self._tracks_level:
-            steps = [level]  # the level before each step (cheap: no parameters, one small op per step)
+        if levels is None and self._tracks_level:  # the level before each step, and after the last
+            steps = [level]
             for t in range(x.shape[1]):
                 steps.append(self._next_level(x[:, t], steps[-1], None if elapsed is None else elapsed[:, t]))
             levels = torch.stack(steps, dim=1)
@@ -192,19 +199,6 @@ class StreamAutoencoder(nn.Module):
         return self._decode(before_each_step, previous, before, context), torch.cat(
             [self._flatten(new_state), x[rows, last_step - 1], *tracked], dim=1
         )
-
-    def track_levels(self, x: torch.Tensor, state: torch.Tensor, elapsed: torch.Tensor) -> torch.Tensor | None:
-        """The tracked level before each step of a window ``x`` (batch, time, features) and after
-        its last, (batch, time + 1, features), in one compiled pass (for :meth:`forward`'s
-        ``levels``); None without level tracking."""
-        if not self._tracks_level:
-            return None
-        from detector.kernel import track_levels  # compiled; imported only where windows are scored
-
-        _, _, level = self._split(state)
-        gap = torch.nan_to_num(elapsed.double().clamp(min=0.0), posinf=0.0)
-        rates = (1.0 - torch.exp2(-gap / self.architecture.level_halflife_s)).float()
-        return torch.from_numpy(track_levels(x.contiguous().numpy(), level.contiguous().numpy(), rates.numpy()))
 
     def _split(self, state: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """(recurrent state, last observation, level) of flat states; without level tracking the
@@ -274,6 +268,22 @@ class StreamAutoencoder(nn.Module):
     def _top_hidden(self, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         hidden = state[0] if isinstance(state, tuple) else state
         return hidden[-1]
+
+
+def window_levels(
+    network: StreamAutoencoder, x: torch.Tensor, state: torch.Tensor, elapsed: torch.Tensor
+) -> torch.Tensor | None:
+    """The tracked level before each step of ``x`` (batch, time, features) and after its last,
+    (batch, time + 1, features), in one compiled pass (for :meth:`StreamAutoencoder.forward`'s
+    ``levels``); None when ``network`` does not track levels."""
+    if not network._tracks_level:
+        return None
+    from detector.kernel import track_levels  # compiled; imported only where windows are scored
+
+    level = network._split(state)[2]
+    gap = torch.nan_to_num(elapsed.double().clamp(min=0.0), posinf=0.0)
+    rates = (1.0 - torch.exp2(-gap / network.architecture.level_halflife_s)).float()
+    return torch.from_numpy(track_levels(x.contiguous().numpy(), level.contiguous().numpy(), rates.numpy()))
 
 
 @dataclass(frozen=True)
