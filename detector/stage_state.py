@@ -13,7 +13,7 @@ value must pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -29,6 +29,7 @@ __all__ = [
     "NoveltyState",
     "RangeState",
     "SeasonalState",
+    "StageArrays",
 ]
 
 
@@ -139,3 +140,77 @@ LAYOUT: tuple[ArraySpec, ...] = (
     ArraySpec("range", "low", "range_low", np.float32, "features", added_later=True),
     ArraySpec("range", "high", "range_high", np.float32, "features", added_later=True),
 )
+
+
+class StageArrays:
+    """Every stage's per-entity arrays, one row per slot (``self.likelihood.fast_mean``...).
+
+    A fresh entity starts with the ``baseline`` (mean, variance) of the log score in its baseline
+    and time-of-day memory, the range ``start_range`` (low, high; unbounded when None), the
+    novelty peak ``start_peak``, no previous timestamp, and zeros elsewhere.
+
+    >>> arrays = StageArrays(capacity=2, n_features=3, seasonal_bins=4, baseline=(0.0, 0.5))
+    >>> arrays.error.smoothed.shape, arrays.seasonal.usual.shape, arrays._fresh("base_var")
+    ((2, 3), (2, 4), 0.5)
+    """
+
+    error: ErrorState
+    range: RangeState
+    likelihood: LikelihoodState
+    novelty: NoveltyState
+    seasonal: SeasonalState
+    baseline: BaselineState
+    hysteresis: HysteresisState
+    bookkeeping: BookkeepingState
+
+    def __init__(
+        self,
+        capacity: int,
+        n_features: int,
+        seasonal_bins: int,
+        baseline: tuple[float, float],
+        start_range: tuple[np.ndarray, np.ndarray] | None = None,
+        start_peak: float = 0.0,
+    ):
+        self._widths = {"one": (), "features": (n_features,), "bins": (seasonal_bins,)}
+        # where a new entity's range starts (the fit data's); unbounded when unknown
+        self.start_range = start_range or (
+            np.full(n_features, -np.inf, np.float32),
+            np.full(n_features, np.inf, np.float32),
+        )
+        self._fresh_values: dict[str, Any] = {
+            "base_mean": baseline[0],
+            "seasonal": baseline[0],
+            "base_var": baseline[1],
+            "last_ts": -np.inf,
+            "range_low": self.start_range[0],
+            "range_high": self.start_range[1],
+            "peak": start_peak,
+            "opened_ts": np.nan,
+        }
+        self._allocate_arrays(capacity)
+
+    def array(self, spec: ArraySpec) -> np.ndarray:
+        """The array that ``spec`` describes (all rows)."""
+        array: np.ndarray = getattr(getattr(self, spec.stage), spec.attribute)
+        return array
+
+    def _allocate_arrays(self, capacity: int, keep: int = 0) -> None:
+        """(Re)allocate every stage's arrays with ``capacity`` rows, keeping the first ``keep``."""
+        arrays: dict[str, dict[str, np.ndarray]] = {stage: {} for stage in STAGES}
+        for spec in LAYOUT:
+            array: np.ndarray = np.zeros((capacity, *self._widths[spec.width]), dtype=spec.dtype)
+            if keep:
+                array[:keep] = self.array(spec)[:keep]
+            arrays[spec.stage][spec.attribute] = array
+        for stage, kind in STAGES.items():
+            setattr(self, stage, kind(**arrays[stage]))
+
+    def _reset_arrays(self, slot: int) -> None:
+        """Give ``slot`` a fresh entity's values."""
+        for spec in LAYOUT:
+            self.array(spec)[slot] = self._fresh(spec.checkpoint_name)
+
+    def _fresh(self, name: str) -> Any:
+        """The value of the array named ``name`` in checkpoints for an entity never seen before."""
+        return self._fresh_values.get(name, 0)

@@ -23,24 +23,11 @@ import io
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from detector.stage_state import (
-    LAYOUT,
-    STAGES,
-    ArraySpec,
-    BaselineState,
-    BookkeepingState,
-    ErrorState,
-    HysteresisState,
-    LikelihoodState,
-    NoveltyState,
-    RangeState,
-    SeasonalState,
-)
+from detector.stage_state import LAYOUT, StageArrays
 from detector.state_payload import CheckpointError, checkpointed, load_payload
 
 __all__ = ["CheckpointError", "EntityStore", "Snapshot", "release_freed_memory"]
@@ -64,7 +51,7 @@ class Snapshot:
     rows: dict[str, np.ndarray]  # by checkpoint name
 
 
-class EntityStore:
+class EntityStore(StageArrays):
     """Slot-indexed states of all tracked entities (see module docstring)."""
 
     def __init__(
@@ -84,31 +71,7 @@ class EntityStore:
         self.max_entities, self.ttl_s = max_entities, ttl_s
         self.start_state = start_state if start_state is not None else torch.zeros(state_size)
         self.rnn = torch.zeros(capacity, state_size)
-        # where a new entity's range starts (the fit data's); unbounded when unknown
-        self.start_range = start_range or (
-            np.full(n_features, -np.inf, np.float32),
-            np.full(n_features, np.inf, np.float32),
-        )
-        self._widths = {"one": (), "features": (n_features,), "bins": (seasonal_bins,)}
-        self.error: ErrorState
-        self.range: RangeState
-        self.likelihood: LikelihoodState
-        self.novelty: NoveltyState
-        self.seasonal: SeasonalState
-        self.baseline: BaselineState
-        self.hysteresis: HysteresisState
-        self.bookkeeping: BookkeepingState
-        self._allocate_arrays(capacity)
-        self._fresh_values: dict[str, Any] = {
-            "base_mean": baseline[0],
-            "seasonal": baseline[0],
-            "base_var": baseline[1],
-            "last_ts": -np.inf,
-            "range_low": self.start_range[0],
-            "range_high": self.start_range[1],
-            "peak": start_peak,
-            "opened_ts": np.nan,
-        }
+        super().__init__(capacity, n_features, seasonal_bins, baseline, start_range, start_peak)
         self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self.evictions = {"ttl": 0, "capacity": 0}
@@ -275,38 +238,13 @@ class EntityStore:
         self._allocate_arrays(old + extra, keep=old)
         self._free.extend(range(old + extra - 1, old - 1, -1))
 
-    def array(self, spec: ArraySpec) -> np.ndarray:
-        """The array that ``spec`` describes (all rows)."""
-        array: np.ndarray = getattr(getattr(self, spec.stage), spec.attribute)
-        return array
-
     def nbytes(self) -> int:
         """Bytes held by the states: the recurrent ones and every stage's arrays."""
         return self.rnn.element_size() * self.rnn.nelement() + sum(self.array(spec).nbytes for spec in LAYOUT)
 
-    def _allocate_arrays(self, capacity: int, keep: int = 0) -> None:
-        """(Re)allocate every stage's arrays with ``capacity`` rows, keeping the first ``keep``."""
-        arrays: dict[str, dict[str, np.ndarray]] = {stage: {} for stage in STAGES}
-        for spec in LAYOUT:
-            array: np.ndarray = np.zeros((capacity, *self._widths[spec.width]), dtype=spec.dtype)
-            if keep:
-                array[:keep] = self.array(spec)[:keep]
-            arrays[spec.stage][spec.attribute] = array
-        for stage, kind in STAGES.items():
-            setattr(self, stage, kind(**arrays[stage]))
-
     def _reset(self, slot: int) -> None:
         self.rnn[slot] = self.start_state
-        for spec in LAYOUT:
-            self.array(spec)[slot] = self._fresh(spec.checkpoint_name)
-
-    def _fresh(self, name: str) -> float | np.ndarray:
-        """The value of field ``name`` for an entity never seen before.
-
-        >>> EntityStore(state_size=1, baseline=(-1.0, 0.5))._fresh("base_var")
-        0.5
-        """
-        return self._fresh_values.get(name, 0)
+        self._reset_arrays(slot)
 
     def _remove(self, entity: str) -> None:
         self._free.append(self._index.pop(entity))
