@@ -17,7 +17,7 @@ from detector.model import StreamAutoencoder, window_levels
 
 __all__ = ["reconstruct_sequences"]
 
-_GROUP_ROWS = 1 << 20  # padded rows per forward call: bounds its memory (about 200 bytes per row and unit)
+_GROUP_ROWS = 1 << 20  # padded rows (entities x steps) per forward call: bounds the memory of one call
 
 
 def reconstruct_sequences(

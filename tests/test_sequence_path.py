@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from detector.schema import Columns
 from detector.scoring import Detector, Outcomes
+from detector.sequence import reconstruct_sequences
 from detector.testing import tiny_model
 
 MODELS = {
@@ -98,3 +99,20 @@ def test_a_file_takes_the_sequence_path_and_a_wave_the_step_path(monkeypatch):
     assert calls == []
     detector.process_columns(Columns(["a", "b"] * 3, np.repeat([2.0, 3.0, 4.0], 2), np.zeros((6, 2))))
     assert calls == ["sequence"]
+
+
+def test_long_sequences_run_in_windows_that_carry_the_state():
+    """A file longer than one window continues each entity's state across windows."""
+    model = MODELS["level-tracking, daily context, range, time of day"]
+    rng = np.random.default_rng(1)
+    rows, entities = 50, 3
+    groups = np.repeat(np.arange(entities), rows)
+    standardised = rng.normal(0.0, 1.0, (rows * entities, 2)).astype(np.float32)
+    timestamps = 1.7e9 + np.tile(np.arange(rows) * 60.0, entities)
+    elapsed = np.where(np.tile(np.arange(rows), entities) == 0, 0.0, 60.0)
+    states = model.network.initial_state(entities)
+    whole = reconstruct_sequences(model.network, states, standardised, groups, timestamps, elapsed)
+    windowed = reconstruct_sequences(model.network, states, standardised, groups, timestamps, elapsed, window=7)
+    np.testing.assert_allclose(windowed[0].numpy(), whole[0].numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(windowed[1].numpy(), whole[1].numpy(), rtol=0, atol=1e-5)
+    assert not np.allclose(whole[1].numpy(), states.numpy()), "the states moved on"
