@@ -48,7 +48,7 @@ def _feed(detector, start: int, stop: int, values: list[list[float]], now: float
 
 def _store_bytes(store) -> tuple[int, int]:
     """(bytes of the slot arrays, slots)."""
-    arrays = store.rnn.element_size() * store.rnn.nelement() + sum(a.nbytes for a in store.fields.values())
+    arrays = store.nbytes()
     return arrays, int(store.rnn.shape[0])
 
 

@@ -106,10 +106,8 @@ def stage_breakdown(model, raw: list[tuple[bytes, bytes]]) -> dict:
         watch.patch(scoring, "waves"),
         watch.patch(detector.store, "slots_for", "EntityStore.slots_for"),
         watch.patch(model.network, "step", "network.step (torch)"),
-        watch.patch(detector, "_score", "Detector._score"),
-        watch.patch(detector, "_decide", "Detector._decide (incl. baseline, normal cdf)"),
+        watch.patch(scoring, "score_rows", "score_rows (compiled stages)"),
         watch.patch(detector, "_top", "Detector._top (anomalous messages only)"),
-        watch.patch(detector, "_step", "Detector._step"),
     ]
     try:
         parse_s, process_s, anomalous = hot_path(model, raw, detector)

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from detector.model import FittedModel
+    from detector.scoring import Detector
 
-__all__ = ["FAST_GROUP", "ServiceTopics", "service_env", "tiny_model"]
+__all__ = ["FAST_GROUP", "ServiceTopics", "decide", "service_env", "tiny_model"]
 
 FAST_GROUP: dict[str, str] = {
     "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
@@ -71,10 +72,13 @@ def tiny_model(
     features: tuple[str, ...] = ("a", "b"),
     seed: int = 0,
     feature_range: tuple[list[float], list[float]] | None = None,
+    periods: tuple[float, ...] = (),
+    level_halflife_s: float = 0.0,
     **scoring: object,
 ) -> FittedModel:
     """An untrained but deterministic model with unit scaling and a neutral calibration; with
-    ``feature_range`` ((lows), (highs)) its fit data had that range."""
+    ``feature_range`` ((lows), (highs)) its fit data had that range; ``periods`` and
+    ``level_halflife_s`` as in :class:`StreamAutoencoder`."""
     import numpy as np
     import torch
 
@@ -82,7 +86,9 @@ def tiny_model(
     from detector.model import Calibration, FittedModel, StreamAutoencoder
 
     torch.manual_seed(seed)
-    network = StreamAutoencoder(len(features), hidden_size=8, num_layers=1, cell="lstm", bottleneck=4).eval()
+    network = StreamAutoencoder(
+        len(features), 8, 1, "lstm", 4, periods=periods, level_halflife_s=level_halflife_s
+    ).eval()
     ones = np.ones(len(features))
     return FittedModel(
         network=network,
@@ -91,7 +97,39 @@ def tiny_model(
         feature_scale=ones,
         residual_scale=ones,
         calibration=Calibration(log_mean=0.0, log_std=1.0, threshold_score=22.0, heldout_scores=0),
-        scoring=ScoringSettings(**scoring).model_dump(),
+        scoring=ScoringSettings.model_validate(scoring).model_dump(),
         version="tiny",
         feature_range=None if feature_range is None else np.asarray(feature_range, dtype=np.float64),
     )
+
+
+def decide(
+    detector: Detector, slot: int, score: float, timestamp: float = 0.0, elapsed: float = 1.0, warm: bool = True
+) -> tuple[float, bool, str | None]:
+    """Run the decision stages (:func:`detector.stages.decide`) on one entity's ``score``, as if
+    its message had been reconstructed that well: (probability, is_anomaly, event).
+
+    >>> from detector.scoring import Detector
+    >>> detector = Detector(tiny_model(warmup_steps=0))
+    >>> slot = int(detector.store.slots_for(["pump"], owner=0, now=0.0)[0])
+    >>> decide(detector, slot, 1.0)[1:]
+    (False, None)
+    """
+    from detector import stages
+
+    store = detector.store
+    probability, is_anomaly, event, _ = stages.decide(
+        store.seasonal,
+        store.likelihood,
+        store.novelty,
+        store.baseline,
+        store.hysteresis,
+        slot,
+        score,
+        score,
+        timestamp,
+        elapsed,
+        warm,
+        detector.params,
+    )
+    return probability, is_anomaly, {stages.EVENT_OPEN: "open", stages.EVENT_CLOSE: "close"}.get(event)

@@ -195,7 +195,7 @@ def test_a_failed_batched_step_is_redone_message_by_message_without_double_steps
     assert [(r.position, r.error.reason, r.error.error_type, r.stage) for r in result.refused] == [
         (1, "internal_error", "RuntimeError", "score")
     ]
-    steps = detector.store.fields["steps"]
+    steps = detector.store.hysteresis.steps
     assert detector.store.slot_of("h-poison") is None, "the failing message's step was undone"
     assert steps[detector.store.slot_of("pump-2")] == 2, (
         "each message stepped once (the failed batch's steps were dropped)"
