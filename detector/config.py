@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, Val
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "load_settings", "read_toml", "settings_from"]
 
 
 class _Section(BaseModel):
@@ -319,7 +319,8 @@ class Settings(BaseSettings):
         def known_environment() -> dict[str, Any]:
             return known_only(env_settings())
 
-        return known_environment, init_settings
+        # a plain callable returning a dict is a source to pydantic-settings, though not typed as one
+        return known_environment, init_settings  # type: ignore[return-value]
 
 
 class SettingsError(ValueError):
@@ -336,23 +337,32 @@ def load_settings(config_path: Path | str | None, **overrides: Any) -> Settings:
     Raises :class:`SettingsError` naming the offending field, e.g.
     ``invalid setting model.num_layers: Input should be less than or equal to 2``.
     """
+    return settings_from(read_toml(Path(config_path)) if config_path else {}, config_path, **overrides)
+
+
+def settings_from(file_values: dict[str, Any], source: Path | str | None, **overrides: Any) -> Settings:
+    """Settings from the values of a TOML file already read (``source`` names it in errors) and the
+    environment; :func:`load_settings` without reading the file, for a caller that needs its values too."""
     from detector.environment import bad_json_value
 
     bad = bad_json_value(os.environ)
     if bad is not None:
         raise SettingsError(f"invalid setting {bad[0]}={bad[1]!r}: not a JSON list", help=bad[2])
-    values: dict[str, Any] = _read_toml(Path(config_path)) if config_path else {}
+    values: dict[str, Any] = {
+        section: dict(fields) if isinstance(fields, dict) else fields for section, fields in file_values.items()
+    }
     for section, fields in overrides.items():
         values.setdefault(section, {}).update(fields)
     try:
         return Settings(**values)
     except ValidationError as error:
-        raise SettingsError(_describe(error, config_path)) from None
+        raise SettingsError(_describe(error, source)) from None
     except PydanticSettingsError as error:  # a value the environment source cannot parse
         raise SettingsError(f"invalid DETECTOR_* environment: {error}", help="write lists and tables as JSON") from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """The values of the TOML file at ``path``; :class:`SettingsError` if it is missing or not TOML."""
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,10 @@ from detector.kafka_config import consumer_config, kafka_client_config, producer
 from detector.kafka_internals import check_internals, coordinator_unknown, last_heartbeat_answer
 from detector.logs import get_logger
 from detector.metrics import Health, Metrics, serve
-from detector.model import FittedModel, load_model
+from detector.model import FittedModel
+from detector.reload import Reloader, carry_states
+from detector.reload import load as load_run_time
+from detector.runtime import RunTimeScoring
 from detector.schema import BadMessage, MessageDecoder, MessageFields
 from detector.scoring import Detector, Outcomes
 from detector.startup import StartupError, check_topics, wait_for_broker
@@ -106,8 +110,14 @@ class _Rebalance(ConsumerRebalanceListener):
 class Service:
     """The streaming service; ``run()`` blocks until :meth:`stop` or a signal."""
 
-    def __init__(self, settings: Settings, model: FittedModel, metrics: Metrics | None = None):
-        self.settings, self.model = settings, model
+    def __init__(
+        self,
+        settings: Settings,
+        model: FittedModel,
+        metrics: Metrics | None = None,
+        run_time: RunTimeScoring | None = None,
+    ):
+        self.settings, self.model, self.run_time = settings, model, run_time
         self.metrics = metrics or Metrics()
         self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
         self.detector = Detector(model, max_entities=settings.stream.max_entities, ttl_s=settings.stream.entity_ttl_s)
@@ -121,6 +131,7 @@ class Service:
         )
         self._guard = BatchGuard(MessageDecoder(model.features, fields), self.detector, stream.max_future_skew_s)
         self._stop = threading.Event()
+        self._replacement: Detector | None = None  # handed over by replace_detector, swapped in by the loop
         self._pending: list[_Fetched] = []
         self._owners: dict[TopicPartition, int] = {}
         self._assigned: set[TopicPartition] = set()
@@ -166,12 +177,14 @@ class Service:
             topics=self.settings.kafka.input_topics,
             group=self.settings.kafka.group_id,
             alert_probability=round(self.detector.threshold, 4),
+            run_time_settings=self.run_time.describe() if self.run_time else None,
         )
         code = 0
         try:
             while not self._stop.is_set():
                 self._pending.extend(self._poll())
                 self._restore_assigned()
+                self._swap_detector()
                 self._process_batch()
                 self._housekeeping()
         except PublishFatal as error:
@@ -216,6 +229,29 @@ class Service:
                 raise PublishFatal(error, reason) from error
             raise
 
+    def replace_detector(self, detector: Detector) -> None:
+        """Score with ``detector`` from the next batch on (any thread may call this; the loop swaps
+        it in between batches). Of the same model version it takes over every entity's state; of
+        another, every entity starts fresh and the next checkpoints are written for the new model."""
+        self._replacement = detector
+
+    def _swap_detector(self) -> None:
+        detector, self._replacement = self._replacement, None
+        if detector is None:
+            return
+        if detector.model.version == self.model.version:
+            carry_states(self.detector, detector, sorted(set(self._owners.values())))
+        else:
+            self._checkpointed.clear()  # the checkpoints written so far hold the old model's states
+        self.detector, self.model = detector, detector.model
+        decode = self._guard.decode
+        if decode.features != detector.model.features:
+            decode = MessageDecoder(detector.model.features, decode.fields)
+        self._guard = BatchGuard(decode, detector, self._guard.max_future_skew_s)
+        self._evictions_seen = {"ttl": 0, "capacity": 0}
+        self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
+        self.metrics.set_alert_threshold(detector.threshold)
+
     def _broker_ready(self) -> bool:
         """Wait for the broker and check the output topics; False if stopped meanwhile.
 
@@ -242,6 +278,7 @@ class Service:
         check_internals(self.consumer)
         self.consumer.subscribe(kafka.input_topics, listener=_Rebalance(self))
         self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
+        self.metrics.set_alert_threshold(self.detector.threshold)
         self.metrics.set_build_info(__version__)
         self.health.set_ready(False, "waiting for partition assignment")
 
@@ -799,14 +836,17 @@ class Service:
         return False
 
 
-def run_service(settings: Settings) -> int:
-    """Load the model, serve metrics, install signal handlers and run until told to stop."""
-    model = load_model(settings.model.path)
-    service = Service(settings, model)
+def run_service(settings: Settings, config_path: Path | None = None) -> int:
+    """Load the model, serve metrics, install signal handlers and run until told to stop; SIGHUP
+    reloads the settings file ``config_path`` and the model (:mod:`detector.reload`)."""
+    loaded = load_run_time(config_path, os.environ, settings)
+    service = Service(settings, loaded.scoring_model(), run_time=loaded.scoring)
+    reloader = Reloader(config_path, loaded, service.replace_detector, service.metrics).start()
     server = serve(service.metrics, service.health, settings.metrics.host, settings.metrics.port)
     log.info("metrics.serving", url=server.url)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
+    signal.signal(signal.SIGHUP, reloader.request)
     watchdog = threading.Thread(target=_exit_after_grace, args=(service, settings.stream.shutdown_grace_s), daemon=True)
     watchdog.start()
     try:
@@ -815,6 +855,7 @@ def run_service(settings: Settings) -> int:
         print(f"detector run: {error}", file=sys.stderr)
         return 2
     finally:
+        reloader.close()
         server.close()
 
 
