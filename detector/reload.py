@@ -20,7 +20,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,13 +51,13 @@ class Loaded:
         return self.scoring.apply(self.model)
 
 
-def load(config_path: Path | None, environ: Mapping[str, str], settings: Settings | None = None) -> Loaded:
-    """Read the settings (unless given), load the model at ``model.path`` and resolve the run-time
-    values; raises :class:`SettingsError` or :class:`ModelError`."""
+def load(config_path: Path | None, settings: Settings | None = None) -> Loaded:
+    """Read the settings (unless given) from ``config_path`` and the environment, load the model at
+    ``model.path`` and resolve the run-time values; raises :class:`SettingsError` or :class:`ModelError`."""
     file_values = read_toml(config_path) if config_path else {}
     settings = settings if settings is not None else settings_from(file_values, config_path)
     model = load_model(settings.model.path)
-    scoring = resolve_scoring(settings, model, given_settings(file_values, environ), str(settings.model.path))
+    scoring = resolve_scoring(settings, model, given_settings(file_values, os.environ), str(settings.model.path))
     return Loaded(settings, model, scoring)
 
 
@@ -111,10 +111,9 @@ class Reloader:
         current: Loaded,
         replace: Callable[[Detector], None],
         metrics: Metrics,
-        environ: Mapping[str, str] = os.environ,
     ):
         self._config_path, self._current, self._started = config_path, current, current.settings
-        self._replace, self._metrics, self._environ = replace, metrics, environ
+        self._replace, self._metrics = replace, metrics
         self._requested, self._closed = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._serve, name="reload", daemon=True)
 
@@ -144,7 +143,7 @@ class Reloader:
         """Reload once and return the outcome (``applied``, ``unchanged`` or ``refused``)."""
         started = time.perf_counter()
         try:
-            candidate = load(self._config_path, self._environ)
+            candidate = load(self._config_path)
             outcome = self._apply(candidate, started)
         except (SettingsError, ModelError) as error:
             outcome = self._refuse(str(error), getattr(error, "help", None))

@@ -839,7 +839,7 @@ class Service:
 def run_service(settings: Settings, config_path: Path | None = None) -> int:
     """Load the model, serve metrics, install signal handlers and run until told to stop; SIGHUP
     reloads the settings file ``config_path`` and the model (:mod:`detector.reload`)."""
-    loaded = load_run_time(config_path, os.environ, settings)
+    loaded = load_run_time(config_path, settings)
     service = Service(settings, loaded.scoring_model(), run_time=loaded.scoring)
     reloader = Reloader(config_path, loaded, service.replace_detector, service.metrics).start()
     server = serve(service.metrics, service.health, settings.metrics.host, settings.metrics.port)
