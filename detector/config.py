@@ -271,6 +271,12 @@ class StreamSettings(_Section):
     entity_ttl_s: float = Field(86400.0, gt=0, description="Idle entities are evicted after this many seconds.")
     checkpoint_interval_s: float = Field(60.0, gt=0, description="Seconds between state checkpoints.")
     shutdown_grace_s: float = Field(30.0, gt=0, description="Time allowed to finish, commit and checkpoint on SIGTERM.")
+    reload_watch_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between looks at the settings file and the model directory: a change reloads "
+        "them as SIGHUP does (0: off, only SIGHUP reloads).",
+    )
 
 
 class MetricsSettings(_Section):

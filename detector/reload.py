@@ -8,7 +8,9 @@ does not load or whose scores are not finite. Otherwise it builds the new
 service, which swaps it in between two batches. Until then the old detector keeps scoring, and
 for good when the reload is refused.
 
-Start-up settings (Kafka, stream, metrics, log) are not applied: a reload that finds them
+With ``stream.reload_watch_s`` set, a change of the settings file or of the model directory's
+files (their modification time, size or inode: a Kubernetes ConfigMap volume swaps a symlink)
+reloads too. Start-up settings (Kafka, stream, metrics, log) are not applied: a reload that finds them
 changed says that a restart is needed (``reload.restart_needed``). Every reload is counted in
 ``detector_reloads_total{outcome}``: ``applied`` (other run-time values or another model),
 ``unchanged`` or ``refused``.
@@ -25,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from detector.config import Settings, SettingsError, read_toml, settings_from
 from detector.logs import get_logger
 from detector.metrics import Metrics
-from detector.model import FittedModel, ModelError, load_model
+from detector.model import META_FILE, WEIGHTS_FILE, FittedModel, ModelError, load_model
 from detector.runtime import RunTimeScoring, given_settings, kind_of, resolve_scoring
 from detector.scoring import Detector
 
@@ -115,6 +119,7 @@ class Reloader:
         self._config_path, self._current, self._started = config_path, current, current.settings
         self._replace, self._metrics = replace, metrics
         self._requested, self._closed = threading.Event(), threading.Event()
+        self._torch_threads = torch.get_num_threads()  # the process's setting, as the calling thread has it
         self._thread = threading.Thread(target=self._serve, name="reload", daemon=True)
 
     def start(self) -> Reloader:
@@ -132,12 +137,37 @@ class Reloader:
             self._thread.join(timeout=5)
 
     def _serve(self) -> None:
+        # torch's thread count holds per native thread (OpenMP): unset here, the alert level's
+        # simulation would run a team of spinning threads next to the scoring loop's
+        torch.set_num_threads(self._torch_threads)
+        watch_s = self._started.stream.reload_watch_s or None
+        seen = self._fingerprint()
         while True:
-            self._requested.wait()
+            requested = self._requested.wait(timeout=watch_s)
             self._requested.clear()
             if self._closed.is_set():
                 return
-            self.reload()
+            now = self._fingerprint()
+            if requested or now != seen:
+                seen = now  # taken before reading: a change made while it reads is seen next time
+                self.reload()
+                if now[0] != self._current.settings.model.path:  # watch the model it now runs
+                    seen = self._fingerprint()
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        """The model directory watched, then the modification time, size and inode of its files and
+        of the settings file (None: missing)."""
+        model_path = self._current.settings.model.path
+        paths = [model_path / META_FILE, model_path / WEIGHTS_FILE]
+        paths += [self._config_path] if self._config_path else []
+        stats: list[tuple[int, int, int] | None] = []
+        for path in paths:
+            try:
+                stat = path.stat()
+                stats.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
+            except OSError:
+                stats.append(None)
+        return (model_path, *stats)
 
     def reload(self) -> str:
         """Reload once and return the outcome (``applied``, ``unchanged`` or ``refused``)."""

@@ -162,3 +162,26 @@ def test_load_resolves_the_run_time_values_against_the_model(setup: Fixture, mon
     assert loaded.scoring.settings.top_features == 1 and loaded.scoring.sources["top_features"] == "environment"
     assert loaded.scoring.sources["false_alarm_rate"] == "model"
     assert loaded.scoring_model().scoring["close_after"] == 2
+
+
+def test_a_watched_settings_file_or_model_directory_reloads_without_a_signal(setup: Fixture):
+    setup.write(scoring={}, stream={"reload_watch_s": 0.1})
+    current = load(setup.config)
+    swapped: list[Detector] = []
+    arrived = threading.Semaphore(0)
+
+    def replace_detector(detector: Detector) -> None:
+        swapped.append(detector)
+        arrived.release()
+
+    reloader = Reloader(setup.config, current, replace_detector, setup.metrics).start()
+    try:
+        setup.write(scoring={"close_after": 4}, stream={"reload_watch_s": 0.1})
+        assert arrived.acquire(timeout=30), "the changed settings file was not seen"
+        assert swapped[-1].settings.close_after == 4 and swapped[-1].model.version == "tiny"
+        save_model(replace(tiny_model(seed=1), version="tiny-2"), setup.model_dir)
+        assert arrived.acquire(timeout=30), "the new model was not seen"
+        assert swapped[-1].model.version == "tiny-2"
+    finally:
+        reloader.close()
+    assert not arrived.acquire(timeout=0.5), "nothing else changed: nothing else swapped"
