@@ -240,7 +240,11 @@ class Service:
         if detector is None:
             return
         if detector.model.version == self.model.version:
-            carry_states(self.detector, detector, sorted(set(self._owners.values())))
+            try:
+                carry_states(self.detector, detector, sorted(set(self._owners.values())))
+            except Exception as error:  # noqa: BLE001 - states that do not carry over keep the old detector
+                log.error("reload.swap_failed", error=repr(error)[:300], note="the previous detector goes on")
+                return
         else:
             self._checkpointed.clear()  # the checkpoints written so far hold the old model's states
         self.detector, self.model = detector, detector.model
