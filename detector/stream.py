@@ -845,12 +845,13 @@ def run_service(settings: Settings, config_path: Path | None = None) -> int:
     reloads the settings file ``config_path`` and the model (:mod:`detector.reload`)."""
     loaded = load_run_time(config_path, settings)
     service = Service(settings, loaded.scoring_model(), run_time=loaded.scoring)
-    reloader = Reloader(config_path, loaded, service.replace_detector, service.metrics).start()
+    reloader = Reloader(config_path, loaded, service.replace_detector, service.metrics)
     server = serve(service.metrics, service.health, settings.metrics.host, settings.metrics.port)
     log.info("metrics.serving", url=server.url)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
     signal.signal(signal.SIGHUP, reloader.request)
+    reloader.start()
     watchdog = threading.Thread(target=_exit_after_grace, args=(service, settings.stream.shutdown_grace_s), daemon=True)
     watchdog.start()
     try:
