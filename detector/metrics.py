@@ -35,6 +35,7 @@ start), so ``DetectorCheckpointTooOld`` still fires when checkpoints never happe
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import threading
@@ -124,8 +125,8 @@ class BatchHistogram(Collector):
 
     >>> h = BatchHistogram("demo_seconds", "Demo.", buckets=(0.1, 1.0))
     >>> h.observe([0.05, 0.1, 0.5, 5.0])
-    >>> [(s.name, s.labels.get("le"), s.value) for s in next(iter(h.collect())).samples][:4]
-    [('demo_seconds_bucket', '0.1', 2), ('demo_seconds_bucket', '1.0', 3), ('demo_seconds_bucket', '+Inf', 4), ('demo_seconds_count', None, 4)]
+    >>> [(s.name[13:], s.labels.get("le"), s.value) for s in next(iter(h.collect())).samples][:4]
+    [('bucket', '0.1', 2), ('bucket', '1.0', 3), ('bucket', '+Inf', 4), ('count', None, 4)]
     """
 
     def __init__(
@@ -152,7 +153,7 @@ class BatchHistogram(Collector):
     def collect(self) -> Iterable[HistogramMetricFamily]:
         with self._lock:
             cumulative, total = np.cumsum(self._counts).tolist(), self._sum
-        buckets = [(floatToGoString(b), c) for b, c in zip(self._bounds.tolist(), cumulative)] + [
+        buckets = [(floatToGoString(b), c) for b, c in zip(self._bounds.tolist(), cumulative, strict=False)] + [
             ("+Inf", cumulative[-1])
         ]
         family = HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
@@ -382,10 +383,8 @@ class Metrics:
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop the lag series of a revoked partition (no-op if it has none)."""
-        try:
+        with contextlib.suppress(KeyError):
             self.consumer_lag.remove(topic, str(partition))
-        except KeyError:
-            pass
 
     def set_partitions_assigned(self, n: int) -> None:
         """Set the number of input partitions currently assigned."""
