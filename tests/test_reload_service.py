@@ -62,7 +62,9 @@ def _metric(url: str, name: str, labels: str = "") -> tuple[float, str]:
     raise AssertionError(f"{name}{{{labels}}} not served")
 
 
-def test_sighup_reloads_the_alert_level_and_refuses_a_bad_model(kafka_bootstrap, topic_factory, model_dir, tmp_path):
+def test_sighup_reloads_the_alert_level_refuses_a_bad_model_and_takes_a_new_one(
+    kafka_bootstrap, topic_factory, model_dir, tmp_path
+):
     stream = generate_stream(20, 40, {"pump-3"}, anomaly_at=0.75)  # pump-3's fault: rounds 30-37, after the reload
     before, after = stream[: 20 * 20], stream[20 * 20 :]
     topics = make_topics(topic_factory, partitions=2)
@@ -101,6 +103,19 @@ def test_sighup_reloads_the_alert_level_and_refuses_a_bad_model(kafka_bootstrap,
         _wait(lambda: _metric(url, "detector_reloads_total", 'outcome="refused"')[0] == 1)
         version = load_model(model_dir).version
         assert f'version="{version}"' in _metric(url, "detector_model_info")[1], "the old model goes on"
+
+        renamed = load_model(model_dir)  # the same weights under another version: a new model to the service
+        save_model(replace(renamed, version=renamed.version + "-next"), tmp_path / "next")
+        write_config(config, model={"path": str(tmp_path / "next")}, scoring={"false_alarm_rate": 1e-5})
+        service.process.send_signal(signal.SIGHUP)
+        _, switched = service.wait_for_event("reload.applied", after=at + 1)
+        assert switched["model_version"] == renamed.version + "-next"
+        assert switched["entity_states"] == "fresh (another model)"
+        _wait(lambda: f'version="{renamed.version}-next"' in _metric(url, "detector_model_info")[1])
+        later = stream[-1].timestamp + 60  # after every message so far
+        more = [replace(m, timestamp=later + m.timestamp - stream[0].timestamp) for m in generate_stream(20, 5, seed=9)]
+        produce(kafka_bootstrap, topics.input, more)
+        scores.wait_for(lambda r: len(offsets_seen(r)) >= len(stream) + len(more), timeout_s=120, alive=service.alive)
         assert service.alive() and service.process.pid == pid
         assert service.terminate() == 0
     finally:
@@ -109,11 +124,12 @@ def test_sighup_reloads_the_alert_level_and_refuses_a_bad_model(kafka_bootstrap,
         scores.close()
 
     expected = {(d.entity, d.timestamp): d.score for d in _offline(model_dir, before, after)}
-    assert len(records) == len(stream)
-    for record in records:
+    checked = [r for r in records if (r["entity"], parse_timestamp(r["timestamp"])) in expected]
+    assert len(checked) == len(stream) and len(records) == len(stream) + len(more)
+    for record in checked:
         assert record["score"] == pytest.approx(
             expected[(record["entity"], parse_timestamp(record["timestamp"]))], abs=1e-5
-        ), "each entity's state went on through the reload, as in one uninterrupted offline run"
+        ), "each entity's state went on through the reload, as offline with the states carried over"
     alerts = TopicReader(kafka_bootstrap, topics.alerts).read(2.0)
     opened = [a for a in alerts if a["state"] == "open" and a["entity"] == "pump-3"]
     assert opened and opened[-1]["threshold"] == pytest.approx(applied["alert_probability"], abs=1e-4)
