@@ -92,6 +92,10 @@ class CheckpointScheduler:
         """``tp`` is no longer owned."""
         self.checkpointed.pop(tp, None)
 
+    def forget_all(self) -> None:
+        """The states changed model: every owned partition is checkpointed again when next due."""
+        self.checkpointed.clear()
+
     def _needs_checkpoint(self, tp: TopicPartition) -> bool:
         """Processed since its last checkpoint (settled or in flight)."""
         position = self.positions.get(tp)

@@ -262,7 +262,7 @@ def _explain_rate(model_dir: Path, stream: list[Message], anomalous: set[str], e
         f"   false alerts a day / (entities x messages a day per entity), "
         f"e.g. DETECTOR_SCORING__FALSE_ALARM_RATE={fleet_rate(entities):.2g} "
         f"for {FLEET_FALSE_ALERTS_PER_DAY:g} a day here,\n"
-        "   set when fitting: a model keeps the scoring settings it was fitted with"
+        "   given to `detector run` or `detector score`, no refit needed (SIGHUP reloads it in a running service)"
     )
 
 

@@ -44,6 +44,10 @@ class Housekeeping:
         self._last = float("-inf")
         self._evictions_seen = {"ttl": 0, "capacity": 0}
 
+    def detector_replaced(self) -> None:
+        """A new Detector's store counts its evictions from zero."""
+        self._evictions_seen = {"ttl": 0, "capacity": 0}
+
     def tick(self, owned: Collection[TopicPartition]) -> None:
         """Run the upkeep if a second has passed since the last time."""
         if time.monotonic() - self._last < EVERY_S:

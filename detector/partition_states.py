@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from kafka import TopicPartition
 
+from detector.reload import carry_states
 from detector.scoring import Detector
 from detector.state import CheckpointError
 
@@ -39,7 +40,13 @@ class PartitionStates:
         return self.detector.model.version
 
     def replace(self, detector: Detector) -> None:
-        """Score with ``detector`` from the next batch on; its store holds the states from then."""
+        """Score with ``detector`` from the next batch on; its store holds the states from then.
+
+        Of the same model version it takes over every partition's entity states (checked as a
+        restore is; an error leaves the current detector in place); of another, they start fresh.
+        """
+        if detector.model.version == self.model_version:
+            carry_states(self.detector, detector, sorted(set(self._owners.values())))
         self.detector = detector
 
     def owner(self, tp: TopicPartition) -> int:

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -52,11 +53,14 @@ from detector.housekeeping import Housekeeping
 from detector.kafka_config import consumer_config, kafka_client_config, producer_config
 from detector.logs import get_logger
 from detector.metrics import Health, Metrics, serve
-from detector.model import FittedModel, load_model
+from detector.model import FittedModel
 from detector.offsets import Committer, Positions
 from detector.outputs import BatchOutputs
 from detector.partition_states import PartitionStates
 from detector.recovery import PartitionRecovery, names
+from detector.reload import Reloader
+from detector.reload import load as load_run_time
+from detector.runtime import RunTimeScoring
 from detector.schema import MessageDecoder, MessageFields
 from detector.scoring import Detector
 from detector.startup import StartupError, broker_ready
@@ -102,8 +106,15 @@ class Service:
     outputs: BatchOutputs
     housekeeping: Housekeeping
 
-    def __init__(self, settings: Settings, model: FittedModel, metrics: Metrics | None = None):
-        self.settings = settings
+    def __init__(
+        self,
+        settings: Settings,
+        model: FittedModel,
+        metrics: Metrics | None = None,
+        run_time: RunTimeScoring | None = None,
+    ):
+        self.settings, self.run_time = settings, run_time
+        self._offered: Detector | None = None  # handed over by offer_detector, swapped in by the loop
         self.metrics = metrics or Metrics()
         self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
         stream = settings.stream
@@ -123,13 +134,31 @@ class Service:
         """The model of the Detector scoring the stream."""
         return self.states.detector.model
 
+    def offer_detector(self, detector: Detector) -> None:
+        """Score with ``detector`` from the next batch on; any thread may call this (the reload thread
+        does), the loop swaps it in between batches (:meth:`replace_detector`)."""
+        self._offered = detector
+
     def replace_detector(self, detector: Detector) -> None:
         """Score with ``detector`` from the next batch on; call it from the loop's thread, between batches.
 
-        The entity states scored from then on are those in ``detector``'s store.
+        Of the same model version it takes over every entity's state; of another, every entity
+        starts fresh and the next checkpoints are written for the new model. States that do not
+        carry over leave the current detector in place (``reload.swap_failed``).
         """
-        self.states.replace(detector)
+        same_model = detector.model.version == self.model.version
+        try:
+            self.states.replace(detector)
+        except Exception as error:  # noqa: BLE001 - a reload must never stop the loop: the old detector goes on
+            log.error("reload.swap_failed", error=repr(error)[:300], note="the previous detector goes on")
+            return
         self.guard = _guard(self.settings.stream, detector)
+        if hasattr(self, "checkpoints") and not same_model:
+            self.checkpoints.forget_all()  # the checkpoints written so far hold the old model's states
+        if hasattr(self, "housekeeping"):
+            self.housekeeping.detector_replaced()
+        self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
+        self.metrics.set_alert_threshold(detector.threshold)
 
     def stop(self, *_: Any) -> None:
         """Ask the loop to finish the batch in hand, commit, checkpoint and return."""
@@ -148,12 +177,14 @@ class Service:
             topics=self.settings.kafka.input_topics,
             group=self.settings.kafka.group_id,
             alert_probability=round(self.detector.threshold, 4),
+            run_time_settings=self.run_time.describe() if self.run_time else None,
         )
         code = 0
         try:
             while not self.stopping.is_set():
                 self._pending.extend(self.poller.poll(held=count(self._pending)))
                 self.recovery.restore_assigned()
+                self._swap_offered_detector()
                 self._process_pending()
                 self._housekeeping()
         except PublishFatal as error:
@@ -216,6 +247,11 @@ class Service:
             if reason is not None:
                 raise PublishFatal(error, reason) from error
             raise
+
+    def _swap_offered_detector(self) -> None:
+        detector, self._offered = self._offered, None
+        if detector is not None:
+            self.replace_detector(detector)
 
     def _housekeeping(self) -> None:
         """Every loop: liveness beat and checkpoints; at most once a second: eviction, gauges, broker checks."""
@@ -290,14 +326,18 @@ def _guard(stream: StreamSettings, detector: Detector) -> BatchGuard:
     return BatchGuard(MessageDecoder(detector.model.features, fields), detector, stream.max_future_skew_s)
 
 
-def run_service(settings: Settings) -> int:
-    """Load the model, serve metrics, install signal handlers and run until told to stop."""
-    model = load_model(settings.model.path)
-    service = Service(settings, model)
+def run_service(settings: Settings, config_path: Path | None = None) -> int:
+    """Load the model, serve metrics, install signal handlers and run until told to stop; SIGHUP
+    reloads the settings file ``config_path`` and the model (:mod:`detector.reload`)."""
+    loaded = load_run_time(config_path, settings)
+    service = Service(settings, loaded.scoring_model(), run_time=loaded.scoring)
+    reloader = Reloader(config_path, loaded, service.offer_detector, service.metrics)
     server = serve(service.metrics, service.health, settings.metrics.host, settings.metrics.port)
     log.info("metrics.serving", url=server.url)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
+    signal.signal(signal.SIGHUP, reloader.request)
+    reloader.start()
     watchdog = threading.Thread(target=_exit_after_grace, args=(service, settings.stream.shutdown_grace_s), daemon=True)
     watchdog.start()
     try:
@@ -306,6 +346,7 @@ def run_service(settings: Settings) -> int:
         print(f"detector run: {error}", file=sys.stderr)
         return 2
     finally:
+        reloader.close()
         server.close()
 
 
