@@ -293,6 +293,7 @@ class Service:
         self.housekeeping = Housekeeping(self.consumer, self.states, self.positions, self.broker, self.metrics)
         self.consumer.subscribe(kafka.input_topics, listener=_Rebalance(self.broker, self.recovery))
         self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
+        self.metrics.set_alert_threshold(self.detector.threshold)
         self.metrics.set_build_info(__version__)
         self.health.set_ready(False, "waiting for partition assignment")
 
