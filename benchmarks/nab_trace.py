@@ -1,0 +1,142 @@
+"""Per-row traces of the detector on NAB: what ``detector evaluate`` computes, plus the
+likelihood z-score, the novelty bar it had to beat and the distance beyond the entity's range.
+
+``detector evaluate`` keeps only corpus figures; finding where NAB points go needs every row.
+Each file is fitted on its probationary rows (the evaluate protocol, same seed) and streamed
+through a :class:`TracingDetector`, a :class:`~detector.scoring.Detector` that records the
+inputs of its novelty decision. Fitted models are cached per seed and file, so a scoring
+variant (``--scoring KEY=VALUE``) re-scores without refitting.
+
+    nice -n 15 .venv/bin/python benchmarks/nab_trace.py --nab ../shared/data/nab --seed 7 \\
+        --cache .cache/nab --out .cache/nab/traces-seed7.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.benchmark import probationary_rows
+from detector.config import Settings, load_settings
+from detector.fit import fit_tables
+from detector.model import FittedModel, load_model, save_model
+from detector.schema import Table, observations_from_table, read_csv
+from detector.scoring import Detector
+
+TRACE_FIELDS = ("score", "probability", "is_anomaly", "z", "learned_z", "bar", "rising", "beyond")
+
+
+class TracingDetector(Detector):
+    """A :class:`Detector` that records, per message, the z-score its novelty rule judged, the
+    bar it had to beat and whether it raised the short-term average, and how far beyond its
+    range it lay (in widths of the range, root mean square over features).
+
+    Reads private hooks of :class:`Detector` (``_novelty``, ``_beyond_range``); where they are
+    gone, the trace holds NaN for those fields and the rest stays valid.
+    """
+
+    def __init__(self, model: FittedModel) -> None:
+        super().__init__(model)
+        self.recorded: dict[str, list[float]] = {name: [] for name in ("z", "learned_z", "bar", "rising", "beyond")}
+
+    def _novelty(
+        self,
+        slots: np.ndarray,
+        z: np.ndarray,
+        learned: np.ndarray,
+        warm: np.ndarray,
+        rising: np.ndarray | None = None,
+        alert_open: np.ndarray | None = None,
+    ) -> np.ndarray:
+        peak = self.store.fields["peak"][slots].copy()
+        bar = peak if alert_open is None else peak + np.where(alert_open, self.settings.novelty_margin, 0.0)
+        self.recorded["z"].extend(z.tolist())
+        self.recorded["learned_z"].extend(learned.tolist())
+        self.recorded["bar"].extend(bar.tolist())
+        self.recorded["rising"].extend((np.ones_like(z) if rising is None else rising.astype(float)).tolist())
+        return super()._novelty(slots, z, learned, warm, rising, alert_open)
+
+    def _beyond_range(self, slots: np.ndarray, standardised: np.ndarray) -> np.ndarray:
+        beyond = super()._beyond_range(slots, standardised)
+        self.recorded["beyond"].extend(np.sqrt(np.mean(beyond**2, axis=1)).tolist())
+        return beyond
+
+
+def fitted(table: Table, name: str, settings: Settings, cache: Path | None) -> FittedModel:
+    """The model of ``name`` fitted on its probationary rows (from ``cache`` if there)."""
+    directory = None if cache is None else cache / f"seed{settings.fit.seed}" / name.replace("/", "__")
+    if directory is not None and directory.is_dir():
+        return load_model(directory)
+    rows = probationary_rows(len(table.timestamps))
+    entities = table.entities[:rows] if table.entities is not None else None
+    head = Table(table.timestamps[:rows], table.raw_timestamps[:rows], entities, table.features, table.values[:rows])
+    model, _ = fit_tables([head], settings.model, settings.fit, settings.scoring, progress=False)
+    if directory is not None:
+        save_model(model, directory)
+    return model
+
+
+def trace_file(table: Table, model: FittedModel) -> dict[str, np.ndarray]:
+    """Every row of ``table`` streamed through a :class:`TracingDetector` built on ``model``."""
+    detector = TracingDetector(model)
+    decisions = detector.process(list(observations_from_table(table)))
+    n = len(decisions)
+    trace = {
+        "score": np.array([d.score for d in decisions]),
+        "probability": np.array([d.probability for d in decisions]),
+        "is_anomaly": np.array([d.is_anomaly for d in decisions], dtype=float),
+    }
+    for key, values in detector.recorded.items():
+        trace[key] = np.asarray(values, dtype=float) if len(values) == n else np.full(n, np.nan)
+    trace["threshold"] = np.array([detector.threshold, detector._threshold_z])
+    return trace
+
+
+def with_scoring(settings: Settings, overrides: list[str]) -> Settings:
+    """``settings`` with ``scoring.KEY=VALUE`` overrides (VALUE as JSON)."""
+    if not overrides:
+        return settings
+    update: dict[str, Any] = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        update[key] = json.loads(value)
+    scoring = settings.scoring.model_validate({**settings.scoring.model_dump(), **update})
+    return settings.model_copy(update={"scoring": scoring})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nab", type=Path, required=True, help="NAB directory (data/, labels/)")
+    parser.add_argument("--seed", type=int, default=7, help="fit seed")
+    parser.add_argument("--cache", type=Path, default=None, help="directory of fitted models, reused if present")
+    parser.add_argument("--scoring", action="append", default=[], help="scoring.KEY=VALUE (JSON value)")
+    parser.add_argument("--only", action="append", default=[], help="trace only files whose path contains this")
+    parser.add_argument("--out", type=Path, required=True, help="traces as .npz (FILE::FIELD arrays)")
+    args = parser.parse_args(argv)
+    base = load_settings(None)
+    settings = base.model_copy(update={"fit": base.fit.model_copy(update={"seed": args.seed})})
+    settings = with_scoring(settings, args.scoring)
+    names = sorted(json.loads((args.nab / "labels" / "combined_windows.json").read_text()))
+    arrays: dict[str, np.ndarray] = {}
+    for name in names:
+        if args.only and not any(part in name for part in args.only):
+            continue
+        table = read_csv(args.nab / "data" / name)
+        model = fitted(table, name, settings, args.cache)
+        if args.scoring:  # the cached model carries the fit-time scoring settings
+            model.scoring.update(settings.scoring.model_dump())
+        for key, values in trace_file(table, model).items():
+            arrays[f"{name}::{key}"] = values
+        print(f"traced {name}", file=sys.stderr, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, allow_pickle=False, **arrays)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
