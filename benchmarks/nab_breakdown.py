@@ -11,11 +11,14 @@ Reads the per-row traces of ``benchmarks/nab_trace.py`` (one .npz per fit seed o
         base=/tmp/nab/base-seed7.npz variant=/tmp/nab/variant-seed7.npz
 
 A missed window's reason, from its rows after the probationary period:
-``model`` the likelihood z-score never reached the alert level; ``held by peak`` it did, but
-below the novelty bar (the entity's peak, raised by an earlier event); ``not rising`` above the
+``model`` the likelihood z-score never reached the alert level; ``held`` it did, but below the
+novelty bar: ``(usual peak)`` where the bar was the entity's usual one (within 0.25 of the file's
+median bar), ``(earlier event)`` where an earlier escape had raised it; ``not rising`` above the
 bar but without raising the short-term average; ``graded`` escaped the discount and opened an
 alert, but its graded probability stayed under the optimised threshold; ``probation`` the window
-lies (mostly) in the fit rows.
+lies (mostly) in the fit rows. ``louder rows elsewhere`` counts the file's scored rows outside
+windows whose z-score is at least the window's largest: where it is large, no decision rule can
+find the window without those false positives; the model's score has to separate it.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class WindowReport:
     max_z: float
     bar: float  # the novelty bar at the window's row of largest z
     peak_source: str  # where the bar came from: the last escape before the window
+    louder: int  # scored rows outside windows in the same file whose z is at least the window's largest
 
 
 def load_traces(path: Path, nab: Path) -> dict[str, Trace]:
@@ -101,8 +105,14 @@ def window_reports(trace: Trace, threshold: float) -> list[WindowReport]:
     skip = probationary_rows(len(trace.stamps))
     alert_z = float(f["threshold"][1])
     escaped = np.flatnonzero((f["z"] > f["bar"]) & (f["rising"] > 0) & (f["z"] >= alert_z))
+    spans = window_rows(trace.stamps, trace.windows)
+    outside = np.ones(len(trace.stamps), dtype=bool)
+    outside[:skip] = False
+    for first, last in spans:
+        outside[first : last + 1] = False
+    usual_bar = float(np.median(f["bar"][outside])) if outside.any() else float(f["bar"][0])
     reports = []
-    for first, last in window_rows(trace.stamps, trace.windows):
+    for first, last in spans:
         if last < skip:
             continue
         rows = np.arange(max(first, skip), last + 1)
@@ -119,17 +129,18 @@ def window_reports(trace: Trace, threshold: float) -> list[WindowReport]:
                 last - first + 1,
                 int(hits[0] - first) if len(hits) else None,
                 int(marks[0] - first) if len(marks) else None,
-                "" if len(hits) else _reason(trace, rows, first, skip, alert_z),
+                "" if len(hits) else _reason(trace, rows, first, skip, alert_z, usual_bar),
                 float(f["probability"][rows].max()),
                 float(z[top]),
                 float(bar[top]),
                 source,
+                int(np.sum(f["z"][outside] >= z[top])),
             )
         )
     return reports
 
 
-def _reason(trace: Trace, rows: np.ndarray, first: int, skip: int, alert_z: float) -> str:
+def _reason(trace: Trace, rows: np.ndarray, first: int, skip: int, alert_z: float, usual_bar: float) -> str:
     f = trace.fields
     if first < skip and len(rows) < (rows[-1] - first + 1) / 2:
         return "probation"
@@ -141,7 +152,11 @@ def _reason(trace: Trace, rows: np.ndarray, first: int, skip: int, alert_z: floa
         return "graded"
     if (level & (z > bar)).any():
         return "not rising"
-    return "held by peak"
+    top = int(np.argmax(np.where(level, z, -np.inf)))
+    return "held (usual peak)" if bar[top] <= usual_bar + _USUAL_SLACK else "held (earlier event)"
+
+
+_USUAL_SLACK = 0.25  # a bar this close to the file's median bar is the entity's usual peak, not an event's
 
 
 def false_positive_rows(trace: Trace, field: str, threshold: float, profile: CostMatrix) -> int:
@@ -184,13 +199,13 @@ def report(traces: dict[str, Trace], profile: CostMatrix, label: str) -> None:
     missed = [w for reports in windows.values() for w in reports if w.detected_at is None]
     alert_z = NormalDist().inv_cdf(threshold)
     print(f"\nMissed at the optimised threshold (z {alert_z:.2f}): {len(missed)}\n")
-    print("| file | window rows | reason | max p | max z | bar there | last escape before | as is |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| file | window rows | reason | max p | max z | bar there | last escape before | louder elsewhere | as is |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for w in missed:
         mark = "-" if w.as_is_at is None else f"+{w.as_is_at}"
         print(
             f"| {w.file.split('/')[1]} | {w.first_row}+{w.width} | {w.reason} | {w.max_probability:.3f} "
-            f"| {w.max_z:.2f} | {w.bar:.2f} | {w.peak_source} | {mark} |"
+            f"| {w.max_z:.2f} | {w.bar:.2f} | {w.peak_source} | {w.louder} | {mark} |"
         )
     reasons = Counter(w.reason for w in missed)
     print("\nReasons: " + ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())) + "\n")
