@@ -34,6 +34,7 @@ from statistics import NormalDist, median
 import numpy as np
 
 from detector.benchmark import (
+    MAX_TP,
     CostMatrix,
     NabFile,
     load_profiles,
@@ -41,6 +42,7 @@ from detector.benchmark import (
     nab_corpus_score,
     optimise_threshold,
     probationary_rows,
+    scaled_sigmoid,
     score_file,
     window_rows,
 )
@@ -164,12 +166,40 @@ def false_positive_rows(trace: Trace, field: str, threshold: float, profile: Cos
     return score_file(trace.stamps, trace.windows, trace.fields[field].tolist(), threshold, profile).fp
 
 
+def points_lost(
+    traces: dict[str, Trace], windows: dict[str, list[WindowReport]], profile: CostMatrix, threshold: float, as_is: bool
+) -> tuple[float, float, float]:
+    """Normalised NAB points lost against a perfect detector: to missed windows, to detections
+    later than a window's first row, and to false-positive rows (they add up to 100 - score)."""
+    field = "is_anomaly" if as_is else "probability"
+    n_windows = sum(len(reports) for reports in windows.values())
+    raw = missed = late = 0.0
+    for name, trace in traces.items():
+        raw += score_file(trace.stamps, trace.windows, trace.fields[field].tolist(), threshold, profile).score
+        for w in windows[name]:
+            at = w.as_is_at if as_is else w.detected_at
+            if at is None:
+                missed += 1
+            else:
+                late += profile.tp * (1.0 - float(scaled_sigmoid(-(w.width - at) / w.width)) / MAX_TP)
+    earned = n_windows - missed - late
+    false_positives = earned - profile.fn * missed - raw
+    scale = 100.0 / ((profile.tp + profile.fn) * max(n_windows, 1))
+    return (profile.tp + profile.fn) * missed * scale, late * scale, false_positives * scale
+
+
 def report(traces: dict[str, Trace], profile: CostMatrix, label: str) -> None:
     """Print the breakdown of one set of traces as markdown."""
     threshold, optimised = optimise_threshold(nab_files(traces, "probability"), profile)
     as_is = nab_corpus_score(nab_files(traces, "is_anomaly"), profile, 0.5)
     windows = {name: window_reports(t, threshold) for name, t in traces.items()}
     print(f"## {label}: optimised {optimised:.1f} (p >= {threshold:.4f}), as is {as_is:.1f}\n")
+    for name, at, decisions in (("optimised", threshold, False), ("as is", 0.5, True)):
+        lost = points_lost(traces, windows, profile, at, decisions)
+        print(
+            f"- {name}: points lost to missed windows {lost[0]:.1f}, to late detections {lost[1]:.1f}, to FP rows {lost[2]:.1f}"
+        )
+    print()
     print("| file | windows | found (opt / as is) | first detection, % of width | FP rows (opt / as is) |")
     print("|---|---|---|---|---|")
     per_category: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
