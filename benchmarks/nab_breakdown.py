@@ -197,7 +197,8 @@ def report(traces: dict[str, Trace], profile: CostMatrix, label: str) -> None:
     for name, at, decisions in (("optimised", threshold, False), ("as is", 0.5, True)):
         lost = points_lost(traces, windows, profile, at, decisions)
         print(
-            f"- {name}: points lost to missed windows {lost[0]:.1f}, to late detections {lost[1]:.1f}, to FP rows {lost[2]:.1f}"
+            f"- {name}: points lost to missed windows {lost[0]:.1f}, to late detections {lost[1]:.1f},"
+            f" to FP rows {lost[2]:.1f}"
         )
     print()
     print("| file | windows | found (opt / as is) | first detection, % of width | FP rows (opt / as is) |")
