@@ -5,7 +5,8 @@ likelihood z-score, the novelty bar it had to beat and the distance beyond the e
 Each file is fitted on its probationary rows (the evaluate protocol, same seed) and streamed
 through a :class:`TracingDetector`, a :class:`~detector.scoring.Detector` that records the
 inputs of its novelty decision. Fitted models are cached per seed and file, so a scoring
-variant (``--scoring KEY=VALUE``) re-scores without refitting.
+variant (``--scoring KEY=VALUE``) re-scores without refitting. ``--refit`` is a prototype of
+learning while streaming (see :func:`trace_with_refits`), for measuring it before building it.
 
     nice -n 15 .venv/bin/python benchmarks/nab_trace.py --nab ../shared/data/nab --seed 7 \\
         --cache .cache/nab --out .cache/nab/traces-seed7.npz
@@ -14,6 +15,7 @@ variant (``--scoring KEY=VALUE``) re-scores without refitting.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -28,6 +30,7 @@ from detector.model import FittedModel, load_model, save_model
 from detector.schema import Table, observations_from_table, read_csv
 from detector.scoring import Detector
 
+_REPLAY_ROWS = 200  # rows a refitted model's statistics are warmed up on before it scores
 TRACE_FIELDS = ("score", "probability", "is_anomaly", "z", "learned_z", "bar", "rising", "beyond")
 
 
@@ -72,9 +75,7 @@ def fitted(table: Table, name: str, settings: Settings, cache: Path | None) -> F
     directory = None if cache is None else cache / f"seed{settings.fit.seed}" / name.replace("/", "__")
     if directory is not None and directory.is_dir():
         return load_model(directory)
-    rows = probationary_rows(len(table.timestamps))
-    entities = table.entities[:rows] if table.entities is not None else None
-    head = Table(table.timestamps[:rows], table.raw_timestamps[:rows], entities, table.features, table.values[:rows])
+    head = _rows(table, 0, probationary_rows(len(table.timestamps)))
     model, _ = fit_tables([head], settings.model, settings.fit, settings.scoring, progress=False)
     if directory is not None:
         save_model(model, directory)
@@ -97,6 +98,34 @@ def trace_file(table: Table, model: FittedModel) -> dict[str, np.ndarray]:
     return trace
 
 
+def trace_with_refits(
+    table: Table, model: FittedModel, settings: Settings, replay: int = _REPLAY_ROWS
+) -> dict[str, np.ndarray]:
+    """A prototype of learning while streaming: every probationary period's worth of rows after
+    the first fit, refit on the last two such periods and go on with the new model, its statistics
+    warmed up on the last ``replay`` rows (their outputs dropped). Only past rows are used."""
+    n, period = len(table.timestamps), probationary_rows(len(table.timestamps))
+    bounds = [0, *range(2 * period, n, period), n]
+    parts: list[dict[str, np.ndarray]] = []
+    for start, end in itertools.pairwise(bounds):
+        if start:
+            recent = _rows(table, max(0, start - 2 * period), start)
+            model, _ = fit_tables([recent], settings.model, settings.fit, settings.scoring, progress=False)
+        warm = max(0, start - replay)
+        part = trace_file(_rows(table, warm, end), model)
+        parts.append({key: values[start - warm :] if key != "threshold" else values for key, values in part.items()})
+    return {
+        key: np.concatenate([part[key] for part in parts]) if key != "threshold" else parts[-1][key] for key in parts[0]
+    }
+
+
+def _rows(table: Table, start: int, end: int) -> Table:
+    entities = table.entities[start:end] if table.entities is not None else None
+    return Table(
+        table.timestamps[start:end], table.raw_timestamps[start:end], entities, table.features, table.values[start:end]
+    )
+
+
 def with_scoring(settings: Settings, overrides: list[str]) -> Settings:
     """``settings`` with ``scoring.KEY=VALUE`` overrides (VALUE as JSON)."""
     if not overrides:
@@ -116,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="directory of fitted models, reused if present")
     parser.add_argument("--scoring", action="append", default=[], help="scoring.KEY=VALUE (JSON value)")
     parser.add_argument("--only", action="append", default=[], help="trace only files whose path contains this")
+    parser.add_argument(
+        "--refit", action="store_true", help="prototype: refit every probationary period (see trace_with_refits)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="traces as .npz (FILE::FIELD arrays)")
     args = parser.parse_args(argv)
     base = load_settings(None)
@@ -130,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         model = fitted(table, name, settings, args.cache)
         if args.scoring:  # the cached model carries the fit-time scoring settings
             model.scoring.update(settings.scoring.model_dump())
-        for key, values in trace_file(table, model).items():
+        trace = trace_with_refits(table, model, settings) if args.refit else trace_file(table, model)
+        for key, values in trace.items():
             arrays[f"{name}::{key}"] = values
         print(f"traced {name}", file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
