@@ -57,7 +57,7 @@ def timed_fit(entities: int, rows: int, epochs: int, stub_heldout: bool) -> dict
         fit_module._train_epoch, fit_module._validation_loss, fit_module._heldout_scores = originals
     epochs_run = len(spent["train"])
     # the first epoch carries one-off warm-up; use the median of the epochs
-    per_epoch = [t + v for t, v in zip(spent["train"], spent["validation"])]
+    per_epoch = [t + v for t, v in zip(spent["train"], spent["validation"], strict=True)]
     return {
         "entities": entities,
         "rows_per_entity": rows,
@@ -87,15 +87,18 @@ def main() -> int:
             results[axis].append(r)
             say(
                 f"  {r['rows']:>7,} rows ({entities} entities x {rows}): {r['epoch_s']:.2f} s/epoch "
-                f"(train {r['train_s']:.2f} + validation {r['validation_s']:.2f}) = {10_000 * r['epoch_s'] / r['rows']:.3f} s/epoch per 10k rows; "
+                f"(train {r['train_s']:.2f} + validation {r['validation_s']:.2f}) = "
+                f"{10_000 * r['epoch_s'] / r['rows']:.3f} s/epoch per 10k rows; "
                 f"fixed {r['fixed_s']:.1f} s, total {r['total_s']:.1f} s"
             )
     complete_entities, complete_rows = (50, 125) if quick else (50, 500)
     full = timed_fit(complete_entities, complete_rows, epochs, stub_heldout=False)
     results["complete"] = [full]
     say(
-        f"  complete fit of {full['rows']:,} rows, {full['epochs']} epochs: {full['total_s']:.1f} s, of which epochs {full['epochs'] * full['epoch_s']:.1f} s, "
-        f"held-out scoring {full['heldout_s']:.1f} s ({1000 * full['heldout_s'] / full['rows']:.2f} ms per row), other fixed {full['fixed_s'] - full['heldout_s']:.1f} s"
+        f"  complete fit of {full['rows']:,} rows, {full['epochs']} epochs: {full['total_s']:.1f} s, "
+        f"of which epochs {full['epochs'] * full['epoch_s']:.1f} s, "
+        f"held-out scoring {full['heldout_s']:.1f} s ({1000 * full['heldout_s'] / full['rows']:.2f} ms per row), "
+        f"other fixed {full['fixed_s'] - full['heldout_s']:.1f} s"
     )
     rows: list[Row] = []
     for axis in ("rows per entity", "entities"):
@@ -111,7 +114,8 @@ def main() -> int:
                     f"{r['epoch_s']:.2f} s",
                     "",
                     "",
-                    f"{per10k:.3f} s/epoch per 10k rows; time ratio / rows ratio vs smallest = {ratio:.2f} (1 = linear); "
+                    f"{per10k:.3f} s/epoch per 10k rows; "
+                    f"time ratio / rows ratio vs smallest = {ratio:.2f} (1 = linear); "
                     f"train {r['train_s']:.2f} + validation {r['validation_s']:.2f}",
                 )
             )
@@ -126,7 +130,8 @@ def main() -> int:
                 f"{headline['epoch_s']:.2f} s",
                 "",
                 "",
-                f"60 epochs (the default cap) = {60 * headline['epoch_s']:.0f} s; held-out scoring adds ~{100_000 * per_row:.0f} s at 100k rows",
+                f"60 epochs (the default cap) = {60 * headline['epoch_s']:.0f} s; "
+                f"held-out scoring adds ~{100_000 * per_row:.0f} s at 100k rows",
             ),
         )
     rows.append(
@@ -136,7 +141,8 @@ def main() -> int:
             f"{full['total_s']:.1f} s",
             "",
             "",
-            f"held-out scoring {full['heldout_s']:.1f} s = {1000 * per_row:.2f} ms/row (one Detector step per row); epochs {full['epochs'] * full['epoch_s']:.1f} s",
+            f"held-out scoring {full['heldout_s']:.1f} s = {1000 * per_row:.2f} ms/row (one Detector step per row); "
+            f"epochs {full['epochs'] * full['epoch_s']:.1f} s",
         )
     )
     c.emit(rows, args.json, results)

@@ -190,8 +190,10 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
 
     _writable_directory(args.out.parent, "--out")
     from detector.model import load_model
+    from detector.runtime import scoring_for
 
     model = load_model(args.model)
+    model = scoring_for(settings, model, args.config, str(args.model)).apply(model)  # run-time values in effect
     table = _read_ordered(args.data, settings, model.features)
     ignored = [f for f in _header(args.data) if f not in model.features and f not in ("timestamp", "entity")]
     decisions = score_table(model, table)
@@ -337,7 +339,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from detector.stream import run_service
 
-    return run_service(settings)
+    return run_service(settings, args.config)
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
