@@ -3,8 +3,8 @@ likelihood z-score, the novelty bar it had to beat and the distance beyond the e
 
 ``detector evaluate`` keeps only corpus figures; finding where NAB points go needs every row.
 Each file is fitted on its probationary rows (the evaluate protocol, same seed) and streamed
-through a :class:`TracingDetector`, a :class:`~detector.scoring.Detector` that records the
-inputs of its novelty decision. Fitted models are cached per seed and file, so a scoring
+through a :class:`~detector.scoring.Detector` while a :class:`Recorder` records the inputs of
+its novelty decision. Fitted models are cached per seed and file, so a scoring
 variant (``--scoring KEY=VALUE``) re-scores without refitting. ``--refit`` is a prototype of
 learning while streaming (see :func:`trace_with_refits`), for measuring it before building it.
 
@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("NUMBA_DISABLE_JIT", "1")  # the stages as plain Python, so Recorder can wrap them
+
 import numpy as np
 
+from detector import kernel, stages
 from detector.benchmark import probationary_rows
 from detector.config import Settings, load_settings
 from detector.fit import fit_tables
@@ -34,40 +38,38 @@ _REPLAY_ROWS = 200  # rows a refitted model's statistics are warmed up on before
 TRACE_FIELDS = ("score", "probability", "is_anomaly", "z", "learned_z", "bar", "rising", "beyond")
 
 
-class TracingDetector(Detector):
-    """A :class:`Detector` that records, per message, the z-score its novelty rule judged, the
-    bar it had to beat and whether it raised the short-term average, and how far beyond its
-    range it lay (in widths of the range, root mean square over features).
+class Recorder:
+    """Records, per message, the z-score the novelty stage judged, the bar it had to beat, whether
+    it raised the short-term average, and how far beyond its range it lay (in widths of the range,
+    root mean square over features).
 
-    Reads private hooks of :class:`Detector` (``_novelty``, ``_beyond_range``); where they are
-    gone, the trace holds NaN for those fields and the rest stays valid.
+    While active it wraps :func:`detector.stages.novelty` and the kernel's ``range_excess``; that
+    needs the stages as plain Python (``NUMBA_DISABLE_JIT=1``, set by this script before it imports
+    the detector), since compiled stages call each other directly.
     """
 
-    def __init__(self, model: FittedModel) -> None:
-        super().__init__(model)
+    def __init__(self) -> None:
         self.recorded: dict[str, list[float]] = {name: [] for name in ("z", "learned_z", "bar", "rising", "beyond")}
 
-    def _novelty(
-        self,
-        slots: np.ndarray,
-        z: np.ndarray,
-        learned: np.ndarray,
-        warm: np.ndarray,
-        rising: np.ndarray | None = None,
-        alert_open: np.ndarray | None = None,
-    ) -> np.ndarray:
-        peak = self.store.fields["peak"][slots].copy()
-        bar = peak if alert_open is None else peak + np.where(alert_open, self.settings.novelty_margin, 0.0)
-        self.recorded["z"].extend(z.tolist())
-        self.recorded["learned_z"].extend(learned.tolist())
-        self.recorded["bar"].extend(bar.tolist())
-        self.recorded["rising"].extend((np.ones_like(z) if rising is None else rising.astype(float)).tolist())
-        return super()._novelty(slots, z, learned, warm, rising, alert_open)
+    def __enter__(self) -> Recorder:
+        self._novelty, self._range_excess = stages.novelty, kernel.range_excess
+        stages.novelty, kernel.range_excess = self._record_novelty, self._record_range  # type: ignore[assignment]  # a recording wrapper, same signature
+        return self
 
-    def _beyond_range(self, slots: np.ndarray, standardised: np.ndarray) -> np.ndarray:
-        beyond = super()._beyond_range(slots, standardised)
-        self.recorded["beyond"].extend(np.sqrt(np.mean(beyond**2, axis=1)).tolist())
-        return beyond
+    def __exit__(self, *_: object) -> None:
+        stages.novelty, kernel.range_excess = self._novelty, self._range_excess
+
+    def _record_novelty(self, peaks: Any, slot: int, z: float, learned: float, *rest: Any) -> float:
+        _warm, rising, alert_open, params = rest
+        bar = peaks.peak[slot] + (params.novelty_margin if alert_open else 0.0)
+        for key, value in (("z", z), ("learned_z", learned), ("bar", bar), ("rising", float(rising))):
+            self.recorded[key].append(float(value))
+        return float(self._novelty(peaks, slot, z, learned, *rest))
+
+    def _record_range(self, *args: Any) -> float:
+        width = float(self._range_excess(*args))
+        self.recorded["beyond"].append(width)
+        return width
 
 
 def fitted(table: Table, name: str, settings: Settings, cache: Path | None) -> FittedModel:
@@ -83,18 +85,19 @@ def fitted(table: Table, name: str, settings: Settings, cache: Path | None) -> F
 
 
 def trace_file(table: Table, model: FittedModel) -> dict[str, np.ndarray]:
-    """Every row of ``table`` streamed through a :class:`TracingDetector` built on ``model``."""
-    detector = TracingDetector(model)
-    decisions = detector.process(list(observations_from_table(table)))
+    """Every row of ``table`` streamed through a :class:`Detector` built on ``model``, recorded."""
+    detector = Detector(model)
+    with Recorder() as recorder:
+        decisions = detector.process(list(observations_from_table(table)))
     n = len(decisions)
     trace = {
         "score": np.array([d.score for d in decisions]),
         "probability": np.array([d.probability for d in decisions]),
         "is_anomaly": np.array([d.is_anomaly for d in decisions], dtype=float),
     }
-    for key, values in detector.recorded.items():
+    for key, values in recorder.recorded.items():
         trace[key] = np.asarray(values, dtype=float) if len(values) == n else np.full(n, np.nan)
-    trace["threshold"] = np.array([detector.threshold, detector._threshold_z])
+    trace["threshold"] = np.array([detector.threshold, detector.params.threshold_z])
     return trace
 
 
