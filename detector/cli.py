@@ -186,22 +186,16 @@ def _fit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
-    from detector.schema import DataError
-
     _writable_directory(args.out.parent, "--out")
     from detector.model import load_model
+    from detector.offline import score_file
 
     model = load_model(args.model)
-    table = _read_ordered(args.data, settings, model.features)
+    summary = score_file(model, args.data, args.out, settings.stream.reject_out_of_order, progress=sys.stderr.isatty())
     ignored = [f for f in _header(args.data) if f not in model.features and f not in ("timestamp", "entity")]
-    decisions = score_table(model, table)
-    try:
-        _write_scores(args.out, table, decisions)
-    except OSError as error:
-        raise DataError(str(args.out), f"cannot write the scores: {error.strerror}") from None
-    anomalous, opened = sum(d.is_anomaly for d in decisions), sum(d.event == "open" for d in decisions)
     print(
-        f"scored {len(decisions)} rows of {args.data} -> {args.out}: {anomalous} anomalous, {opened} alerts opened"
+        f"scored {summary.rows} rows of {args.data} -> {args.out}: "
+        f"{summary.anomalous} anomalous, {summary.opened} alerts opened"
         + (f" (columns the model does not know, ignored: {', '.join(ignored)})" if ignored else "")
     )
     return EXIT_OK
@@ -263,28 +257,6 @@ def score_table(model: FittedModel, table: Table) -> list[Decision]:
     from detector.scoring import Detector
 
     return Detector(model).process(list(observations_from_table(table)))
-
-
-def _write_scores(path: Path, table: Table, decisions: list[Decision]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["timestamp"]
-            + (["entity"] if table.entities is not None else [])
-            + ["score", "probability", "is_anomaly", "event"]
-        )
-        for i, decision in enumerate(decisions):
-            entity = [table.entities[i]] if table.entities is not None else []
-            writer.writerow(
-                [
-                    table.raw_timestamps[i],
-                    *entity,
-                    f"{decision.score:.9g}",
-                    f"{decision.probability:.9g}",
-                    int(decision.is_anomaly),
-                    decision.event or "",
-                ]
-            )
 
 
 def _existing_file(text: str) -> Path:
