@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated fit seeds (e.g. 7,8,9): run once per seed and print the mean too (default: fit.seed only)",
     )
+    evaluate.add_argument(
+        "--jobs", type=int, default=None, help="processes scoring files side by side (default: one per core)"
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     run = commands.add_parser("run", parents=[config_after], help="run the streaming service on Kafka")
@@ -291,15 +294,17 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.nab and not args.skab:
         raise DataError("<arguments>", "give --nab DIR and/or --skab DIR")
+    if args.jobs is not None and args.jobs < 1:
+        raise DataError("<arguments>", f"--jobs must be at least 1, got {args.jobs}")
     for directory in (args.nab, args.skab):
         if directory is not None and not directory.is_dir():
             raise DataError(
                 str(directory), "no such directory", help="give the directory the benchmark was unpacked in"
             )
     if args.seeds:
-        results = evaluate_seeds(settings, args.seeds, args.skab, args.nab, args.limit)
+        results = evaluate_seeds(settings, args.seeds, args.skab, args.nab, args.limit, args.jobs)
     else:
-        results = evaluate(settings, args.skab, args.nab, args.limit)
+        results = evaluate(settings, args.skab, args.nab, args.limit, args.jobs)
     print_results(results)
     if args.out:
         write_results(results, args.out)

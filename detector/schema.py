@@ -273,7 +273,9 @@ class _Layout:
     def _rowwise(self, rows: list[list[str]], name: str, first: int) -> Table:
         """Row by row, cell by cell: raises :class:`DataError` at the first bad cell."""
         values = np.empty((len(rows), len(self.features)), dtype=np.float64)
-        timestamps, raw, entities = [], [], [] if self.entity is not None else None
+        timestamps: list[float] = []
+        raw: list[str] = []
+        entities: list[str] | None = [] if self.entity is not None else None
         for number, row in enumerate(rows, start=first):  # row numbers as an editor shows them
             if len(row) != len(self.header):
                 raise DataError(name, f"expected {len(self.header)} fields, found {len(row)}", number)
