@@ -150,6 +150,7 @@ def _score_chunks(
             writer.writerows(_rows(table, outcomes))
             summary.add(outcomes)
             bar.update(len(outcomes))
+            del table, outcomes  # freed before the next chunk is read: memory holds one chunk
     return summary
 
 

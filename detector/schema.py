@@ -195,12 +195,14 @@ def read_csv_chunks(path: Path | str, features: Sequence[str] | None = None, row
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             layout = _Layout.of(next(reader, []), name, features)
-            first, empty = 2, True
+            first = 2
             while chunk := list(itertools.islice(reader, rows)):
-                empty = False
-                yield layout.table(chunk, name, first)
+                table = layout.table(chunk, name, first)
                 first += len(chunk)
-            if empty:
+                del chunk  # not alive while the next chunk is read: one chunk's cells at a time
+                yield table
+                del table
+            if first == 2:
                 raise DataError(name, "no data rows")
     except OSError as error:
         raise DataError(name, f"cannot read file: {error.strerror}") from None
