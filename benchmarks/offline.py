@@ -6,8 +6,8 @@ Every figure runs the command line as a subprocess (`python -m detector.cli ...`
   start-up = (rows of the file - rows of a 1,000-row file) / (difference of their wall times), so
   imports, model load and the alert level's simulation are left out (a first run of the small
   file, not timed, fills any compilation cache). Rows per CPU-second (user + system time of the
-  process, from ``os.wait4``) are given too: on a shared machine they depend less on the load. In the same run, the plain
-  ``torch.nn.LSTM`` forward over a sequence of the same length (the model's input and hidden
+  process, from ``os.wait4``) are given too: on a shared machine they depend less on the load.
+  In the same run, the plain ``torch.nn.LSTM`` forward over a sequence of the same length (the model's input and hidden
   widths, one thread) as the physical reference of what the network costs;
 * multi-entity: 1,000 entities x 1,000 rows, interleaved (--quick 200 x 500), the same way;
 * peak RSS: `detector score` on 1,000 entities x 1,000 rows and x 10,000 rows (1 and 10 million
