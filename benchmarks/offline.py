@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -144,13 +145,14 @@ def evaluate_wall(extra: list[str]) -> dict:
     out = Path(tempfile.mkdtemp(prefix="detector-bench-eval-")) / "evaluation.json"
     command = [c.python(), "-m", "detector.cli", "evaluate", "--skab", str(DATA / "skab"), "--nab", str(DATA / "nab")]
     command += ["--out", str(out), *extra]
-    started = time.perf_counter()
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     done = subprocess.run(command, cwd=c.ROOT, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
+    seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)  # its worker processes included
     if done.returncode != 0:
         raise RuntimeError(f"detector evaluate failed: {done.stderr[-2000:]}")
     say("    " + "\n    ".join(done.stdout.strip().splitlines()))
-    return {"seconds": seconds, "command": " ".join(command[1:]), "printed": done.stdout}
+    return {"seconds": seconds, "cpu_s": cpu, "command": " ".join(command[1:]), "printed": done.stdout}
 
 
 def main() -> int:
@@ -245,7 +247,7 @@ def main() -> int:
                     f"{result['seconds']:.0f} s",
                     f"<= {target:.0f} s on 2 cores",
                     c.verdict(result["seconds"] <= target) if not quick else "",
-                    f"{os.cpu_count()} CPUs, one process per core",
+                    f"{os.cpu_count()} CPUs, one process per core; {result['cpu_s']:.0f} CPU-seconds",
                 )
             )
     c.emit(rows, args.json, details)
