@@ -1,14 +1,19 @@
-# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Two commands do everything on a fresh machine: `make demo` and `make test`. While working:
+# `make unit` (the tests that need no broker, under a minute) and `make lint`.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TOOLS  := $(VENV)/.tools-installed
+LINT_PATHS := detector tests benchmarks deploy
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+HADOLINT := $(VENV)/bin/hadolint Dockerfile
 # Where torch comes from (`make setup`, `make image`). Empty: pip's own configuration, which on
 # this machine finds the local CPU wheel. Elsewhere set the CPU index, or pip takes PyPI's
 # multi-GB CUDA build:  make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-tools demo test unit lint bench clean
 
 setup: $(STAMP)
 
@@ -20,18 +25,37 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP) prometheus-tools
-	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/faults
+# The whole suite less the fault injection and the container tests (their own targets below).
+test: $(STAMP) $(TOOLS)
+	$(PYTEST) tests --ignore=tests/faults --ignore=tests/image
+
+# The quick tests: no broker (tests/conftest.py marks every test that uses one `kafka`), nothing `slow`.
+unit: $(STAMP) $(TOOLS)
+	$(PYTEST) -m "not kafka and not slow" tests --ignore=tests/faults --ignore=tests/image
 
 # Fault injection (kills, broker outage, rebalance storm, fuzzing, soak); CI runs it after `make test`.
 .PHONY: faults
 faults: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -s tests/faults
+	$(PYTEST) -s tests/faults
 
-# promtool (Debian package `prometheus`) for tests/test_deploy.py.
-.PHONY: prometheus-tools
-prometheus-tools:
-	command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+# System tools the tests run: promtool and prometheus (Debian package `prometheus`) for
+# tests/test_deploy.py and tests/test_observability.py. Installed once; `make clean` forgets it.
+setup-tools: $(TOOLS)
+
+$(TOOLS): | $(STAMP)
+	command -v promtool >/dev/null && command -v prometheus >/dev/null \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+	touch $(TOOLS)
+
+# ruff (lint, import order, format), mypy on detector/, hadolint on the Dockerfile. Every check
+# runs; the target fails if any of them failed.
+lint: $(STAMP)
+	@status=0; \
+	echo "ruff check $(LINT_PATHS)"; $(VENV)/bin/ruff check --quiet --output-format concise $(LINT_PATHS) || status=1; \
+	echo "ruff format --check $(LINT_PATHS)"; $(VENV)/bin/ruff format --check --quiet $(LINT_PATHS) || status=1; \
+	echo "mypy"; $(VENV)/bin/mypy || status=1; \
+	echo "$(HADOLINT)"; $(HADOLINT) || status=1; \
+	exit $$status
 
 demo: $(STAMP)
 	$(PY) -m detector.demo
@@ -40,7 +64,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .demo
+	rm -rf $(VENV) build *.egg-info .demo .mypy_cache .ruff_cache
 
 .PHONY: docs evaluate
 docs: $(STAMP)
@@ -60,7 +84,7 @@ image: image-tools
 	TORCH_INDEX_URL='$(TORCH_INDEX_URL)' PYTHON=$(PYTHON) $(PYTHON) deploy/image/build.py
 
 lint-docker: $(STAMP)
-	$(VENV)/bin/hadolint Dockerfile
+	$(HADOLINT)
 
 test-image: $(STAMP) lint-docker image
-	DETECTOR_TEST_IMAGE=1 $(PY) -m pytest -q -p no:cacheprovider tests/image
+	DETECTOR_TEST_IMAGE=1 $(PYTEST) tests/image

@@ -27,7 +27,9 @@ TARGET_S = 1.0
 
 
 def wall_times(command: list[str], repeat: int, expected_code: int, environment: dict[str, str]) -> list[float]:
-    """Wall seconds of ``repeat`` runs of ``command`` with ``environment`` added; each must exit with ``expected_code``."""
+    """Wall seconds of ``repeat`` runs of ``command`` with ``environment`` added.
+
+    Each run must exit with ``expected_code``."""
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -48,14 +50,14 @@ def main() -> int:
     missing = Path(tempfile.mkdtemp(prefix="detector-bench-")) / "missing.csv"
     cli = [sys.executable, "-m", "detector.cli"]
     commands = {
-        "`detector --help`": (cli + ["--help"], 0, {}),
+        "`detector --help`": ([*cli, "--help"], 0, {}),
         "start-up error: `detector fit` on a missing file": (
-            cli + ["fit", "--data", str(missing), "--out", str(missing.parent / "m")],
+            [*cli, "fit", "--data", str(missing), "--out", str(missing.parent / "m")],
             2,
             {},
         ),
         "start-up error: `detector run` with a bad setting": (
-            cli + ["run"],
+            [*cli, "run"],
             2,
             {"DETECTOR_KAFKA__INPUT_TOPICS": "sensors"},
         ),

@@ -48,7 +48,7 @@ def _feed(detector, start: int, stop: int, values: list[list[float]], now: float
 
 def _store_bytes(store) -> tuple[int, int]:
     """(bytes of the slot arrays, slots)."""
-    arrays = store.rnn.element_size() * store.rnn.nelement() + sum(a.nbytes for a in store.fields.values())
+    arrays = store.nbytes()
     return arrays, int(store.rnn.shape[0])
 
 
@@ -138,13 +138,16 @@ def main() -> int:
     growth = run_child("growth", model_dir, growth_points, None)
     state_size = growth["state_size"]
     say(
-        f"  baseline RSS {growth['baseline_rss'] / 2**20:.0f} MiB (after imports, model, warm-up); state size {state_size} floats"
+        f"  baseline RSS {growth['baseline_rss'] / 2**20:.0f} MiB (after imports, model, warm-up); "
+        f"state size {state_size} floats"
     )
     rows: list[Row] = []
     for point in growth["points"]:
         say(
-            f"  {point['tracked']:>9,} entities: RSS +{point['growth'] / 2**20:7.1f} MiB = {point['per_entity']:6.0f} B/entity "
-            f"(slot arrays {point['array_bytes'] / 2**20:.1f} MiB for {point['slots']:,} slots = {point['array_bytes'] / point['slots']:.0f} B/slot; "
+            f"  {point['tracked']:>9,} entities: RSS +{point['growth'] / 2**20:7.1f} MiB = {point['per_entity']:6.0f} "
+            "B/entity "
+            f"(slot arrays {point['array_bytes'] / 2**20:.1f} MiB for {point['slots']:,} slots = "
+            f"{point['array_bytes'] / point['slots']:.0f} B/slot; "
             f"fed in {point['seconds']:.0f} s)"
         )
         rows.append(
@@ -154,7 +157,8 @@ def main() -> int:
                 f"{point['per_entity']:,.0f} B",
                 "<= 1.5 KB (1,536 B)",
                 c.verdict(point["per_entity"] <= TARGET_BYTES),
-                f"+{point['growth'] / 2**20:.0f} MiB; {point['slots']:,} slots x {point['array_bytes'] / point['slots']:.0f} B arrays",
+                f"+{point['growth'] / 2**20:.0f} MiB; "
+                f"{point['slots']:,} slots x {point['array_bytes'] / point['slots']:.0f} B arrays",
             )
         )
     say(f"  peak RSS of that process {growth['peak_rss'] / 2**20:.0f} MiB (array doubling copies old + new)")
@@ -163,7 +167,8 @@ def main() -> int:
     first = bounded["points"][0]
     for point in bounded["points"]:
         say(
-            f"  max_entities={bound:,}: {point['fed']:>9,} fed, {point['tracked']:,} tracked, RSS +{point['growth'] / 2**20:6.1f} MiB "
+            f"  max_entities={bound:,}: {point['fed']:>9,} fed, {point['tracked']:,} tracked, "
+            f"RSS +{point['growth'] / 2**20:6.1f} MiB "
             f"({point['evictions']['capacity']:,} evicted, {point['slots']:,} slots)"
         )
     last = bounded["points"][-1]
@@ -177,7 +182,8 @@ def main() -> int:
             f"{rss_list} MiB",
             "flat",
             c.verdict(flat),
-            f"{drift / 2**20:+.1f} MiB from {first['fed'] // 1000}k to {last['fed'] // 1000}k fed (flat = within 5% or 1 MiB)",
+            f"{drift / 2**20:+.1f} MiB from {first['fed'] // 1000}k to {last['fed'] // 1000}k fed (flat = within 5% "
+            "or 1 MiB)",
         )
     )
     c.emit(rows, args.json, {"growth": growth, "bounded": bounded})

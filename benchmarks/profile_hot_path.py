@@ -106,10 +106,8 @@ def stage_breakdown(model, raw: list[tuple[bytes, bytes]]) -> dict:
         watch.patch(scoring, "waves"),
         watch.patch(detector.store, "slots_for", "EntityStore.slots_for"),
         watch.patch(model.network, "step", "network.step (torch)"),
-        watch.patch(detector, "_score", "Detector._score"),
-        watch.patch(detector, "_decide", "Detector._decide (incl. baseline, normal cdf)"),
+        watch.patch(scoring, "score_rows", "score_rows (compiled stages)"),
         watch.patch(detector, "_top", "Detector._top (anomalous messages only)"),
-        watch.patch(detector, "_step", "Detector._step"),
     ]
     try:
         parse_s, process_s, anomalous = hot_path(model, raw, detector)
@@ -299,7 +297,8 @@ def main() -> int:
     quick = args.quick
     entities, per_entity = (2_000, 10) if quick else (10_000, 20)
     say(
-        f"== profile ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, batches of {BATCH:,}"
+        f"== profile ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, "
+        f"batches of {BATCH:,}"
     )
     model_dir = args.model or c.fit_default_model(**({"max_epochs": 3} if quick else {}))
     from detector.demo import FEATURES
@@ -314,7 +313,8 @@ def main() -> int:
     b = stage_breakdown(model, raw)
     total, n = b["total"], b["messages"]
     say(
-        f"\n-- part 1: MessageDecoder + Detector.process, no profiler: {n / total:,.0f} msg/s, {1e6 * total / n:.1f} us/msg; "
+        f"\n-- part 1: MessageDecoder + Detector.process, no profiler: {n / total:,.0f} msg/s, "
+        f"{1e6 * total / n:.1f} us/msg; "
         f"{b['anomalous']:,} of {n:,} decisions anomalous ({100 * b['anomalous'] / n:.1f}%)"
     )
     ordered = sorted(b["stages"].items(), key=lambda kv: -kv[1])
@@ -356,7 +356,8 @@ def main() -> int:
     if not args.no_service:
         seconds, window, count, tree = service_loop(model_dir, raw)
         say(
-            f"\n-- part 2: Service.run in-process, {count:,} messages scored, {count / window:,.0f} msg/s from the first scored to the last "
+            f"\n-- part 2: Service.run in-process, {count:,} messages scored, "
+            f"{count / window:,.0f} msg/s from the first scored to the last "
             f"(profiled with pyinstrument: slower than unprofiled); wall-time shares of that window:"
         )
         for name, spent in sorted(seconds.items(), key=lambda kv: -kv[1]):

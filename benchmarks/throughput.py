@@ -50,9 +50,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import _common as c
 from _common import Row, say
+
+if TYPE_CHECKING:
+    from detector.testing import ServiceTopics
 
 PARTITIONS = 8
 # The latency runs use a 2-partition topic. Tansu's in-memory store (the bundled broker) answers a
@@ -78,7 +82,6 @@ def _default_batch() -> tuple[int, int]:
 
 DEFAULT_BATCH = _default_batch()
 SCRAPE_EVERY_S = 0.25
-FAST_GROUP = {"DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000", "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
 
 
 # --- workload -----------------------------------------------------------------------------------
@@ -212,37 +215,23 @@ class Deployment:
     group: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:8]}")
     scores_topic: str | None = None
 
-    def topics(self, bootstrap: str) -> dict[str, str]:
+    def topics(self, bootstrap: str) -> ServiceTopics:
+        """Create this run's output topics; the scores topic only when the run reads scores."""
         from detector.broker import create_topics
+        from detector.testing import ServiceTopics
 
         suffix = self.group
-        names = {"alerts": f"alerts-{suffix}", "dead": f"dead-{suffix}", "checkpoints": f"checkpoints-{suffix}"}
-        create_topics(bootstrap, [names["alerts"], names["dead"]], 1)
-        create_topics(bootstrap, [names["checkpoints"]], 1, {"cleanup.policy": "compact"})
-        return names
-
-
-def service_env(
-    bootstrap: str, deployment: Deployment, names: dict[str, str], model_dir: Path, port: int, extra: dict[str, str]
-) -> dict[str, str]:
-    env = {
-        **os.environ,
-        **FAST_GROUP,
-        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "DETECTOR_KAFKA__INPUT_TOPICS": json.dumps([deployment.input_topic]),
-        "DETECTOR_KAFKA__ALERT_TOPIC": names["alerts"],
-        "DETECTOR_KAFKA__DEAD_LETTER_TOPIC": names["dead"],
-        "DETECTOR_KAFKA__CHECKPOINT_TOPIC": names["checkpoints"],
-        "DETECTOR_KAFKA__GROUP_ID": deployment.group,
-        "DETECTOR_MODEL__PATH": str(model_dir),
-        "DETECTOR_METRICS__PORT": str(port),
-        "DETECTOR_METRICS__HOST": "127.0.0.1",
-        "DETECTOR_LOG__FORMAT": "json",
-    }
-    if deployment.scores_topic:
-        env["DETECTOR_KAFKA__SCORES_TOPIC"] = deployment.scores_topic
-    env.update(extra)
-    return env
+        topics = ServiceTopics(
+            input=self.input_topic,
+            alerts=f"alerts-{suffix}",
+            dead_letters=f"dead-{suffix}",
+            checkpoints=f"checkpoints-{suffix}",
+            scores=self.scores_topic,
+            group=self.group,
+        )
+        create_topics(bootstrap, [topics.alerts, topics.dead_letters], 1)
+        create_topics(bootstrap, [topics.checkpoints], 1, {"cleanup.policy": "compact"})
+        return topics
 
 
 @dataclass
@@ -260,18 +249,27 @@ class Services:
     def __init__(
         self, bootstrap: str, deployment: Deployment, model_dir: Path, count: int, extra: dict[str, str], log_dir: Path
     ):
-        names = deployment.topics(bootstrap)
+        from detector.testing import service_env
+
+        topics = deployment.topics(bootstrap)
         command = [c.python(), "-m", "detector.cli", "run"]
         self.ports = [c.free_port() for _ in range(count)]
         self.logs = [log_dir / f"{deployment.group}-{i}.log" for i in range(count)]
         self.processes = [
             subprocess.Popen(
                 command,
-                env=service_env(bootstrap, deployment, names, model_dir, port, extra),
+                env=service_env(
+                    bootstrap,
+                    topics,
+                    model_dir,
+                    DETECTOR_METRICS__PORT=str(port),
+                    DETECTOR_METRICS__HOST="127.0.0.1",
+                    **extra,
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=log.open("wb"),
             )
-            for port, log in zip(self.ports, self.logs)
+            for port, log in zip(self.ports, self.logs, strict=True)
         ]
 
     def alive(self) -> bool:
@@ -441,11 +439,15 @@ def describe(label: str, r: dict) -> None:
         return
     cpu = "+".join(f"{x:.2f}" for x in r["service_cpu"])
     say(
-        f"  {label}: {r['rate']:,.0f} msg/s over {r['window_s']:.1f} s ({r['window_scored']:,.0f} msgs; total scored {r['scored']:,.0f}; "
+        f"  {label}: {r['rate']:,.0f} msg/s over {r['window_s']:.1f} s ({r['window_scored']:,.0f} msgs; "
+        f"total scored {r['scored']:,.0f}; "
         f"first-to-last drain rate {r['drain_rate']:,.0f} msg/s); "
-        f"service CPU {cpu} cores, broker {r['broker_cpu']:.2f}, whole machine {r['machine_cpu']:.2f} of {os.cpu_count()}; Detector.process {100 * r['step_share']:.0f}% of wall time; "
+        f"service CPU {cpu} cores, broker {r['broker_cpu']:.2f}, "
+        f"whole machine {r['machine_cpu']:.2f} of {os.cpu_count()}; "
+        f"Detector.process {100 * r['step_share']:.0f}% of wall time; "
         f"mean batch {r['mean_batch']:.0f}; partitions {r['partitions']}; alerts opened {r['alerts_opened']:.0f}; "
-        f"start-up to first scored {r['startup_s'] or float('nan'):.1f} s; partition assignments per process {r['assignments']}; {r['outcome']}"
+        f"start-up to first scored {r['startup_s'] or float('nan'):.1f} s; "
+        f"partition assignments per process {r['assignments']}; {r['outcome']}"
     )
 
 
@@ -665,13 +667,15 @@ def main() -> int:
 
     log_dir = Path(tempfile.mkdtemp(prefix="detector-bench-logs-"))
     say(
-        f"== throughput ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, {PARTITIONS} partitions; logs in {log_dir}"
+        f"== throughput ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, "
+        f"{PARTITIONS} partitions; logs in {log_dir}"
     )
     if args.model is None:
         started = time.perf_counter()
         model_dir = c.fit_default_model(**({"max_epochs": 3} if quick else {}))
         say(
-            f"  fitted the model (`detector fit` defaults{', 3 epochs' if quick else ''}) in {time.perf_counter() - started:.0f} s: {model_dir}"
+            f"  fitted the model (`detector fit` defaults{', 3 epochs' if quick else ''}) in "
+            f"{time.perf_counter() - started:.0f} s: {model_dir}"
         )
     else:
         model_dir = args.model
@@ -686,8 +690,10 @@ def main() -> int:
 
         ceil = ceiling(broker.bootstrap_servers, topic, n, max_poll_records=10_000, timeout_s=timeout)
         say(
-            f"  ceiling (bare KafkaConsumer, poll + json.loads, max_poll_records=10000): {ceil['rate']:,.0f} msg/s over {ceil.get('seconds', 0):.1f} s, "
-            f"CPU {ceil.get('cpu_s', 0) / max(ceil.get('seconds', 1), 1e-9):.2f} cores (consumer process, its I/O thread included), "
+            "  ceiling (bare KafkaConsumer, poll + json.loads, "
+            f"max_poll_records=10000): {ceil['rate']:,.0f} msg/s over {ceil.get('seconds', 0):.1f} s, "
+            f"CPU {ceil.get('cpu_s', 0) / max(ceil.get('seconds', 1), 1e-9):.2f} cores (consumer process, "
+            "its I/O thread included), "
             f"whole machine {ceil.get('machine_cpu', float('nan')):.2f} of {os.cpu_count()}"
         )
         details["ceiling"] = ceil
@@ -701,7 +707,8 @@ def main() -> int:
         details["sweep"] = {f"{b}/{m}": r for (b, m), r in sweep.items()}
         again = ceiling(broker.bootstrap_servers, topic, n, max_poll_records=10_000, timeout_s=timeout)
         say(
-            f"  ceiling again, after the sweep: {again['rate']:,.0f} msg/s (first: {ceil['rate']:,.0f}); the higher is the reference"
+            f"  ceiling again, after the sweep: {again['rate']:,.0f} msg/s (first: {ceil['rate']:,.0f}); "
+            "the higher is the reference"
         )
         details["ceiling_again"] = again
         ceil = max(ceil, again, key=lambda r: r["rate"] if r["rate"] == r["rate"] else -1)
@@ -780,7 +787,8 @@ def main() -> int:
             # is a debugging aid), so the exact cross-check runs at the low-load rate
             (
                 "exact",
-                "default settings at a tenth of their maximum, scores topic on (every decision published); exact per-message latency",
+                "default settings at a tenth of their maximum, scores topic on (every decision published); "
+                "exact per-message latency",
                 {},
                 default_rate / 10,
                 True,
@@ -822,17 +830,24 @@ def main() -> int:
                 )
             lats[name] = r
             line = (
-                f"  latency [{name}] {label}: {parts} partitions, target {rate_:,.0f} msg/s, produced {r['produced_rate']:,.0f}; histogram over {r['observed']:,.0f} msgs: "
-                f"<=50 ms {100 * r['fraction_le_50ms']:.1f}%, <=100 ms {100 * r['fraction_le_100ms']:.2f}%, p50~{1000 * r['p50_interp']:.0f} ms, "
-                f"p99~{1000 * r['p99_interp']:.0f} ms; producer send->ack p50 {1000 * r['producer_ack_p50']:.0f} ms, p99 {1000 * r['producer_ack_p99']:.0f} ms; "
-                f"CPU cores: service {r['service_cpu']:.2f}, producer {r['producer_cpu']:.2f}, broker {r['broker_cpu']:.2f}, "
+                f"  latency [{name}] {label}: {parts} partitions, target {rate_:,.0f} msg/s, "
+                f"produced {r['produced_rate']:,.0f}; histogram over {r['observed']:,.0f} msgs: "
+                f"<=50 ms {100 * r['fraction_le_50ms']:.1f}%, <=100 ms {100 * r['fraction_le_100ms']:.2f}%, "
+                f"p50~{1000 * r['p50_interp']:.0f} ms, "
+                f"p99~{1000 * r['p99_interp']:.0f} ms; producer send->ack p50 {1000 * r['producer_ack_p50']:.0f} ms, "
+                f"p99 {1000 * r['producer_ack_p99']:.0f} ms; "
+                f"CPU cores: service {r['service_cpu']:.2f}, producer {r['producer_cpu']:.2f}, "
+                f"broker {r['broker_cpu']:.2f}, "
                 f"whole machine {r['machine_cpu']:.2f} of {os.cpu_count()}; mean lag {r['lag_mean']:.0f}"
             )
             if exact:
                 line += (
-                    f"\n      exact (score record CreateTime - message timestamp, {r.get('exact_count', 0):,} msgs, timestamp types {r.get('timestamp_types')}): "
-                    f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, p99 {1000 * r.get('exact_p99', float('nan')):.1f} ms, "
-                    f"max {1000 * r.get('exact_max', float('nan')):.0f} ms, <=100 ms {100 * r.get('exact_fraction_le_100ms', float('nan')):.2f}%"
+                    f"\n      exact (score record CreateTime - message timestamp, {r.get('exact_count', 0):,} msgs, "
+                    f"timestamp types {r.get('timestamp_types')}): "
+                    f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, "
+                    f"p99 {1000 * r.get('exact_p99', float('nan')):.1f} ms, "
+                    f"max {1000 * r.get('exact_max', float('nan')):.0f} ms, "
+                    f"<=100 ms {100 * r.get('exact_fraction_le_100ms', float('nan')):.2f}%"
                 )
             say(line)
         bare = {}
@@ -841,7 +856,8 @@ def main() -> int:
                 bare[parts] = bare_latency(fresh, default_rate / 2, lat_duration, lat_warmup, entities, parts)
         for parts, r in bare.items():
             say(
-                f"  broker reference: bare consumer (poll + json.loads, no model, no commits) at {default_rate / 2:,.0f} msg/s, {parts} partitions: "
+                "  broker reference: bare consumer (poll + json.loads, no model, "
+                f"no commits) at {default_rate / 2:,.0f} msg/s, {parts} partitions: "
                 f"p50 {1000 * r['p50']:.1f} ms, p99 {1000 * r['p99']:.1f} ms over {r['count']:,} msgs"
             )
         details["bare_latency"] = bare
@@ -859,7 +875,10 @@ def main() -> int:
             f"{ceil_rate:,.0f} msg/s",
             "",
             "",
-            f"higher of two runs ({details['ceiling']['rate']:,.0f} before the sweep, {details['ceiling_again']['rate']:,.0f} after); {n:,} msgs, {entities:,} entities, {PARTITIONS} partitions; consumer CPU {ceil.get('cpu_s', 0) / max(ceil.get('seconds', 1), 1e-9):.2f} cores",
+            f"higher of two runs ({details['ceiling']['rate']:,.0f} before the sweep, "
+            f"{details['ceiling_again']['rate']:,.0f} after); {n:,} msgs, {entities:,} entities, "
+            f"{PARTITIONS} partitions; "
+            f"consumer CPU {ceil.get('cpu_s', 0) / max(ceil.get('seconds', 1), 1e-9):.2f} cores",
         ),
         Row(
             "throughput",
@@ -867,7 +886,8 @@ def main() -> int:
             f"{rate:,.0f} msg/s",
             ">= 0.8 x ceiling",
             c.verdict(rate >= 0.8 * ceil_rate),
-            f"{rate / ceil_rate:.2f} x ceiling; {cfg}; service CPU {best['service_cpu'][0]:.2f} cores; {best['alerts_opened']:,.0f} alerts opened",
+            f"{rate / ceil_rate:.2f} x ceiling; {cfg}; service CPU {best['service_cpu'][0]:.2f} cores; "
+            f"{best['alerts_opened']:,.0f} alerts opened",
         ),
         Row(
             "throughput",
@@ -893,13 +913,17 @@ def main() -> int:
             c.verdict(two_rate >= 1.6 * rate),
             f"{two_rate / rate:.2f} x ({two_how}); "
             f"both owned partitions {two.get('joined_s') or float('nan'):.1f} s after start, "
-            f"filled in {two.get('fill_s') or float('nan'):.1f} s; drain rate {two.get('drain_rate', float('nan')):,.0f} msg/s; CPU: services {'+'.join(f'{x:.2f}' for x in two.get('service_cpu', []))}, "
-            f"broker {two.get('broker_cpu', float('nan')):.2f}, machine {two.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}",
+            f"filled in {two.get('fill_s') or float('nan'):.1f} s; "
+            f"drain rate {two.get('drain_rate', float('nan')):,.0f} msg/s; "
+            f"CPU: services {'+'.join(f'{x:.2f}' for x in two.get('service_cpu', []))}, "
+            f"broker {two.get('broker_cpu', float('nan')):.2f}, "
+            f"machine {two.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}",
         ),
     ]
     for name, label, _, rate_, exact, parts in variants:
         r = lats[name]
-        short = f"{r['produced_rate']:,.0f} msg/s produced (target {rate_:,.0f}{', producer fell short' if r['produced_rate'] < 0.9 * rate_ else ''})"
+        fell_short = ", producer fell short" if r["produced_rate"] < 0.9 * rate_ else ""
+        short = f"{r['produced_rate']:,.0f} msg/s produced (target {rate_:,.0f}{fell_short})"
         rows.append(
             Row(
                 "latency",
@@ -907,7 +931,8 @@ def main() -> int:
                 f"~{1000 * r['p99_interp']:.0f} ms interpolated; {100 * r['fraction_le_100ms']:.2f}% <= 100 ms",
                 "p99 < 100 ms",
                 c.verdict(r["fraction_le_100ms"] >= 0.99),
-                f"{short}; p50~{1000 * r['p50_interp']:.0f} ms; CPU: service {r['service_cpu']:.2f}, producer {r['producer_cpu']:.2f}, "
+                f"{short}; p50~{1000 * r['p50_interp']:.0f} ms; CPU: service {r['service_cpu']:.2f}, "
+                f"producer {r['producer_cpu']:.2f}, "
                 f"machine {r['machine_cpu']:.2f}/{os.cpu_count()}",
             )
         )
@@ -919,14 +944,16 @@ def main() -> int:
                     f"{1000 * r.get('exact_p99', float('nan')):.1f} ms",
                     "p99 < 100 ms",
                     c.verdict(r.get("exact_p99", 1.0) < 0.1),
-                    f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, max {1000 * r.get('exact_max', float('nan')):.0f} ms; {r.get('exact_count', 0):,} msgs",
+                    f"p50 {1000 * r.get('exact_p50', float('nan')):.1f} ms, "
+                    f"max {1000 * r.get('exact_max', float('nan')):.0f} ms; {r.get('exact_count', 0):,} msgs",
                 )
             )
     for parts, r in details["bare_latency"].items():
         rows.append(
             Row(
                 "latency",
-                f"broker reference: bare consumer latency at {default_rate / 2:,.0f} msg/s, {parts} partitions (no model, no commits)",
+                f"broker reference: bare consumer latency at {default_rate / 2:,.0f} msg/s, "
+                f"{parts} partitions (no model, no commits)",
                 f"p99 {1000 * r['p99']:.1f} ms",
                 "",
                 "",
@@ -941,8 +968,10 @@ def main() -> int:
                 f"{r['rate']:,.0f} msg/s",
                 "",
                 "",
-                f"CPU: service {'+'.join(f'{x:.2f}' for x in r.get('service_cpu', []))}, machine {r.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}; "
-                f"Detector.process {100 * r.get('step_share', float('nan')):.0f}% of wall; mean batch {r.get('mean_batch', float('nan')):.0f}",
+                f"CPU: service {'+'.join(f'{x:.2f}' for x in r.get('service_cpu', []))}, "
+                f"machine {r.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}; "
+                f"Detector.process {100 * r.get('step_share', float('nan')):.0f}% of wall; "
+                f"mean batch {r.get('mean_batch', float('nan')):.0f}",
             )
         )
     c.emit(rows, args.json, details)

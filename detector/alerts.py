@@ -1,4 +1,6 @@
-"""Alert records, and a publisher that knows when the broker has them (dead letters: :mod:`detector.deadletter`).
+"""Alert records, and a publisher that knows when the broker has them.
+
+Dead letters have their own module, :mod:`detector.deadletter`.
 
 An alert is published when an entity's alert opens and when it closes (hysteresis lives in
 :mod:`detector.scoring`), keyed by entity. Its ``open`` and ``close`` share an ``alert_id``, and
@@ -6,10 +8,13 @@ the ``close`` says when the alert opened and how long it lasted. Every timestamp
 is ISO 8601 in UTC (``2026-11-25T01:00:00Z``):
 
 >>> from detector.scoring import Contribution, Decision
->>> record = alert_record(Decision("pump-7", 1795568400.0, 9.5, 0.9995, True, "open", [Contribution("temperature", 0.8, 91.5, 70.2)],
-...                                opened_at=1795568400.0), threshold=0.999, model_version="v1", source=Source("sensors", 3, 1200))
->>> record["state"], record["entity"], record["timestamp"], record["source"]["offset"], record["top_features"][0]
-('open', 'pump-7', '2026-11-25T01:00:00Z', 1200, {'feature': 'temperature', 'share': 0.8, 'value': 91.5, 'expected': 70.2})
+>>> top = [Contribution("temperature", 0.8, 91.5, 70.2)]
+>>> decision = Decision("pump-7", 1795568400.0, 9.5, 0.9995, True, "open", top, opened_at=1795568400.0)
+>>> record = alert_record(decision, threshold=0.999, model_version="v1", source=Source("sensors", 3, 1200))
+>>> record["state"], record["entity"], record["timestamp"], record["source"]["offset"]
+('open', 'pump-7', '2026-11-25T01:00:00Z', 1200)
+>>> record["top_features"][0]
+{'feature': 'temperature', 'share': 0.8, 'value': 91.5, 'expected': 70.2}
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ waiting; ``settle_all`` waits). The service's periodic checkpoints travel while 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -106,7 +107,7 @@ class CheckpointStore:
         base, checkpoint_id = self.key(topic, partition), uuid.uuid4().hex[:12]
         chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
         keys = [f"{base}/{checkpoint_id}/{i}" for i in range(len(chunks))]
-        futures = [self.producer.send(self.topic, key=k.encode(), value=c) for k, c in zip(keys, chunks)]
+        futures = [self.producer.send(self.topic, key=k.encode(), value=c) for k, c in zip(keys, chunks, strict=True)]
         manifest = {
             "id": checkpoint_id,
             "chunks": len(chunks),
@@ -158,10 +159,8 @@ class CheckpointStore:
 
         One not acknowledged in time is reported with a timeout error and no longer tracked.
         """
-        try:
+        with contextlib.suppress(KafkaError):  # whatever was not acknowledged is reported below
             self.producer.flush(timeout=timeout_s)
-        except KafkaError:
-            pass  # whatever was not acknowledged is reported below
         settled = self.settle_done()
         for pending in list(self._pending.values()):
             del self._pending[(pending.topic, pending.partition)]
@@ -257,7 +256,7 @@ def _manifest(value: bytes) -> dict[str, Any]:
     """A parsed manifest, ``{"error": ...}`` when it is not JSON, ``{"invalid": ...}`` when a field is off."""
     try:
         manifest = json.loads(value)
-    except Exception as error:  # not UTF-8, not JSON, nested too deep, ...
+    except Exception as error:  # noqa: BLE001 - not UTF-8, not JSON, nested too deep, ...
         return {"error": f"unreadable manifest: {type(error).__name__}"}
     problem = _manifest_problem(manifest)
     return {"invalid": f"manifest: {problem}"} if problem else manifest
@@ -267,7 +266,13 @@ def _manifest_problem(manifest: Any) -> str:
     """What is wrong with a parsed manifest ("" when nothing is)."""
     if not isinstance(manifest, dict):
         return f"a JSON {type(manifest).__name__}, not an object"
-    wanted = {"id": str, "chunks": int, "next_offset": int, "model_version": str, "written_at": (int, float)}
+    wanted: dict[str, type | tuple[type, ...]] = {
+        "id": str,
+        "chunks": int,
+        "next_offset": int,
+        "model_version": str,
+        "written_at": (int, float),
+    }
     for name, kind in wanted.items():
         value = manifest.get(name)
         if isinstance(value, bool) or not isinstance(value, kind):

@@ -192,8 +192,10 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     _writable_directory(args.out.parent, "--out")
     from detector.model import load_model
     from detector.offline import score_file
+    from detector.runtime import scoring_for
 
     model = load_model(args.model)
+    model = scoring_for(settings, model, args.config, str(args.model)).apply(model)  # run-time values in effect
     summary = score_file(model, args.data, args.out, settings.stream.reject_out_of_order, progress=sys.stderr.isatty())
     ignored = [f for f in _header(args.data) if f not in model.features and f not in ("timestamp", "entity")]
     print(
@@ -314,7 +316,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from detector.stream import run_service
 
-    return run_service(settings)
+    return run_service(settings, args.config)
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:

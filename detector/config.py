@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, Val
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "load_settings", "read_toml", "settings_from"]
 
 
 class _Section(BaseModel):
@@ -39,12 +39,16 @@ class ModelSettings(_Section):
     bottleneck: int = Field(8, ge=1, le=256, description="Width of the decoder's bottleneck layer.")
     periods: list[PositiveFloat] = Field(
         [86400.0, 604800.0],
-        description="Calendar periods (seconds: a day, a week) whose phase at each message's timestamp is a model input, so regular daily/weekly patterns are expected; `fit` uses a period only when the training rows of every entity span at least one whole period.",
+        description="Calendar periods (seconds: a day, a week) whose phase at each message's timestamp is a model "
+        "input, so regular daily/weekly patterns are expected; `fit` uses a period only when the training rows of "
+        "every entity span at least one whole period.",
     )
     level_halflife_s: float = Field(
         86400.0,
         ge=0,
-        description="Half-life (seconds of the entity's own timestamps) of each entity's tracked level: the model reconstructs values relative to it, so after a lasting level shift the entity is judged around its new level within a few of these instead of erring for ever (0: off, levels relative to the fit data only).",
+        description="Half-life (seconds of the entity's own timestamps) of each entity's tracked level: the model "
+        "reconstructs values relative to it, so after a lasting level shift the entity is judged around its new "
+        "level within a few of these instead of erring for ever (0: off, levels relative to the fit data only).",
     )
 
 
@@ -71,7 +75,14 @@ class ScoringSettings(_Section):
         1e-3,
         gt=0,
         lt=0.5,
-        description="Per-message rate at which alerts open on normal data: an alert opens at the probability that this fraction of messages reaches when an entity's log scores follow the fit-time calibration (simulated at start: about 0.92 at 1e-3, 0.98 at 1e-4, 0.99 at 1e-5; above about 2e-3 the level drops below 0.1, into messages the novelty discount holds down, so keep it at or below 1e-3). On a steady stream 1e-3 is about 1.4 false alerts a day per entity reporting once a minute: lower it for large fleets. Also sets the fit-time alert level (score quantile 1 - rate of the held-out data) that a sustained alert's messages must exceed to be marked is_anomaly. Rates below about 1e-5 resolve to the largest of 2 million simulated probabilities.",
+        description="Per-message rate at which alerts open on normal data: an alert opens at the probability that "
+        "this fraction of messages reaches when an entity's log scores follow the fit-time calibration (simulated at "
+        "start: about 0.92 at 1e-3, 0.98 at 1e-4, 0.99 at 1e-5; above about 2e-3 the level drops below 0.1, into "
+        "messages the novelty discount holds down, so keep it at or below 1e-3). On a steady stream 1e-3 is about "
+        "1.4 false alerts a day per entity reporting once a minute: lower it for large fleets. Also sets the "
+        "fit-time alert level (score quantile 1 - rate of the held-out data) that a sustained alert's messages must "
+        "exceed to be marked is_anomaly. Rates below about 1e-5 resolve to the largest of 2 million simulated "
+        "probabilities.",
     )
     close_probability: float = Field(
         0.9, gt=0, lt=1, description="An open alert closes once probability stays below this ..."
@@ -79,58 +90,80 @@ class ScoringSettings(_Section):
     close_after: int = Field(
         10,
         ge=1,
-        description="... for as many consecutive messages as the alert has had above it (the opening one included), at most this many: a one-message blip is a one-message alert, while an alert with this much evidence needs this many calm messages to close, so a long anomaly does not flap.",
+        description="... for as many consecutive messages as the alert has had above it (the opening one included), "
+        "at most this many: a one-message blip is a one-message alert, while an alert with this much evidence needs "
+        "this many calm messages to close, so a long anomaly does not flap.",
     )
     smoothing_halflife: float = Field(
         4.0,
         gt=0,
-        description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts visible.",
+        description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts "
+        "visible.",
     )
     drift_halflife: float = Field(
         1000.0,
         gt=1,
-        description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within about one to three half-lives (longer for larger changes, see baseline_clip) -- or of drift_halflife_s, whichever is shorter.",
+        description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within "
+        "about one to three half-lives (longer for larger changes, see baseline_clip) -- or of drift_halflife_s, "
+        "whichever is shorter.",
     )
     drift_halflife_s: float = Field(
         3600.0,
         gt=0,
-        description="Half-life (seconds of the entity's own timestamps) of its score baseline: however slowly an entity reports, a persistent change stops alerting within a few of these (inf: messages only).",
+        description="Half-life (seconds of the entity's own timestamps) of its score baseline: however slowly an "
+        "entity reports, a persistent change stops alerting within a few of these (inf: messages only).",
     )
     baseline_clip: float = Field(
         3.0,
         gt=1,
-        description="Deviations of the log score beyond this many baseline standard deviations are clipped when updating the entity baseline: outliers barely move it and a persistent change is absorbed in a time growing with the logarithm of its size.",
+        description="Deviations of the log score beyond this many baseline standard deviations are clipped when "
+        "updating the entity baseline: outliers barely move it and a persistent change is absorbed in a time growing "
+        "with the logarithm of its size.",
     )
     likelihood_short_halflife: float = Field(
         1.0,
         gt=0,
-        description="Half-life (messages) of the short-term average of the log score whose likelihood is the reported probability and opens alerts (Numenta-style anomaly likelihood).",
+        description="Half-life (messages) of the short-term average of the log score whose likelihood is the "
+        "reported probability and opens alerts (Numenta-style anomaly likelihood).",
     )
     likelihood_long_halflife: float = Field(
         500.0,
         gt=1,
-        description="Half-life (messages) of each entity's long-term, unclipped mean/variance of the log score against which the short-term average is judged.",
+        description="Half-life (messages) of each entity's long-term, unclipped mean/variance of the log score "
+        "against which the short-term average is judged.",
     )
     novelty_halflife: float = Field(
         1000.0,
         gt=0,
-        description="Half-life (messages) of the decaying peak of each entity's likelihood z-score; an excursion counts as new only when it exceeds that recent peak.",
+        description="Half-life (messages) of the decaying peak of each entity's likelihood z-score; an excursion "
+        "counts as new only when it exceeds that recent peak.",
     )
     novelty_discount: float = Field(
         3.0,
         ge=0,
-        description="Standard deviations taken off the likelihood z-score of a message that does not exceed the recent peak, so that one event is reported by its onset rather than by every message while it lasts; such a message is also held this far below the alert level, however large, while one that exceeds the peak is reported beyond the alert level by at most as much as it exceeds it (0 turns both off).",
+        description="Standard deviations taken off the likelihood z-score of a message that does not exceed the "
+        "recent peak, so that one event is reported by its onset rather than by every message while it lasts; such a "
+        "message is also held this far below the alert level, however large, while one that exceeds the peak is "
+        "reported beyond the alert level by at most as much as it exceeds it (0 turns both off).",
     )
     novelty_margin: float = Field(
         1.0,
         ge=0,
-        description="Standard deviations by which a message must exceed the likelihood z-score of the last message that escaped the discount to escape it too (never above the z-score of 1 - false_alarm_rate, 3.09 at the default, so it cannot withhold an alert beyond that; the calibrated alert level itself is lower, about z 1.45), so an event rising over several messages is reported once. While the entity's alert is open (its event is reported) a message must exceed that bar by one more margin, so an event rising far beyond the alert level is not reported at every new high (0: every new high is reported).",
+        description="Standard deviations by which a message must exceed the likelihood z-score of the last message "
+        "that escaped the discount to escape it too (never above the z-score of 1 - false_alarm_rate, 3.09 at the "
+        "default, so it cannot withhold an alert beyond that; the calibrated alert level itself is lower, about z "
+        "1.45), so an event rising over several messages is reported once. While the entity's alert is open (its "
+        "event is reported) a message must exceed that bar by one more margin, so an event rising far beyond the "
+        "alert level is not reported at every new high (0: every new high is reported).",
     )
     seasonal_bins: int = Field(
         24,
         ge=0,
         le=1440,
-        description="Time-of-day bins (of each entity's own UTC timestamps) in which the entity's usual log score is remembered; a message is judged against its bin's too, so an error that recurs every day at the same hour (a nightly job) stops alerting after a few days (0: off; at most 1440, one a minute: each bin is 4 bytes of state per entity).",
+        description="Time-of-day bins (of each entity's own UTC timestamps) in which the entity's usual log score is "
+        "remembered; a message is judged against its bin's too, so an error that recurs every day at the same hour "
+        "(a nightly job) stops alerting after a few days (0: off; at most 1440, one a minute: each bin is 4 bytes of "
+        "state per entity).",
     )
     seasonal_halflife_days: float = Field(
         2.0, gt=0, description="Half-life, in days of the entity's own timestamps, of each time-of-day bin's memory."
@@ -138,17 +171,25 @@ class ScoringSettings(_Section):
     range_tolerance: float = Field(
         0.05,
         ge=0,
-        description="A message with a feature beyond the range its entity has shown (starting from the fit data's range) by more than this fraction of the range's width is anomalous however well the model reconstructs it: a level never seen before (Numenta's spatial anomaly, same default). Each message then widens its entity's range (see range_absorb; inf: off).",
+        description="A message with a feature beyond the range its entity has shown (starting from the fit data's "
+        "range) by more than this fraction of the range's width is anomalous however well the model reconstructs it: "
+        "a level never seen before (Numenta's spatial anomaly, same default). Each message then widens its entity's "
+        "range (see range_absorb; inf: off).",
     )
     range_absorb: float = Field(
         0.5,
         gt=0,
         le=1,
-        description="Share of a message's excess beyond its entity's range that the range absorbs (1: the range widens to include the message, as Numenta's does). Below 1 a new level is absorbed over a few messages and alerts while it stands out (at 0.5, a level half the range's width beyond it is beyond the tolerance for 3 messages), one wild value widens the range by only this share of its excess, and a drift out of the range is caught once it moves faster than range_tolerance x range_absorb of the width per message.",
+        description="Share of a message's excess beyond its entity's range that the range absorbs (1: the range "
+        "widens to include the message, as Numenta's does). Below 1 a new level is absorbed over a few messages and "
+        "alerts while it stands out (at 0.5, a level half the range's width beyond it is beyond the tolerance for 3 "
+        "messages), one wild value widens the range by only this share of its excess, and a drift out of the range "
+        "is caught once it moves faster than range_tolerance x range_absorb of the width per message.",
     )
     likelihood_short_scaled: bool = Field(
         False,
-        description="Judge the short-term average against its own (narrower) spread under white noise rather than one message's spread.",
+        description="Judge the short-term average against its own (narrower) spread under white noise rather than "
+        "one message's spread.",
     )
     warmup_steps: int = Field(
         10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up."
@@ -205,24 +246,29 @@ class KafkaSettings(_Section):
     max_poll_interval_ms: int = Field(
         60000,
         ge=1000,
-        description="Longest allowed gap between polls; also how long a rebalance waits for a member that died mid-join.",
+        description="Longest allowed gap between polls; also how long a rebalance waits for a member that died "
+        "mid-join.",
     )
     max_poll_records: int = Field(2000, ge=1, description="Upper bound on messages per poll (bounds work per poll).")
     fetch_max_wait_ms: int = Field(
         10,
         ge=0,
         le=10000,
-        description="Longest the broker may hold a fetch waiting for data. Apache Kafka answers as soon as data arrives (use e.g. 500: no added latency, little idle load); the bundled Tansu broker answered only after about the whole wait when measured, hence 10.",
+        description="Longest the broker may hold a fetch waiting for data. Apache Kafka answers as soon as data "
+        "arrives (use e.g. 500: no added latency, little idle load); the bundled Tansu broker answered only after "
+        "about the whole wait when measured, hence 10.",
     )
     fetch_min_bytes: int = Field(
         1,
         ge=1,
-        description="Data the broker gathers before answering a fetch, within fetch_max_wait_ms (higher: fewer, larger fetches under load).",
+        description="Data the broker gathers before answering a fetch, within fetch_max_wait_ms (higher: fewer, "
+        "larger fetches under load).",
     )
     request_timeout_ms: int = Field(30000, ge=1000, description="Broker request timeout.")
     create_topics: bool = Field(
         False,
-        description="Create the alert, dead-letter, checkpoint (compacted) and scores topics at start-up if they are missing (one partition each); otherwise a missing one stops the start with exit 2.",
+        description="Create the alert, dead-letter, checkpoint (compacted) and scores topics at start-up if they are "
+        "missing (one partition each); otherwise a missing one stops the start with exit 2.",
     )
 
     @model_validator(mode="after")
@@ -244,25 +290,31 @@ class StreamSettings(_Section):
     batch_max_ms: int = Field(
         10,
         ge=1,
-        description="Longest wait (milliseconds) for the first messages of a micro-batch; what is already fetched is then taken without waiting.",
+        description="Longest wait (milliseconds) for the first messages of a micro-batch; what is already fetched is "
+        "then taken without waiting.",
     )
     max_message_bytes: int = Field(65536, ge=64, description="Larger messages are dead-lettered.")
     max_entity_chars: int = Field(
         256,
         ge=1,
         le=65536,
-        description="Longest entity name (characters, after trimming spaces); a message naming a longer one is dead-lettered (reason schema), never cut.",
+        description="Longest entity name (characters, after trimming spaces); a message naming a longer one is "
+        "dead-lettered (reason schema), never cut.",
     )
     max_future_skew_s: float = Field(
         86400.0,
         ge=0,
-        description="A message whose timestamp lies more than this many seconds ahead of the wall clock is dead-lettered (reason future_timestamp), so one bad clock cannot make its entity's later messages stale. Old timestamps are scored.",
+        description="A message whose timestamp lies more than this many seconds ahead of the wall clock is "
+        "dead-lettered (reason future_timestamp), so one bad clock cannot make its entity's later messages stale. "
+        "Old timestamps are scored.",
     )
     dead_letter_max_bytes: int = Field(
         1_000_000,
         ge=4096,
         le=2_000_000,
-        description="Largest dead-letter record (key, value and headers); a larger original value is cut to fit and marked by the header detector.errors.value.truncated.from. Keep it below the dead-letter topic's max.message.bytes.",
+        description="Largest dead-letter record (key, value and headers); a larger original value is cut to fit and "
+        "marked by the header detector.errors.value.truncated.from. Keep it below the dead-letter topic's "
+        "max.message.bytes.",
     )
     reject_out_of_order: bool = Field(True, description="Dead-letter a message older than its entity's last one.")
     max_entities: int = Field(
@@ -271,6 +323,12 @@ class StreamSettings(_Section):
     entity_ttl_s: float = Field(86400.0, gt=0, description="Idle entities are evicted after this many seconds.")
     checkpoint_interval_s: float = Field(60.0, gt=0, description="Seconds between state checkpoints.")
     shutdown_grace_s: float = Field(30.0, gt=0, description="Time allowed to finish, commit and checkpoint on SIGTERM.")
+    reload_watch_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between looks at the settings file and the model directory: a change reloads "
+        "them as SIGHUP does (0: off, only SIGHUP reloads).",
+    )
 
 
 class MetricsSettings(_Section):
@@ -319,7 +377,8 @@ class Settings(BaseSettings):
         def known_environment() -> dict[str, Any]:
             return known_only(env_settings())
 
-        return known_environment, init_settings
+        # a plain callable returning a dict is a source to pydantic-settings, though not typed as one
+        return known_environment, init_settings  # type: ignore[return-value]
 
 
 class SettingsError(ValueError):
@@ -336,23 +395,32 @@ def load_settings(config_path: Path | str | None, **overrides: Any) -> Settings:
     Raises :class:`SettingsError` naming the offending field, e.g.
     ``invalid setting model.num_layers: Input should be less than or equal to 2``.
     """
+    return settings_from(read_toml(Path(config_path)) if config_path else {}, config_path, **overrides)
+
+
+def settings_from(file_values: dict[str, Any], source: Path | str | None, **overrides: Any) -> Settings:
+    """Settings from the values of a TOML file already read (``source`` names it in errors) and the
+    environment; :func:`load_settings` without reading the file, for a caller that needs its values too."""
     from detector.environment import bad_json_value
 
     bad = bad_json_value(os.environ)
     if bad is not None:
         raise SettingsError(f"invalid setting {bad[0]}={bad[1]!r}: not a JSON list", help=bad[2])
-    values: dict[str, Any] = _read_toml(Path(config_path)) if config_path else {}
+    values: dict[str, Any] = {
+        section: dict(fields) if isinstance(fields, dict) else fields for section, fields in file_values.items()
+    }
     for section, fields in overrides.items():
         values.setdefault(section, {}).update(fields)
     try:
         return Settings(**values)
     except ValidationError as error:
-        raise SettingsError(_describe(error, config_path)) from None
+        raise SettingsError(_describe(error, source)) from None
     except PydanticSettingsError as error:  # a value the environment source cannot parse
         raise SettingsError(f"invalid DETECTOR_* environment: {error}", help="write lists and tables as JSON") from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """The values of the TOML file at ``path``; :class:`SettingsError` if it is missing or not TOML."""
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -395,7 +463,8 @@ def example_toml() -> str:
     """The text of ``config.example.toml``: every setting at its default, described."""
     lines = [
         "# detector settings. Every value here is the default; environment variables override them:",
-        "# DETECTOR_<SECTION>__<KEY>, e.g. DETECTOR_MODEL__PATH=/models/v2 or DETECTOR_KAFKA__BOOTSTRAP_SERVERS=kafka:9092",
+        "# DETECTOR_<SECTION>__<KEY>, e.g. DETECTOR_MODEL__PATH=/models/v2 or "
+        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS=kafka:9092",
         "",
     ]
     for section, model in _sections():

@@ -6,7 +6,8 @@ input record's own headers come first, then the context, named like Kafka Connec
 ``__connect.errors.*`` headers under the prefix ``detector.errors.``:
 
 >>> context = Context("sensors", 3, 1200, 1795568400000, "decode", "v1")
->>> letter = dead_letter(b"p1", b"{bad", [("trace", b"7")], BadMessage("not_json", "Expecting value", "JSONDecodeError"), context)
+>>> error = BadMessage("not_json", "Expecting value", "JSONDecodeError")
+>>> letter = dead_letter(b"p1", b"{bad", [("trace", b"7")], error, context)
 >>> letter.key, letter.value, letter.header("detector.errors.reason"), letter.header("detector.errors.offset")
 (b'p1', b'{bad', b'not_json', b'1200')
 >>> letter.headers[0]

@@ -58,7 +58,11 @@ class Message:
     def to_json(self) -> bytes:
         """The default wire format of ``detector run``."""
         return json.dumps(
-            {"entity": self.entity, "timestamp": self.timestamp, "values": dict(zip(FEATURES, self.values))}
+            {
+                "entity": self.entity,
+                "timestamp": self.timestamp,
+                "values": dict(zip(FEATURES, self.values, strict=True)),
+            }
         ).encode()
 
 
@@ -138,9 +142,11 @@ class RateOutcome:
     def describe(self, entities: int) -> str:
         """Two lines for the demo's output."""
         return (
-            f"   false_alarm_rate {self.rate:.2g}: alerts open at probability >= {self.alert_level:.4f}; on normal data that is "
-            f"{self.false_alerts_per_day / entities:.2f} false alerts a day per entity, {self.false_alerts_per_day:,.0f} a day for {entities} entities\n"
-            f"      on this stream: {self.alerted} entities alerted, precision {self.precision:.2f}, recall {self.recall:.2f}"
+            f"   false_alarm_rate {self.rate:.2g}: alerts open at probability >= {self.alert_level:.4f}; "
+            f"on normal data that is {self.false_alerts_per_day / entities:.2f} false alerts a day per entity, "
+            f"{self.false_alerts_per_day:,.0f} a day for {entities} entities\n"
+            f"      on this stream: {self.alerted} entities alerted, "
+            f"precision {self.precision:.2f}, recall {self.recall:.2f}"
         )
 
 
@@ -203,6 +209,7 @@ def main() -> int:  # pragma: no cover - exercised by `make demo`
     from kafka import KafkaConsumer, KafkaProducer
 
     from detector.broker import create_topics, start_broker
+    from detector.testing import FAST_GROUP
 
     entities, messages = 200, 60
     anomalous = {f"pump-{e}" for e in range(0, entities, 10)}
@@ -223,19 +230,19 @@ def main() -> int:  # pragma: no cover - exercised by `make demo`
         print(f"== produced {len(stream) + 1} messages ({len(anomalous)} entities with injected faults, 1 malformed)")
         env = {
             **os.environ,
+            **FAST_GROUP,
             "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "DETECTOR_MODEL__PATH": str(work / "model"),
-            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
             "DETECTOR_METRICS__PORT": "0",
             "DETECTOR_LOG__FORMAT": "json",
         }
-        service = subprocess.Popen(
-            [sys.executable, "-m", "detector.cli", "run"], env=env, stderr=open(work / "service.log", "wb")
-        )
-        alerts = _collect_alerts(broker.bootstrap_servers, KafkaConsumer, expected_opens=len(anomalous), timeout_s=90)
-        service.send_signal(signal.SIGTERM)
-        code = service.wait(timeout=60)
+        with (work / "service.log").open("wb") as service_log:
+            service = subprocess.Popen([sys.executable, "-m", "detector.cli", "run"], env=env, stderr=service_log)
+            alerts = _collect_alerts(
+                broker.bootstrap_servers, KafkaConsumer, expected_opens=len(anomalous), timeout_s=90
+            )
+            service.send_signal(signal.SIGTERM)
+            code = service.wait(timeout=60)
     _summarise(alerts, stream, anomalous, code, work)
     _explain_rate(work / "model", stream, anomalous, entities)
     return 0 if code == 0 else 1
@@ -252,9 +259,10 @@ def _explain_rate(model_dir: Path, stream: list[Message], anomalous: set[str], e
         print(outcome.describe(entities))
     print(
         f"   the default rate suits a few entities; for a fleet, size it to the false alerts you can afford: about\n"
-        f"   false alerts a day / (entities x messages a day per entity), e.g. DETECTOR_SCORING__FALSE_ALARM_RATE={fleet_rate(entities):.2g} "
+        f"   false alerts a day / (entities x messages a day per entity), "
+        f"e.g. DETECTOR_SCORING__FALSE_ALARM_RATE={fleet_rate(entities):.2g} "
         f"for {FLEET_FALSE_ALERTS_PER_DAY:g} a day here,\n"
-        f"   set when fitting: a model keeps the scoring settings it was fitted with"
+        "   given to `detector run` or `detector score`, no refit needed (SIGHUP reloads it in a running service)"
     )
 
 
@@ -274,8 +282,10 @@ def _collect_alerts(bootstrap: str, consumer_class: type, expected_opens: int, t
         batch = [json.loads(r.value) for r in consumer]
         alerts.extend(batch)
         for alert in batch:
+            top = [f["feature"] for f in alert["top_features"]]
             print(
-                f"ALERT {alert['state']:<5} {alert['entity']:<9} {alert['timestamp']} score={alert['score']:.2f} p={alert['probability']:.4f} top={[f['feature'] for f in alert['top_features']]}"
+                f"ALERT {alert['state']:<5} {alert['entity']:<9} {alert['timestamp']} "
+                f"score={alert['score']:.2f} p={alert['probability']:.4f} top={top}"
             )
         opens = sum(a["state"] == "open" for a in alerts)
         quiet_since = (quiet_since or time.monotonic()) if not batch else None
@@ -292,7 +302,8 @@ def _summarise(alerts: list[dict], stream: list, anomalous: set[str], code: int,
     recall = true_positive / len(anomalous)
     print(f"== summary: {len(stream)} messages, {len(alerts)} alert events, {len(opened)} entities alerted")
     print(
-        f"   injected faults: {len(anomalous)} entities; detected {true_positive}; precision {precision:.2f}, recall {recall:.2f}"
+        f"   injected faults: {len(anomalous)} entities; detected {true_positive}; "
+        f"precision {precision:.2f}, recall {recall:.2f}"
     )
     print(f"   service exit code {code}; log: {work / 'service.log'}")
 

@@ -16,13 +16,9 @@ from pathlib import Path
 
 from detector.config import example_toml, settings_table
 from detector.metrics import metrics_table
+from detector.runtime import kind_of
 
 __all__ = ["GENERATED", "main", "render", "replace_between", "settings_tables"]
-
-# Settings recorded in the model directory by `detector fit`: changing them later has no effect
-# until the next fit. Everything else is read when a command starts.
-_FIT_TIME_SECTIONS = ("model.", "fit.", "scoring.")
-_READ_AT_START = ("model.path",)
 
 
 def replace_between(text: str, name: str, body: str) -> str:
@@ -32,20 +28,23 @@ def replace_between(text: str, name: str, body: str) -> str:
 
 
 def settings_tables() -> dict[str, str]:
-    """The settings table split in two: ``settings-fit`` (recorded in the model) and ``settings-run``.
+    """The settings table split in two, each row marked with its kind (:func:`detector.runtime.kind_of`):
+    ``settings-fit`` the fit-time settings (recorded in the model), ``settings-run`` the others.
 
     >>> tables = settings_tables()
-    >>> "`fit.seed`" in tables["settings-fit"], "`kafka.group_id`" in tables["settings-run"]
+    >>> "`fit.seed` | fit-time" in tables["settings-fit"], "`scoring.close_after` | run-time" in tables["settings-run"]
     (True, True)
     """
-    header, rule, *rows = settings_table().splitlines()
-    fit_time = [row for row in rows if _is_fit_time(row.split("`")[1])]
-    run_time = [row for row in rows if not _is_fit_time(row.split("`")[1])]
-    return {"settings-fit": "\n".join([header, rule, *fit_time]), "settings-run": "\n".join([header, rule, *run_time])}
-
-
-def _is_fit_time(setting: str) -> bool:
-    return setting.startswith(_FIT_TIME_SECTIONS) and setting not in _READ_AT_START
+    _, _, *rows = settings_table().splitlines()
+    header = ["| setting | kind | environment variable | default | meaning |", "|---|---|---|---|---|"]
+    marked = []
+    for row in rows:
+        name_cell, rest = row.split(" | ", 1)
+        kind = kind_of(name_cell.split("`")[1])
+        marked.append((kind, f"{name_cell} | {kind} | {rest}"))
+    fit_time = [row for kind, row in marked if kind == "fit-time"]
+    others = [row for kind, row in marked if kind != "fit-time"]
+    return {"settings-fit": "\n".join([*header, *fit_time]), "settings-run": "\n".join([*header, *others])}
 
 
 # file (relative to the repository root) -> its generated sections

@@ -14,8 +14,13 @@ states: exactness is given up for them, only on this path, never the loop.
 >>> from detector.testing import tiny_model
 >>> from detector.scoring import Detector
 >>> from detector.schema import MessageFields
->>> guard = BatchGuard(MessageDecoder(["a", "b"], MessageFields()), Detector(tiny_model()), max_future_skew_s=86400, clock=lambda: 2e9)
->>> raws = [b'{"entity": "p1", "timestamp": 1e9, "values": {"a": 1, "b": 2}}', b'{"entity": "p1", "timestamp": 3e9, "values": {"a": 1, "b": 2}}', b"[[["]
+>>> decoder = MessageDecoder(["a", "b"], MessageFields())
+>>> guard = BatchGuard(decoder, Detector(tiny_model()), max_future_skew_s=86400, clock=lambda: 2e9)
+>>> raws = [
+...     b'{"entity": "p1", "timestamp": 1e9, "values": {"a": 1, "b": 2}}',
+...     b'{"entity": "p1", "timestamp": 3e9, "values": {"a": 1, "b": 2}}',
+...     b"[[[",
+... ]
 >>> result = guard.score(raws, [None] * 3, np.zeros(3, dtype=np.int32))
 >>> result.accepted.tolist(), [(r.position, r.error.reason, r.stage) for r in result.refused]
 ([0], [(2, 'not_json', 'decode'), (1, 'future_timestamp', 'validate')])
@@ -91,7 +96,7 @@ class BatchGuard:
             outcomes = self.detector.process_columns(batch, owner=owners[accepted], now=now, drop_stale=drop_stale)
             _check_finite(outcomes)
             return Guarded(accepted, outcomes, refused, time.perf_counter() - started)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure of the batched step falls back to one by one
             self._log_failure(error, len(batch))
         self.detector.store.forget(batch.entities)
         keep, outcomes = self._one_by_one(accepted, batch, owners[accepted], now, drop_stale, refused)
@@ -117,16 +122,16 @@ class BatchGuard:
         try:
             accepted, batch, dead = self.decode.decode_many(raws, keys)
             return accepted, batch, [Refused(i, error, "decode") for i, error in dead]
-        except Exception:  # the decoder guards each message; this is the guard of that guard
+        except Exception:  # noqa: BLE001 - the decoder guards each message; this is the guard of that guard
             pass
         positions, observations, refused = [], [], []
-        for i, (raw, key) in enumerate(zip(raws, keys)):
+        for i, (raw, key) in enumerate(zip(raws, keys, strict=True)):
             try:
                 observations.append(self.decode(raw, key))
                 positions.append(i)
             except BadMessage as error:
                 refused.append(Refused(i, error, "decode"))
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - whatever one message raises makes it a dead letter
                 refused.append(Refused(i, BadMessage.unexpected(error), "decode"))
         return np.asarray(positions, dtype=np.int64), Columns.of(observations, len(self.decode.features)), refused
 
@@ -147,7 +152,8 @@ class BatchGuard:
             if future[i]:
                 error = BadMessage(
                     "future_timestamp",
-                    f"timestamp {batch.timestamps[i]:.0f} is more than stream.max_future_skew_s ({self.max_future_skew_s:g} s) ahead of the clock",
+                    f"timestamp {batch.timestamps[i]:.0f} is more than stream.max_future_skew_s "
+                    f"({self.max_future_skew_s:g} s) ahead of the clock",
                 )
             else:
                 error = BadMessage("non_finite", "a feature value is beyond the range the model computes in (float32)")
@@ -164,15 +170,17 @@ class BatchGuard:
         drop_stale: bool,
         refused: list[Refused],
     ) -> tuple[np.ndarray, Outcomes]:
-        """Step each message alone; a failing one is undone and refused. (kept positions in ``batch``, their outcomes)."""
+        """Step each message alone; a failing one is undone and refused.
+
+        Returns the kept positions in ``batch`` and their outcomes."""
         store, kept, parts = self.detector.store, [], []
         for i in range(len(batch)):
             single = _subset(batch, np.array([i]))
             before = store.snapshot(single.entities)
             try:
-                outcome = self.detector.process_columns(single, owner=owners[i : i + 1], now=now, drop_stale=drop_stale)
+                outcome = self.detector.process_columns(single, owner=int(owners[i]), now=now, drop_stale=drop_stale)
                 _check_finite(outcome)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - one message's failure is only its own: undo it, refuse it
                 store.roll_back(before)
                 reason = error if isinstance(error, BadMessage) else BadMessage.unexpected(error)
                 refused.append(Refused(int(accepted[i]), reason, "score"))
@@ -219,5 +227,5 @@ def _concatenate(batch: Columns, parts: list[Outcomes]) -> Outcomes:
 def _describe(error: BaseException) -> str:
     try:
         return f"{type(error).__name__}: {error}"[:300]
-    except Exception:
+    except Exception:  # noqa: BLE001 - an exception whose str() raises is still described by its type
         return type(error).__name__

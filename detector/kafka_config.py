@@ -1,7 +1,10 @@
 """How the service configures its Kafka clients: the producer, the group consumer and the
 checkpoint reader share the connection and security settings.
 
->>> kafka_client_config(KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p"))["sasl_plain_username"]
+>>> settings = KafkaSettings(
+...     security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p"
+... )
+>>> kafka_client_config(settings)["sasl_plain_username"]
 'u'
 """
 

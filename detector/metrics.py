@@ -35,6 +35,7 @@ start), so ``DetectorCheckpointTooOld`` still fires when checkpoints never happe
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 import threading
@@ -67,6 +68,7 @@ __all__ = [
     "DEAD_LETTER_REASONS",
     "EVICTION_REASONS",
     "MESSAGE_OUTCOMES",
+    "RELOAD_OUTCOMES",
     "RESTORE_FALLBACK_REASONS",
     "Health",
     "Metrics",
@@ -90,6 +92,7 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
 ALERT_KINDS: tuple[str, ...] = ("open", "close")
 EVICTION_REASONS: tuple[str, ...] = ("ttl", "capacity")
 RESTORE_FALLBACK_REASONS: tuple[str, ...] = ("corrupt", "invalid", "schema_mismatch", "missing")
+RELOAD_OUTCOMES: tuple[str, ...] = ("applied", "unchanged", "refused")
 
 SCORE_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 100, 250, 1000)
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -122,8 +125,8 @@ class BatchHistogram(Collector):
 
     >>> h = BatchHistogram("demo_seconds", "Demo.", buckets=(0.1, 1.0))
     >>> h.observe([0.05, 0.1, 0.5, 5.0])
-    >>> [(s.name, s.labels.get("le"), s.value) for s in next(iter(h.collect())).samples][:4]
-    [('demo_seconds_bucket', '0.1', 2), ('demo_seconds_bucket', '1.0', 3), ('demo_seconds_bucket', '+Inf', 4), ('demo_seconds_count', None, 4)]
+    >>> [(s.labels.get("le"), s.value) for s in next(iter(h.collect())).samples if s.name == "demo_seconds_bucket"]
+    [('0.1', 2), ('1.0', 3), ('+Inf', 4)]
     """
 
     def __init__(
@@ -150,9 +153,9 @@ class BatchHistogram(Collector):
     def collect(self) -> Iterable[HistogramMetricFamily]:
         with self._lock:
             cumulative, total = np.cumsum(self._counts).tolist(), self._sum
-        buckets = [(floatToGoString(b), c) for b, c in zip(self._bounds.tolist(), cumulative)] + [
-            ("+Inf", cumulative[-1])
-        ]
+        # one count more than bounds: the last is the +Inf bucket
+        finite = zip(self._bounds.tolist(), cumulative[:-1], strict=True)
+        buckets = [(floatToGoString(bound), count) for bound, count in finite] + [("+Inf", cumulative[-1])]
         family = HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
         family.add_sample(f"{self.name}_created", {}, self._created)
         yield family
@@ -313,6 +316,17 @@ class Metrics:
         # Info("detector_model") is exposed as detector_model_info{...} 1.0
         self.model_info = Info("detector_model", "Loaded model.", registry=self.registry)
         self.build_info = Info("detector_build", "Build of the detector.", registry=self.registry)
+        self.alert_threshold = Gauge(
+            "detector_alert_threshold",
+            "Probability at or above which an alert opens (set by scoring.false_alarm_rate).",
+            registry=self.registry,
+        )
+        self.reloads_total = Counter(
+            "detector_reloads_total",
+            "Reloads of the settings and the model (SIGHUP), by outcome (applied/unchanged/refused).",
+            ["outcome"],
+            registry=self.registry,
+        )
 
     def _prime_labels(self) -> None:
         """Create every fixed label child at 0, so rates and ratios exist from the start."""
@@ -326,6 +340,8 @@ class Metrics:
             self.entity_evictions_total.labels(reason=reason)
         for reason in RESTORE_FALLBACK_REASONS:
             self.state_restore_fallbacks_total.labels(reason=reason)
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads_total.labels(outcome=outcome)
 
     # ------------------------------------------------------------ message flow
     def messages(self, outcome: str, n: int = 1) -> None:
@@ -367,10 +383,8 @@ class Metrics:
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop the lag series of a revoked partition (no-op if it has none)."""
-        try:
+        with contextlib.suppress(KeyError):
             self.consumer_lag.remove(topic, str(partition))
-        except KeyError:
-            pass
 
     def set_partitions_assigned(self, n: int) -> None:
         """Set the number of input partitions currently assigned."""
@@ -428,6 +442,14 @@ class Metrics:
     def set_model_info(self, version: str, cell: str, features: int) -> None:
         """Publish ``detector_model_info{version,cell,features} 1``."""
         self.model_info.info({"version": str(version), "cell": str(cell), "features": str(features)})
+
+    def set_alert_threshold(self, probability: float) -> None:
+        """Set the probability at or above which an alert opens."""
+        self.alert_threshold.set(probability)
+
+    def reload(self, outcome: str) -> None:
+        """Count one reload by ``outcome`` in ``RELOAD_OUTCOMES``."""
+        self.reloads_total.labels(outcome=_check(outcome, RELOAD_OUTCOMES, "outcome")).inc()
 
     def set_build_info(self, version: str, python: str | None = None, torch: str | None = None) -> None:
         """Publish ``detector_build_info{version,python,torch} 1`` (python/torch detected if omitted)."""

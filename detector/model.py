@@ -3,7 +3,20 @@
 Each observation is one recurrent step. Before seeing ``x_t`` the decoder reconstructs it
 from the encoder state, which compresses everything the entity has shown so far; the gap
 between ``x_t`` and that reconstruction is the anomaly evidence. Then ``x_t`` updates the
-state. States of many entities are stepped in one call:
+state. States of many entities are stepped in one call.
+
+The network: a state is carried as one flat vector per entity (h and, for LSTM, c of every
+layer, then the last observation), so a state store can hold all entities in one
+``(entities, state_size)`` tensor. The encoder sees each observation's level (clipped) and its
+change since the last one; the reconstruction adds a learned per-feature share of the last value
+to the decoder's output, so slowly wandering features are followed beyond the range seen in
+training. With ``periods`` (e.g. a day and a week, in seconds) the phase of each message's
+timestamp in every period is an input of both the encoder and the decoder (which reconstructs a
+message knowing its time, never its values), so regular daily/weekly patterns can be expected.
+With ``level_halflife_s`` each entity's level is tracked (an exponentially weighted mean over that
+half-life of its own timestamps, carried in its state): the encoder sees values relative to it
+and the reconstruction is built around it, so after a lasting level shift the entity is judged
+around its new level instead of erring for ever (and hiding a second change in that error).
 
 >>> import torch
 >>> net = StreamAutoencoder(n_features=3, hidden_size=8, num_layers=2, cell="lstm", bottleneck=4)
@@ -29,7 +42,16 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Architecture", "Calibration", "FittedModel", "ModelError", "StreamAutoencoder", "load_model", "save_model"]
+__all__ = [
+    "Architecture",
+    "Calibration",
+    "FittedModel",
+    "ModelError",
+    "StreamAutoencoder",
+    "load_model",
+    "save_model",
+    "window_levels",
+]
 
 # Small recurrent models run fastest on one thread (measured: a 3,000-row fit takes 8 s on one
 # thread, over 60 s on two busy ones); scale out with processes instead.
@@ -54,29 +76,15 @@ class Architecture:
 
 
 class StreamAutoencoder(nn.Module):
-    """Recurrent encoder (LSTM or GRU, 1-2 layers) with a bottlenecked decoder.
-
-    A state is carried as one flat vector per entity (h and, for LSTM, c of every layer, then the
-    last observation), so a state store can hold all entities in one ``(entities, state_size)``
-    tensor. The encoder sees each observation's level (clipped) and its change since the last one;
-    the reconstruction adds a learned per-feature share of the last value to the decoder's output,
-    so slowly wandering features are followed beyond the range seen in training. With ``periods``
-    (e.g. a day and a week, in seconds) the phase of each message's timestamp in every period is an
-    input of both the encoder and the decoder (which reconstructs a message knowing its time, never
-    its values), so regular daily/weekly patterns can be expected. With ``level_halflife_s`` each
-    entity's level is tracked (an exponentially weighted mean over that half-life of its own
-    timestamps, carried in its state): the encoder sees values relative to it and the reconstruction
-    is built around it, so after a lasting level shift the entity is judged around its new level
-    instead of erring for ever (a model that learned "values return to the mean" would otherwise
-    keep predicting a return that never comes, and a second change would hide in that error).
-    """
+    """Recurrent encoder (LSTM or GRU, 1-2 layers) with a bottlenecked decoder (see the module
+    docstring for its inputs, its time context and the tracked level)."""
 
     def __init__(
         self,
         n_features: int,
         hidden_size: int,
         num_layers: int,
-        cell: str,
+        cell: Literal["lstm", "gru"],
         bottleneck: int,
         periods: Sequence[float] = (),
         level_halflife_s: float = 0.0,
@@ -90,7 +98,7 @@ class StreamAutoencoder(nn.Module):
             bottleneck,
             tuple(float(p) for p in periods),
             float(level_halflife_s),
-        )  # type: ignore[arg-type]
+        )
         self._tracks_level = level_halflife_s > 0
         recurrent = nn.LSTM if cell == "lstm" else nn.GRU
         context = 2 * len(periods)
@@ -101,6 +109,7 @@ class StreamAutoencoder(nn.Module):
         self.persistence = nn.Parameter(torch.ones(n_features))  # per-feature weight of the last value (learned)
         # Where a new entity starts: the average state of the fit data (set by `fit`), not zeros,
         # so that a fresh entity is judged fairly after a short warm-up.
+        self.start_state: torch.Tensor
         self.register_buffer("start_state", torch.zeros(self.state_size))
 
     @classmethod
@@ -156,26 +165,39 @@ class StreamAutoencoder(nn.Module):
         state: torch.Tensor,
         when: torch.Tensor | None = None,
         elapsed: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+        levels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct a whole window (batch, time, features); each step sees only the past (and
         the time of the step being reconstructed, ``when``: (batch, time) epoch seconds; with level
         tracking also ``elapsed``: (batch, time) seconds since the previous step).
 
-        Equivalent to calling :meth:`step` once per time step, but one fused call (training).
+        Equivalent to :meth:`step` once per time step, in one fused call. ``lengths`` (batch,):
+        each row's valid steps in a padded batch (its new state is after the last of them);
+        ``levels``: :func:`window_levels`, when the caller has computed them.
         """
         recurrent_state, last, level = self._split(state)
         previous = torch.cat([last.unsqueeze(1), x[:, :-1]], dim=1)
-        levels = []  # the level before each step (cheap: no parameters, one small op per step)
-        for t in range(x.shape[1] if self._tracks_level else 0):
-            levels.append(level)
-            level = self._next_level(x[:, t], level, None if elapsed is None else elapsed[:, t])
-        before = torch.stack(levels, dim=1) if levels else torch.zeros_like(x)
+        if levels is None and self._tracks_level:  # the level before each step, and after the last
+            steps = [level]
+            for t in range(x.shape[1]):
+                steps.append(self._next_level(x[:, t], steps[-1], None if elapsed is None else elapsed[:, t]))
+            levels = torch.stack(steps, dim=1)
+        before = levels[:, :-1] if levels is not None else torch.zeros_like(x)
         context = self.context(when, x.shape[:2])
-        outputs, new_state = self.encoder(self._inputs(x, previous, before, context), recurrent_state)
+        inputs = self._inputs(x, previous, before, context)
+        if lengths is None:
+            outputs, new_state = self.encoder(inputs, recurrent_state)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+            packed_outputs, new_state = self.encoder(packed, recurrent_state)
+            outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_outputs, batch_first=True, total_length=x.shape[1])
         before_each_step = torch.cat([self._top_hidden(recurrent_state).unsqueeze(1), outputs[:, :-1]], dim=1)
-        tracked = [level] if self._tracks_level else []
+        last_step = torch.full((x.shape[0],), x.shape[1]) if lengths is None else lengths
+        rows = torch.arange(x.shape[0])
+        tracked = [levels[rows, last_step]] if levels is not None else []
         return self._decode(before_each_step, previous, before, context), torch.cat(
-            [self._flatten(new_state), x[:, -1], *tracked], dim=1
+            [self._flatten(new_state), x[rows, last_step - 1], *tracked], dim=1
         )
 
     def _split(self, state: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -246,6 +268,22 @@ class StreamAutoencoder(nn.Module):
     def _top_hidden(self, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         hidden = state[0] if isinstance(state, tuple) else state
         return hidden[-1]
+
+
+def window_levels(
+    network: StreamAutoencoder, x: torch.Tensor, state: torch.Tensor, elapsed: torch.Tensor
+) -> torch.Tensor | None:
+    """The tracked level before each step of ``x`` (batch, time, features) and after its last,
+    (batch, time + 1, features), in one compiled pass (for :meth:`StreamAutoencoder.forward`'s
+    ``levels``); None when ``network`` does not track levels."""
+    if not network._tracks_level:
+        return None
+    from detector.kernel import track_levels  # compiled; imported only where windows are scored
+
+    level = network._split(state)[2]
+    gap = torch.nan_to_num(elapsed.double().clamp(min=0.0), posinf=0.0)
+    rates = (1.0 - torch.exp2(-gap / network.architecture.level_halflife_s)).float()
+    return torch.from_numpy(track_levels(x.contiguous().numpy(), level.contiguous().numpy(), rates.numpy()))
 
 
 @dataclass(frozen=True)
@@ -336,7 +374,7 @@ def load_model(directory: Path | str, features: list[str] | None = None) -> Fitt
         )
     except ModelError:
         raise
-    except Exception as error:  # any corruption: say which directory and what broke
+    except Exception as error:  # noqa: BLE001  (any corruption: say which directory and what broke)
         raise ModelError(f"model {directory} is corrupt or incompatible: {type(error).__name__}: {error}") from None
 
 
@@ -348,9 +386,8 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelError(f"model {directory}: {META_FILE} is not valid JSON ({error})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise ModelError(
-            f"model {directory}: unsupported format {meta.get('format') if isinstance(meta, dict) else '?'} (want {FORMAT_VERSION})"
-        )
+        found = meta.get("format") if isinstance(meta, dict) else "?"
+        raise ModelError(f"model {directory}: unsupported format {found} (want {FORMAT_VERSION})")
     return meta
 
 

@@ -27,7 +27,7 @@ import itertools
 import json
 import math
 import operator
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,7 +123,8 @@ class Table:
         as an editor shows them, the header being row 1), or None when every entity's rows are in
         time order. Equal timestamps are in order, as in the stream.
 
-        >>> Table([1.0, 5.0, 3.0, 2.0], ["1", "5", "3", "2"], ["a", "a", "b", "a"], ["f"], np.zeros((4, 1))).first_out_of_order()
+        >>> table = Table([1.0, 5.0, 3.0, 2.0], ["1", "5", "3", "2"], ["a", "a", "b", "a"], ["f"], np.zeros((4, 1)))
+        >>> table.first_out_of_order()
         (5, 3)
         """
         last: dict[str, tuple[float, int]] = {}
@@ -299,7 +300,9 @@ def _check_header(header: list[str], name: str) -> list[str]:
                 name,
                 f"the file looks {separator!r}-separated (header {','.join(header)!r}); the input is comma-separated",
                 1,
-                help=f"write the file with ',' between fields, e.g. python -c \"import csv,sys; csv.writer(sys.stdout).writerows(csv.reader(sys.stdin, delimiter='{separator}'))\" < in.csv > out.csv",
+                help="write the file with ',' between fields, e.g. python -c \"import csv,sys; "
+                f"csv.writer(sys.stdout).writerows(csv.reader(sys.stdin, delimiter='{separator}'))\" "
+                "< in.csv > out.csv",
             )
         raise DataError(
             name,
@@ -374,7 +377,7 @@ def _shown(error: BaseException) -> str:
     """An exception's message, bounded (some repeat their whole input)."""
     try:
         return str(error)[:300]
-    except Exception:  # a message that cannot even be rendered
+    except Exception:  # noqa: BLE001 - a message that cannot even be rendered
         return "(unprintable)"
 
 
@@ -483,15 +486,15 @@ class MessageDecoder:
             ],
             rename={"entity": fields.entity, "timestamp": fields.timestamp, "values": fields.values},
         )
-        self._decoder = msgspec.json.Decoder(shape)
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(shape)
         self._pick = operator.itemgetter(*self.features)  # KeyError when a feature is missing
-        self._strict = msgspec.json.Decoder(_strict_shape(self.features, fields)).decode
+        self._strict: Callable[[bytes], Any] = msgspec.json.Decoder(_strict_shape(self.features, fields)).decode
 
     def __call__(self, raw: bytes | None, key: bytes | None) -> Observation:
         """The observation; raises :class:`BadMessage`, and nothing else, for any input."""
         try:
             observation = self._fast(raw, key)
-        except Exception:  # anything the fast path cannot vouch for goes the careful way
+        except Exception:  # noqa: BLE001 - anything the fast path cannot vouch for goes the careful way
             observation = None
         if observation is not None:
             return observation
@@ -499,7 +502,7 @@ class MessageDecoder:
             return parse_message(raw, key, self.features, self.fields)
         except BadMessage:
             raise
-        except Exception as error:  # a gap in the checks: still this message's dead letter
+        except Exception as error:  # noqa: BLE001 - a gap in the checks: still this message's dead letter
             raise BadMessage.unexpected(error) from None
 
     def decode_many(
@@ -512,18 +515,19 @@ class MessageDecoder:
         one compiled decode per message and no Python object per message beyond it.
 
         >>> decode = MessageDecoder(["a"], MessageFields())
-        >>> ok, batch, bad = decode.decode_many([b'{"entity": "p1", "timestamp": 5, "values": {"a": 2}}', b"{"], [None, None])
+        >>> raws = [b'{"entity": "p1", "timestamp": 5, "values": {"a": 2}}', b"{"]
+        >>> ok, batch, bad = decode.decode_many(raws, [None, None])
         >>> ok.tolist(), batch.values.tolist(), [(i, e.reason) for i, e in bad]
         ([0], [[2.0]], [(1, 'not_json')])
         """
         try:
             columns = self._columnar(raws)
-        except Exception:  # e.g. RecursionError on deep nesting: the per-message path names it
+        except Exception:  # noqa: BLE001 - e.g. RecursionError on deep nesting: the per-message path names it
             columns = None
         if columns is not None:
             return np.arange(len(raws)), columns, []
         accepted, observations, dead = [], [], []
-        for i, (raw, key) in enumerate(zip(raws, keys)):
+        for i, (raw, key) in enumerate(zip(raws, keys, strict=True)):
             try:
                 observations.append(self(raw, key))
                 accepted.append(i)
@@ -533,11 +537,14 @@ class MessageDecoder:
 
     def _columnar(self, raws: Sequence[bytes | None]) -> Columns | None:
         """Columns when every message is plain (see :meth:`decode_many`), else None."""
-        try:
-            messages = list(map(self._strict, raws))  # raises at the first message that is not plain
-        except (msgspec.MsgspecError, TypeError):  # TypeError: a tombstone (None)
+        present = [raw for raw in raws if raw is not None]
+        if len(present) != len(raws):  # a tombstone
             return None
-        if not messages or max(map(len, raws)) > self.fields.max_bytes:  # type: ignore[arg-type]
+        try:
+            messages = list(map(self._strict, present))  # raises at the first message that is not plain
+        except msgspec.MsgspecError:
+            return None
+        if not messages or max(map(len, present)) > self.fields.max_bytes:
             return None
         timestamps = np.fromiter((m.timestamp for m in messages), dtype=np.float64, count=len(messages))
         if not (np.isfinite(timestamps).all() and (timestamps >= 0).all()):
@@ -576,7 +583,9 @@ def _strict_shape(features: Sequence[str], fields: MessageFields) -> type:
     msgspec refuses lone surrogates), a numeric timestamp and every feature a (finite: JSON has no
     NaN) number; other fields are ignored."""
     slots = [f"f{i}" for i in range(len(features))]
-    values = msgspec.defstruct("Values", [(slot, float) for slot in slots], rename=dict(zip(slots, features)))
+    values = msgspec.defstruct(
+        "Values", [(slot, float) for slot in slots], rename=dict(zip(slots, features, strict=True))
+    )
     entity = Annotated[
         str, msgspec.Meta(min_length=1, max_length=fields.max_entity_chars)
     ]  # untrimmed ones: see MessageDecoder._columnar
@@ -591,10 +600,9 @@ def _decode_json(raw: bytes) -> Any:
     """The JSON document; any failure (bad UTF-8, syntax, nesting too deep, an integer beyond
     Python's digit limit) is the message's ``not_json``."""
     try:
-        return json.loads(
-            raw.decode("utf-8")
-        )  # str: skips json's encoding detection (which lets lone surrogates through)
-    except Exception as error:
+        # str, not bytes: skips json's encoding detection (which lets lone surrogates through)
+        return json.loads(raw.decode("utf-8"))
+    except Exception as error:  # noqa: BLE001 - every way of not being JSON is the message's not_json
         raise BadMessage("not_json", _shown(error)[:200], type(error).__name__) from None
 
 

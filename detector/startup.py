@@ -21,10 +21,11 @@ from kafka import KafkaAdminClient
 from kafka import errors as kafka_errors
 
 from detector.config import KafkaSettings
+from detector.kafka_config import kafka_client_config
 from detector.logs import get_logger
 from detector.metrics import Health
 
-__all__ = ["StartupError", "check_topics", "output_topics", "wait_for_broker"]
+__all__ = ["StartupError", "broker_ready", "check_topics", "output_topics", "wait_for_broker"]
 
 log = get_logger(__name__)
 
@@ -62,12 +63,30 @@ def wait_for_broker(
             continue
         except kafka_errors.KafkaError as error:
             raise StartupError(
-                f"the broker at {servers} refused the connection: {error}\nhelp: check kafka.security_protocol and the SSL/SASL settings"
+                f"the broker at {servers} refused the connection: {error}\n"
+                "help: check kafka.security_protocol and the SSL/SASL settings"
             ) from error
         if failed_since is not None:
             log.info("kafka.reachable", bootstrap_servers=servers, waited_s=round(time.monotonic() - failed_since, 1))
         return admin
     return None
+
+
+def broker_ready(kafka: KafkaSettings, stop: threading.Event, health: Health) -> bool:
+    """Wait for the broker and check the output topics; False if ``stop`` is set meanwhile.
+
+    Raises :class:`StartupError` for a missing or forbidden topic.
+    """
+    health.set_ready(False, "connecting to the broker")
+    admin = wait_for_broker(kafka_client_config(kafka), stop, health)
+    if admin is None:
+        log.info("service.stopped", note="stopped before the broker was reached")
+        return False
+    try:
+        check_topics(admin, kafka)
+    finally:
+        admin.close()
+    return True
 
 
 def output_topics(kafka: KafkaSettings) -> dict[str, str]:
@@ -114,11 +133,13 @@ def _check_one(name: str, role: str, description: dict[str, Any]) -> None:
     code = description.get("error_code", kafka_errors.UnknownTopicOrPartitionError.errno)
     if code == kafka_errors.UnknownTopicOrPartitionError.errno:
         raise StartupError(
-            f"{role} topic {name!r} does not exist\nhelp: create it, or set kafka.create_topics = true to let the service create it"
+            f"{role} topic {name!r} does not exist\n"
+            "help: create it, or set kafka.create_topics = true to let the service create it"
         )
     if code == kafka_errors.TopicAuthorizationFailedError.errno:
         raise StartupError(
-            f"{role} topic {name!r}: not authorised to describe it\nhelp: grant the service's principal DESCRIBE and WRITE on the topic"
+            f"{role} topic {name!r}: not authorised to describe it\n"
+            "help: grant the service's principal DESCRIBE and WRITE on the topic"
         )
     if code:
         raise StartupError(f"{role} topic {name!r}: the broker answered {kafka_errors.for_code(code).__name__}")
@@ -127,5 +148,6 @@ def _check_one(name: str, role: str, description: dict[str, Any]) -> None:
     )  # names kafka-python decodes; empty when the broker does not report them
     if operations and not operations & {"WRITE", "ALL"}:
         raise StartupError(
-            f"{role} topic {name!r}: not authorised to write to it\nhelp: grant the service's principal WRITE on the topic"
+            f"{role} topic {name!r}: not authorised to write to it\n"
+            "help: grant the service's principal WRITE on the topic"
         )

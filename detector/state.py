@@ -1,8 +1,9 @@
-"""Per-entity state store: recurrent states and scoring state in slot-indexed arrays.
+"""Per-entity state store: recurrent states and each scoring stage's state in slot-indexed arrays.
 
-All entities live in one ``(capacity, state_size)`` tensor plus one numpy array per scoring
-field, so a micro-batch gathers its entities' states with one fancy index and scatters them
-back with another. An index maps entity -> slot, kept in least-recently-seen order for
+All entities live in one ``(capacity, state_size)`` tensor plus each stage's named arrays (see
+:mod:`detector.stage_state`: ``store.likelihood.fast_mean``, ``store.hysteresis.alert_open``...),
+so a micro-batch gathers its entities' states with one fancy index and scatters them back with
+another. An index maps entity -> slot, kept in least-recently-seen order for
 eviction by TTL or capacity.
 
 >>> store = EntityStore(state_size=4, baseline=(0.0, 1.0), max_entities=2)
@@ -19,7 +20,6 @@ import ctypes
 import ctypes.util
 import functools
 import io
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,59 +27,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from detector.stage_state import LAYOUT, StageArrays
+from detector.state_payload import CheckpointError, checkpointed, load_payload
+
 __all__ = ["CheckpointError", "EntityStore", "Snapshot", "release_freed_memory"]
 
-# Scoring state carried per entity next to the recurrent state.
-FIELDS: dict[str, type] = {
-    "base_mean": np.float64,  # running mean of the entity's log score (drift baseline)
-    "base_var": np.float64,  # running variance of the same
-    "fast_mean": np.float64,  # short-term average of the log score (anomaly likelihood)
-    "long_mean": np.float64,  # long-term, unclipped mean of the log score (anomaly likelihood)
-    "long_var": np.float64,  # long-term, unclipped variance of the same
-    "peak": np.float64,  # decaying peak of the likelihood's z-score (novelty of an excursion)
-    "steps": np.int64,  # observations scored
-    "alert_open": np.bool_,  # an alert is open (hysteresis)
-    "calm": np.int32,  # consecutive calm observations while open
-    "evidence": np.int32,  # observations of the open alert that were not calm (its hysteresis grows with them)
-    "opened_ts": np.float64,  # timestamp (epoch s) of the message that opened the entity's alert (NaN: none open, or unknown)
-    "last_ts": np.float64,  # last message timestamp (epoch s), for out-of-order checks
-    "last_seen": np.float64,  # wall-clock time last seen, for TTL eviction
-    "owner": np.int32,  # partition (or other owner id) the entity's messages come from
-}
-# plus "error_ewma": (capacity, features) float64, the smoothed per-feature reconstruction error,
-# "seasonal": (capacity, bins) float32, the entity's usual log score in each time-of-day bin, and
-# "range_low"/"range_high": (capacity, features) float32, the range of standardised values it has shown
-_WIDE = ("error_ewma", "seasonal", "range_low", "range_high")  # two-dimensional fields: (capacity, width)
-_CHECKPOINTED = [name for name in FIELDS if name not in ("last_seen", "owner")] + list(_WIDE)
 # Fields added after checkpoints were first written; a checkpoint without one restores what a
 # fresh entity gets, except that an open alert keeps the full hysteresis it had before evidence
 # was counted (evidence 1 << 20) and the range is unknown (NaN: the entity has wandered since the
 # fit, so its next message completes the fit data's range instead of being judged by it), and an
 # open alert's opening time is unknown (NaN: its close carries no alert id or duration).
-_ADDED_LATER = ("evidence", "seasonal", "range_low", "range_high", "opened_ts")
 _RESTORED_WITHOUT = {"evidence": 1 << 20, "range_low": np.nan, "range_high": np.nan, "opened_ts": np.nan}
-
-
-_FINITE = (
-    "base_mean",
-    "base_var",
-    "fast_mean",
-    "long_mean",
-    "long_var",
-    "peak",
-    "error_ewma",
-    "seasonal",
-)  # finite in any state
-_NON_NEGATIVE = ("base_var", "long_var", "steps", "calm", "evidence")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint blob that cannot be restored: ``reason`` is ``corrupt`` (unreadable) or
-    ``invalid`` (readable, but not states of this model that can be trusted)."""
-
-    def __init__(self, message: str, reason: str = "invalid"):
-        super().__init__(message)
-        self.reason = reason
+_CHECKPOINTED = checkpointed()
 
 
 @dataclass(frozen=True)
@@ -89,10 +48,10 @@ class Snapshot:
     known: list[str]  # tracked when the snapshot was taken: their rows below
     new: list[str]  # not tracked then: forgotten on roll-back
     rnn: torch.Tensor
-    fields: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]  # by checkpoint name
 
 
-class EntityStore:
+class EntityStore(StageArrays):
     """Slot-indexed states of all tracked entities (see module docstring)."""
 
     def __init__(
@@ -108,32 +67,11 @@ class EntityStore:
         start_range: tuple[np.ndarray, np.ndarray] | None = None,
         start_peak: float = 0.0,
     ):
-        self.state_size, self.baseline = state_size, baseline
+        self.state_size = state_size
         self.max_entities, self.ttl_s = max_entities, ttl_s
         self.start_state = start_state if start_state is not None else torch.zeros(state_size)
         self.rnn = torch.zeros(capacity, state_size)
-        self.fields = {name: np.zeros(capacity, dtype=kind) for name, kind in FIELDS.items()}
-        self.fields["error_ewma"] = np.zeros((capacity, n_features))  # smoothed per-feature error
-        self.fields["seasonal"] = np.zeros(
-            (capacity, seasonal_bins), dtype=np.float32
-        )  # usual log score per time-of-day bin
-        # where a new entity's range starts (the fit data's); unbounded when unknown
-        self.start_range = start_range or (
-            np.full(n_features, -np.inf, np.float32),
-            np.full(n_features, np.inf, np.float32),
-        )
-        for name in ("range_low", "range_high"):
-            self.fields[name] = np.zeros((capacity, n_features), dtype=np.float32)
-        self._fresh_values = {
-            "base_mean": baseline[0],
-            "seasonal": baseline[0],
-            "base_var": baseline[1],
-            "last_ts": -np.inf,
-            "range_low": self.start_range[0],
-            "range_high": self.start_range[1],
-            "peak": start_peak,
-            "opened_ts": np.nan,
-        }
+        super().__init__(capacity, n_features, seasonal_bins, baseline, start_range, start_peak)
         self._index: OrderedDict[str, int] = OrderedDict()  # least recently seen first
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self.evictions = {"ttl": 0, "capacity": 0}
@@ -151,7 +89,7 @@ class EntityStore:
         """The entity's slot, or None when it is not tracked."""
         return self._index.get(entity)
 
-    def slots_for(self, entities: Sequence[str], owner: int | Sequence[int], now: float) -> np.ndarray:
+    def slots_for(self, entities: Sequence[str], owner: int | Sequence[int] | np.ndarray, now: float) -> np.ndarray:
         """Slots of ``entities`` (distinct), creating fresh states for new ones; marks them seen."""
         owners = np.broadcast_to(np.asarray(owner, dtype=np.int32), (len(entities),))
         index = self._index
@@ -164,8 +102,8 @@ class EntityStore:
         for entity in entities:
             index.move_to_end(entity)
         slots = np.fromiter(map(index.__getitem__, entities), dtype=np.int64, count=len(entities))
-        self.fields["last_seen"][slots] = now
-        self.fields["owner"][slots] = owners
+        self.bookkeeping.last_seen[slots] = now
+        self.bookkeeping.owner[slots] = owners
         return slots
 
     def snapshot(self, entities: Iterable[str]) -> Snapshot:
@@ -174,9 +112,9 @@ class EntityStore:
         >>> store = EntityStore(state_size=2, baseline=(0.0, 1.0))
         >>> _ = store.slots_for(["a"], owner=0, now=0.0)
         >>> before = store.snapshot(["a", "b"])
-        >>> store.fields["steps"][store.slots_for(["a", "b"], owner=0, now=1.0)] = 5
+        >>> store.hysteresis.steps[store.slots_for(["a", "b"], owner=0, now=1.0)] = 5
         >>> store.roll_back(before)
-        >>> store.entities(), int(store.fields["steps"][store.slot_of("a")])
+        >>> store.entities(), int(store.hysteresis.steps[store.slot_of("a")])
         (['a'], 0)
         """
         index = self._index
@@ -187,7 +125,7 @@ class EntityStore:
             known,
             [e for e in distinct if e not in index],
             self.rnn[torch.from_numpy(slots)],
-            {name: array[slots] for name, array in self.fields.items()},
+            {spec.checkpoint_name: self.array(spec)[slots] for spec in LAYOUT},
         )  # fancy indexing copies
 
     def roll_back(self, snapshot: Snapshot) -> None:
@@ -201,8 +139,8 @@ class EntityStore:
                 self._index[entity] = self._allocate()
         slots = np.fromiter(map(self._index.__getitem__, snapshot.known), dtype=np.int64, count=len(snapshot.known))
         self.rnn[torch.from_numpy(slots)] = snapshot.rnn
-        for name, rows in snapshot.fields.items():
-            self.fields[name][slots] = rows
+        for spec in LAYOUT:
+            self.array(spec)[slots] = snapshot.rows[spec.checkpoint_name]
 
     def forget(self, entities: Iterable[str]) -> int:
         """Drop the states of ``entities`` (their next message starts fresh); returns how many were tracked."""
@@ -216,7 +154,7 @@ class EntityStore:
         evicted = 0
         while self._index:
             entity, slot = next(iter(self._index.items()))
-            if now - self.fields["last_seen"][slot] < self.ttl_s:
+            if now - self.bookkeeping.last_seen[slot] < self.ttl_s:
                 break
             self._remove(entity)
             evicted += 1
@@ -226,20 +164,22 @@ class EntityStore:
 
     def drop_owner(self, owner: int) -> int:
         """Forget every entity of ``owner`` (a revoked partition); returns how many."""
-        gone = [e for e, s in self._index.items() if self.fields["owner"][s] == owner]
+        gone = [e for e, s in self._index.items() if self.bookkeeping.owner[s] == owner]
         for entity in gone:
             self._remove(entity)
         return len(gone)
 
     def export(self, owner: int, tag: str = "") -> bytes:
         """Serialise the states of ``owner``'s entities (tensors and strings only, no pickle)."""
-        entities = [e for e, s in self._index.items() if self.fields["owner"][s] == owner]
+        entities = [e for e, s in self._index.items() if self.bookkeeping.owner[s] == owner]
         slots = torch.as_tensor([self._index[e] for e in entities], dtype=torch.long)
         payload = {
             "tag": tag,
             "entities": entities,
             "rnn": self.rnn[slots].clone(),
-            **{name: torch.from_numpy(self.fields[name][slots.numpy()].copy()) for name in _CHECKPOINTED},
+            **{
+                spec.checkpoint_name: torch.from_numpy(self.array(spec)[slots.numpy()].copy()) for spec in _CHECKPOINTED
+            },
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
@@ -247,16 +187,17 @@ class EntityStore:
 
     def restore(self, blob: bytes, owner: int, now: float, tag: str = "") -> int:
         """Load states written by :meth:`export` for ``owner``; raises :class:`CheckpointError`."""
-        widths = {name: self.fields[name].shape[1:] for name in _WIDE}
-        payload = _load_payload(blob, self.state_size, tag, widths, self.max_entities)
+        widths = {spec.checkpoint_name: self._widths[spec.width] for spec in _CHECKPOINTED}
+        payload = load_payload(blob, self.state_size, tag, widths, self.max_entities)
         entities: list[str] = payload["entities"]
         slots = self.slots_for(entities, owner, now)
         self.rnn[torch.from_numpy(slots)] = payload["rnn"]
-        for name in _CHECKPOINTED:
+        for spec in _CHECKPOINTED:
+            name = spec.checkpoint_name
             if name in payload:
-                self.fields[name][slots] = payload[name].numpy()
+                self.array(spec)[slots] = payload[name].numpy()
             else:  # a field added after the checkpoint was written
-                self.fields[name][slots] = _RESTORED_WITHOUT.get(name, self._fresh(name))
+                self.array(spec)[slots] = _RESTORED_WITHOUT.get(name, self._fresh(name))
         return len(entities)
 
     def _make_room(self, incoming: int, protect: Sequence[str]) -> None:
@@ -276,12 +217,9 @@ class EntityStore:
         self._count_evicted(len(victims))
 
     def _count_evicted(self, n: int) -> None:
-        """Every ``_trim_every`` evictions, hand the heap pages they freed back to the OS.
-
-        Measured: with max_entities=100,000 and 1M distinct entities fed, RSS kept growing in
-        7 MiB steps (freed entity keys and batch temporaries left holes glibc did not return)
-        while Python's traced memory stayed flat; with the trim it stays flat.
-        """
+        """Every ``_trim_every`` evictions, hand the heap pages they freed back to the OS: freed
+        entity keys and batch temporaries leave holes that glibc does not return by itself, so
+        the resident memory of a store that evicts would otherwise keep growing."""
         self._evicted_since_trim += n
         if self._evicted_since_trim >= self._trim_every:
             self._evicted_since_trim = 0
@@ -297,22 +235,16 @@ class EntityStore:
         old = self.rnn.shape[0]
         extra = min(old, self.max_entities - old) if self.max_entities > old else old
         self.rnn = torch.cat([self.rnn, torch.zeros(extra, self.state_size)])
-        for name, array in self.fields.items():
-            self.fields[name] = np.concatenate([array, np.zeros((extra, *array.shape[1:]), dtype=array.dtype)])
+        self._allocate_arrays(old + extra, keep=old)
         self._free.extend(range(old + extra - 1, old - 1, -1))
+
+    def nbytes(self) -> int:
+        """Bytes held by the states: the recurrent ones and every stage's arrays."""
+        return self.rnn.element_size() * self.rnn.nelement() + sum(self.array(spec).nbytes for spec in LAYOUT)
 
     def _reset(self, slot: int) -> None:
         self.rnn[slot] = self.start_state
-        for name, array in self.fields.items():
-            array[slot] = self._fresh(name)
-
-    def _fresh(self, name: str) -> float | np.ndarray:
-        """The value of field ``name`` for an entity never seen before.
-
-        >>> EntityStore(state_size=1, baseline=(-1.0, 0.5))._fresh("base_var")
-        0.5
-        """
-        return self._fresh_values.get(name, 0)
+        self._reset_arrays(slot)
 
     def _remove(self, entity: str) -> None:
         self._free.append(self._index.pop(entity))
@@ -334,65 +266,3 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
         return None
-
-
-def _load_payload(
-    blob: bytes, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int
-) -> dict:
-    """The checkpoint's tensors, checked against this store (``state_size``, ``tag``, the ``widths``
-    of its two-dimensional fields, ``max_entities``) and for values no state can hold (NaN, a
-    negative count); raises :class:`CheckpointError`. Nothing is trusted before it is checked."""
-    try:
-        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"corrupt checkpoint: {type(error).__name__}: {str(error)[:200]}", "corrupt") from None
-    problem = _payload_problem(payload, state_size, tag, widths, max_entities)
-    if problem:
-        raise CheckpointError(problem, "invalid")
-    return payload
-
-
-def _payload_problem(
-    payload: object, state_size: int, tag: str, widths: dict[str, tuple[int, ...]], max_entities: int
-) -> str:
-    """What makes a loaded checkpoint unusable ("" when nothing does)."""
-    if not isinstance(payload, dict):
-        return f"checkpoint is a {type(payload).__name__}, not a dict"
-    if payload.get("tag", "") != tag:
-        return f"checkpoint is for {payload.get('tag')!r}, not {tag!r}"
-    entities = payload.get("entities")
-    if (
-        not isinstance(entities, list)
-        or not all(isinstance(e, str) for e in entities)
-        or len(set(entities)) != len(entities)
-    ):
-        return "checkpoint entities are not a list of distinct names"
-    if len(entities) > max_entities:
-        return f"checkpoint holds {len(entities)} entities, more than max_entities ({max_entities})"
-    rnn = payload.get("rnn")
-    if (
-        not isinstance(rnn, torch.Tensor)
-        or rnn.ndim != 2
-        or rnn.shape[1] != state_size
-        or rnn.shape[0] != len(entities)
-    ):
-        return f"checkpoint shapes do not match this model (state size {state_size})"
-    if not torch.isfinite(rnn).all():
-        return "checkpoint recurrent states are not finite"
-    for name in _CHECKPOINTED:
-        value = payload.get(name)
-        if value is None and name in _ADDED_LATER:
-            continue
-        if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != len(entities):
-            return f"checkpoint field {name} is missing or not one row per entity"
-        if tuple(value.shape[1:]) != widths.get(name, ()):
-            return f"checkpoint field {name} has shape {tuple(value.shape[1:])}, this model {widths.get(name, ())}"
-        if name in _FINITE and not torch.isfinite(value).all():
-            return f"checkpoint field {name} is not finite"
-        if name in _NON_NEGATIVE and (value < 0).any():
-            return f"checkpoint field {name} is negative"
-        if name == "last_ts" and (value.isnan() | (value == math.inf)).any():
-            return "checkpoint field last_ts is NaN or infinite"
-        if name == "opened_ts" and value.isinf().any():  # NaN: no alert open, or its opening unknown
-            return "checkpoint field opened_ts is infinite"
-    return ""

@@ -89,7 +89,7 @@ def send_csv(settings: Settings, path: Path, topic: str | None) -> int:
         body = {
             fields.entity_field: row.entity,
             fields.timestamp_field: row.timestamp,
-            fields.values_field: dict(zip(table.features, row.values)),
+            fields.values_field: dict(zip(table.features, row.values, strict=True)),
         }
         producer.send(topic, key=row.entity.encode(), value=json.dumps(body).encode())
     producer.flush()

@@ -1,7 +1,11 @@
-"""Shared fixtures: a Kafka-protocol broker for the integration tests.
+"""Shared fixtures: a Kafka-protocol broker for the integration tests, and a fitted model.
 
 Set KAFKA_BOOTSTRAP_SERVERS to run against a real Apache Kafka; otherwise
 the bundled Tansu broker (detector.broker) is started once per session.
+
+Every test that uses the broker fixture is marked ``kafka`` here, so `make unit`
+(``-m "not kafka and not slow"``) leaves it out; a test that starts a broker of its
+own must carry the mark itself, and fails saying so if it does not.
 """
 
 from __future__ import annotations
@@ -10,10 +14,33 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from detector.broker import create_topics, start_broker
+from detector.broker import Broker, create_topics, start_broker
+
+BROKER_FIXTURE = "kafka_bootstrap"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``kafka`` every test that asks for the broker, directly or through another fixture."""
+    for item in items:
+        if BROKER_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(autouse=True)
+def _broker_only_in_kafka_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a test that is not marked ``kafka`` fail if it starts a broker in this process."""
+    if request.node.get_closest_marker("kafka") is not None:
+        return
+    test = request.node.nodeid
+
+    def refuse(self: Broker, timeout: float = 30.0) -> Broker:
+        raise AssertionError(f"{test} starts a broker: mark it `@pytest.mark.kafka` so `make unit` leaves it out")
+
+    monkeypatch.setattr(Broker, "start", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +68,7 @@ def topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Calla
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory):
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model fitted once per session on generated sensor history (the demo's generator)."""
     import numpy as np
 

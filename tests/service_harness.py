@@ -3,63 +3,52 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from detector.demo import Message
+from detector.model import load_model
+from detector.schema import Observation
+from detector.scoring import Decision, Detector
+from detector.testing import ServiceTopics, service_env
 
-FAST_GROUP = {
-    "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-    "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-    "DETECTOR_KAFKA__MAX_POLL_INTERVAL_MS": "15000",
-}
-
-
-@dataclass
-class Topics:
-    """The topics of one service deployment under test."""
-
-    input: str
-    alerts: str
-    dead_letters: str
-    checkpoints: str
-    scores: str
-    group: str = field(default_factory=lambda: f"g-{uuid.uuid4().hex[:8]}")
-
-
-def make_topics(topic_factory: Callable[..., str], partitions: int = 4) -> Topics:
-    return Topics(topic_factory(partitions), topic_factory(1), topic_factory(1), topic_factory(1), topic_factory(1))
+__all__ = [
+    "ServiceProcess",
+    "ServiceTopics",
+    "TopicReader",
+    "dead_letter_view",
+    "http_status",
+    "make_topics",
+    "offline_decisions",
+    "offsets_seen",
+    "produce",
+    "service_env",
+]
 
 
-def service_env(bootstrap: str, topics: Topics, model_dir: Path, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        **FAST_GROUP,
-        "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "DETECTOR_KAFKA__INPUT_TOPICS": json.dumps([topics.input]),
-        "DETECTOR_KAFKA__ALERT_TOPIC": topics.alerts,
-        "DETECTOR_KAFKA__DEAD_LETTER_TOPIC": topics.dead_letters,
-        "DETECTOR_KAFKA__CHECKPOINT_TOPIC": topics.checkpoints,
-        "DETECTOR_KAFKA__SCORES_TOPIC": topics.scores,
-        "DETECTOR_KAFKA__GROUP_ID": topics.group,
-        "DETECTOR_MODEL__PATH": str(model_dir),
-        "DETECTOR_METRICS__PORT": "0",
-        "DETECTOR_LOG__FORMAT": "json",
-    }
-    env.update(extra)
-    return env
+def make_topics(topic_factory: Callable[..., str], partitions: int = 4) -> ServiceTopics:
+    """Fresh topics for one deployment: the input with ``partitions``, the others with one."""
+    return ServiceTopics(
+        topic_factory(partitions), topic_factory(1), topic_factory(1), topic_factory(1), topic_factory(1)
+    )
+
+
+def offline_decisions(model_dir: Path, messages: list[Message]) -> dict[tuple[str, float], Decision]:
+    """What `detector run` should publish for ``messages``: the uninterrupted offline scoring,
+    by (entity, timestamp)."""
+    decisions = Detector(load_model(model_dir)).process(
+        [Observation(m.entity, m.timestamp, m.values) for m in messages]
+    )
+    return {(d.entity, d.timestamp): d for d in decisions}
 
 
 class ServiceProcess:

@@ -11,7 +11,7 @@ from detector.alerts import Source, alert_id, alert_record, score_record
 from detector.demo import generate_stream
 from detector.schema import Observation
 from detector.scoring import Decision, Detector
-from detector.testing import tiny_model
+from detector.testing import decide, tiny_model
 
 SOURCE = Source("sensors", 0, 1)
 RANGE = ([-1.0, -1.0], [1.0, 1.0])  # the fit data's range of the tiny model's two features: 20 is far beyond it
@@ -20,14 +20,8 @@ RANGE = ([-1.0, -1.0], [1.0, 1.0])  # the fit data's range of the tiny model's t
 def _feed(detector: Detector, log_scores: list[float], every_s: float = 60.0) -> list[tuple[bool, str | None]]:
     """(is_anomaly, event) of one entity fed these log scores (the tiny model's calibration: 0 is
     normal, the fit-time alert level is 3.09), one message every ``every_s`` seconds."""
-    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    out = []
-    for i, x in enumerate(log_scores):
-        _, flag, events = detector._decide(
-            slot, np.array([np.exp(x)]), None, np.array([i * every_s]), np.array([every_s]), np.ones(1, dtype=bool)
-        )
-        out.append((bool(flag[0]), events.get(0, (None,))[0]))
-    return out
+    slot = int(detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)[0])
+    return [decide(detector, slot, float(np.exp(x)), i * every_s, every_s)[1:] for i, x in enumerate(log_scores)]
 
 
 def test_a_lasting_fault_stays_alerted_while_it_lasts():

@@ -4,6 +4,7 @@ import json
 
 import pytest
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from service_harness import TopicReader
 
 from detector.alerts import Publisher, Source, alert_record
@@ -23,16 +24,16 @@ def test_records_survive_a_frozen_broker_until_acknowledged():
         broker.pause()
         for n in range(5):
             publisher.send("alerts", "pump-1", {"n": n})
-        with pytest.raises(Exception):
+        with pytest.raises((KafkaError, TimeoutError)):
             publisher.confirm(timeout_s=1)
-        with pytest.raises(Exception):
+        with pytest.raises((KafkaError, TimeoutError)):
             publisher.confirm(timeout_s=0.5)  # still waiting: the records were not dropped
         broker.resume()
         for _ in range(30):
             try:
                 publisher.confirm(timeout_s=5)
                 break
-            except Exception:
+            except (KafkaError, TimeoutError):
                 publisher.retry_failed()
         records = TopicReader(broker.bootstrap_servers, "alerts").read(2.0)
         producer.close()

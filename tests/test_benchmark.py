@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import doctest
+import itertools
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -153,7 +154,7 @@ def test_later_detection_earns_less():
     assert mid == pytest.approx(0.8597925669097837)
     assert late == pytest.approx(0.24824154977542992)
     across_the_window = [raw(spikes(row)).score for row in range(20, 30)]  # first to last row
-    assert all(earlier > later > 0.0 for earlier, later in zip(across_the_window, across_the_window[1:]))
+    assert all(earlier > later > 0.0 for earlier, later in itertools.pairwise(across_the_window))
 
 
 def test_false_positive_before_any_window_costs_the_full_fp_weight():

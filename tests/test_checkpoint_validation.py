@@ -75,9 +75,9 @@ def _rewritten(blob: bytes, **fields) -> bytes:
     ("blob", "words"),
     [
         (_export(tweak=lambda s: s.rnn.__setitem__(0, math.nan)), "recurrent states are not finite"),
-        (_export(tweak=lambda s: s.fields["long_var"].__setitem__(1, math.inf)), "long_var is not finite"),
-        (_export(tweak=lambda s: s.fields["steps"].__setitem__(1, -5)), "steps is negative"),
-        (_export(tweak=lambda s: s.fields["last_ts"].__setitem__(0, math.nan)), "last_ts is NaN"),
+        (_export(tweak=lambda s: s.likelihood.long_var.__setitem__(1, math.inf)), "long_var is not finite"),
+        (_export(tweak=lambda s: s.hysteresis.steps.__setitem__(1, -5)), "steps is negative"),
+        (_export(tweak=lambda s: s.hysteresis.last_ts.__setitem__(0, math.nan)), "last_ts is NaN"),
         (_export(entities=6), "more than max_entities (5)"),
         (_rewritten(_export(), entities=["a", "a", "b"]), "distinct names"),
         (_rewritten(_export(), entities="abc"), "distinct names"),

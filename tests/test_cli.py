@@ -42,8 +42,8 @@ def test_fit_writes_a_complete_model_dir(workspace):
 def test_score_output_contract_and_determinism(workspace):
     root, data, config = workspace
     args = ["--config", str(config), "score", "--model", str(root / "model"), "--data", str(data)]
-    assert main(args + ["--out", str(root / "a.csv")]) == 0
-    assert main(args + ["--out", str(root / "b.csv")]) == 0
+    assert main([*args, "--out", str(root / "a.csv")]) == 0
+    assert main([*args, "--out", str(root / "b.csv")]) == 0
     assert (root / "a.csv").read_bytes() == (root / "b.csv").read_bytes()
     rows, source = _read(root / "a.csv"), _read(data)
     assert list(rows[0]) == ["timestamp", "score", "probability", "is_anomaly", "event"]
@@ -55,7 +55,7 @@ def test_score_output_contract_and_determinism(workspace):
     assert {r["event"] for r in rows} == {"", "open", "close"}, (
         "the alert that flags the valve closure opens and closes"
     )
-    ranked = sorted(zip(scores, probabilities))
+    ranked = sorted(zip(scores, probabilities, strict=True))
     assert ranked[-1][1] > ranked[0][1]
     assert any(r["is_anomaly"] == "1" for r in rows[400:]), "the valve closure in file 3 is flagged"
 

@@ -33,7 +33,8 @@ def files(tmp_path: Path) -> Path:
 
 
 MISTAKES = {
-    # name: (argv with {d} for the directory, environment, words the error line must hold, words the help line must hold)
+    # name: (argv with {d} for the directory, environment,
+    #        words the error line must hold, words the help line must hold)
     "list setting not JSON": (
         ["run"],
         {"DETECTOR_KAFKA__INPUT_TOPICS": "sensors"},
@@ -145,7 +146,8 @@ def test_an_unknown_variable_is_named_with_the_closest_setting(
 
 
 def test_importing_the_command_line_does_not_import_torch() -> None:
-    probe = "import sys, detector.cli; print(sorted(m for m in ('torch', 'matplotlib', 'kafka', 'numpy', 'pydantic') if m in sys.modules))"
+    heavy = ("torch", "matplotlib", "kafka", "numpy", "pydantic")
+    probe = f"import sys, detector.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT
     )

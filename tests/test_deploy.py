@@ -2,7 +2,7 @@
 
 The manifests, compose file and Dockerfile are checked in tests/test_deploy_manifests.py.
 
-promtool comes from the Debian package `prometheus` (`make prometheus-tools`, a
+promtool comes from the Debian package `prometheus` (`make setup-tools`, a
 dependency of `make test`). YAML structure checks need PyYAML and are skipped
 without it; the promtool checks and the metric-name checks never need it.
 """
@@ -48,7 +48,7 @@ GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h",
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("promtool")
     if exe is None:
-        pytest.fail("promtool not found: run `make prometheus-tools` (Debian package `prometheus`)")
+        pytest.fail("promtool not found: run `make setup-tools` (Debian package `prometheus`)")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 

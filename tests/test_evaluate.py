@@ -48,6 +48,7 @@ def seed_8(tmp_path_factory):
     return results, shown.getvalue()
 
 
+@pytest.mark.slow
 def test_evaluate_reports_both_benchmarks_on_their_first_files(seed_8):
     results, shown = seed_8
     assert results["nab"]["files"] == 1, "--limit 1 takes the first NAB file with a window (the first files have none)"
@@ -62,6 +63,7 @@ def test_evaluate_reports_both_benchmarks_on_their_first_files(seed_8):
     assert "SKAB (1 files): F1" in shown and "NAB (1 files)" in shown
 
 
+@pytest.mark.slow
 def test_evaluate_over_seeds_gives_each_seeds_run_and_their_mean(seed_8, tmp_path, capsys):
     results = _evaluate(tmp_path, "seeds", "--seeds", "7,8")
     assert list(results["seeds"]) == ["7", "8"]

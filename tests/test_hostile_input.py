@@ -63,7 +63,7 @@ def test_each_hostile_class_is_refused_or_decoded_never_raised(kind):
         (b"h-a", b'{"entity": "h-a", "timestamp": 1, "values": {"temperature": ' + b"9" * 5000 + b"}}", "not_json"),
         (
             b"h-a",
-            json.dumps({"entity": "h-a", "timestamp": 1, "values": dict.fromkeys(FEATURES, 10 ** 400)}).encode(),
+            json.dumps({"entity": "h-a", "timestamp": 1, "values": dict.fromkeys(FEATURES, 10**400)}).encode(),
             "non_finite",
         ),
         (None, b'{"entity": "h-\\ud800", "timestamp": 1, "values": {}}', "schema"),
@@ -115,7 +115,8 @@ def test_hand_picked_hostile_messages_get_their_reason(key, raw, reason):
 
 def test_duplicate_keys_take_the_last_in_both_paths():
     features = ", ".join(f'"{f}": 1' for f in FEATURES)
-    raw = f'{{"entity": "h-a", "entity": "h-b", "timestamp": {NOW}, "values": {{{features}, "{FEATURES[0]}": 3}}}}'.encode()
+    values = f'{{{features}, "{FEATURES[0]}": 3}}'
+    raw = f'{{"entity": "h-a", "entity": "h-b", "timestamp": {NOW}, "values": {values}}}'.encode()
     fast, careful = DECODE(raw, None), DECODE.decode_many([raw, b"{"], [None, None])[1].observation(0)
     assert fast.entity == careful.entity == "h-b" and fast.values[0] == careful.values[0] == 3.0
 
@@ -161,7 +162,7 @@ def test_a_timestamp_beyond_the_skew_is_refused_an_old_one_is_scored(guard):
 def test_values_beyond_float32_are_refused_before_they_reach_a_state(guard):
     store = guard.detector.store
     raws = [
-        json.dumps({"entity": "h-big", "timestamp": NOW, "values": dict.fromkeys(FEATURES, 1e+300)}).encode(),
+        json.dumps({"entity": "h-big", "timestamp": NOW, "values": dict.fromkeys(FEATURES, 1e300)}).encode(),
         _valid("h-big", NOW + 1),
     ]
     result = guard.score(raws, [None, None], np.zeros(2, dtype=np.int32))
@@ -194,7 +195,7 @@ def test_a_failed_batched_step_is_redone_message_by_message_without_double_steps
     assert [(r.position, r.error.reason, r.error.error_type, r.stage) for r in result.refused] == [
         (1, "internal_error", "RuntimeError", "score")
     ]
-    steps = detector.store.fields["steps"]
+    steps = detector.store.hysteresis.steps
     assert detector.store.slot_of("h-poison") is None, "the failing message's step was undone"
     assert steps[detector.store.slot_of("pump-2")] == 2, (
         "each message stepped once (the failed batch's steps were dropped)"

@@ -93,9 +93,10 @@ def test_kafka_python_accepts_the_security_settings(client):
 
 
 @pytest.mark.skip(
-    reason="the bundled Tansu 0.6 broker cannot serve SSL or SASL to a test: its --cert and --key options exclude each other and a "
-    "combined PEM failed the TLS handshake ('early eof'); SASL users are created with `tansu user` against a persistent "
-    "storage engine, not the in-memory one the tests run. Use KAFKA_BOOTSTRAP_SERVERS with a secured Apache Kafka instead."
+    reason="the bundled Tansu 0.6 broker cannot serve SSL or SASL to a test: its --cert and --key options exclude "
+    "each other and a combined PEM failed the TLS handshake ('early eof'); SASL users are created with `tansu user` "
+    "against a persistent storage engine, not the in-memory one the tests run. "
+    "Use KAFKA_BOOTSTRAP_SERVERS with a secured Apache Kafka instead."
 )
 def test_security_against_the_bundled_broker():
     raise AssertionError("not supported by the bundled broker")
@@ -132,7 +133,7 @@ def test_missing_internals_fail_loudly():
     class Upgraded:
         _coordinator = type("Coordinator", (), {"heartbeat": object()})()
 
-    with pytest.raises(KafkaInternalsChanged, match="coordinator_unknown.*last_receive"):
+    with pytest.raises(KafkaInternalsChanged, match=r"coordinator_unknown.*last_receive"):
         check_internals(Upgraded())  # type: ignore[arg-type]
     with pytest.raises(KafkaInternalsChanged, match="_coordinator"):
         coordinator_unknown(object())  # type: ignore[arg-type]

@@ -253,6 +253,7 @@ def test_held_open_connections_leave_the_endpoint_answering(server: MetricsServe
             conn.close()
 
 
+@pytest.mark.slow
 def test_idle_connections_are_closed_after_the_channel_timeout(server: MetricsServer) -> None:
     """An idle connection does not hold its file descriptor for ever."""
     import socket

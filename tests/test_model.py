@@ -99,7 +99,7 @@ def test_save_load_roundtrip(tmp_path):
 
 def test_feature_mismatch_is_refused(tmp_path):
     save_model(tiny_model(), tmp_path / "m")
-    with pytest.raises(ModelError, match="feature schema mismatch.*'a', 'b'.*'a', 'c'"):
+    with pytest.raises(ModelError, match=r"feature schema mismatch.*'a', 'b'.*'a', 'c'"):
         load_model(tmp_path / "m", features=["a", "c"])
 
 

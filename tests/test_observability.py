@@ -18,12 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from service_harness import (
     ServiceProcess,
+    ServiceTopics,
     TopicReader,
-    Topics,
     dead_letter_view,
     make_topics,
     offsets_seen,
@@ -33,10 +32,7 @@ from service_harness import (
 
 from detector import __version__
 from detector.broker import create_topics, free_port, start_broker
-from detector.config import FitSettings, ModelSettings, ScoringSettings
-from detector.demo import FEATURES, generate_history, generate_stream
-from detector.fit import fit_tables, write_model
-from detector.schema import Table
+from detector.demo import FEATURES, generate_stream
 
 pytestmark = pytest.mark.kafka
 
@@ -46,25 +42,6 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A model fitted on generated history (the same recipe as tests/test_stream.py)."""
-    history = generate_history(entities=10, rows=300)
-    table = Table(
-        [m.timestamp for m in history],
-        [str(m.timestamp) for m in history],
-        [m.entity for m in history],
-        list(FEATURES),
-        np.array([m.values for m in history]),
-    )
-    model, fit_history = fit_tables(
-        [table], ModelSettings(), FitSettings(report=False), ScoringSettings(), progress=False
-    )
-    directory = tmp_path_factory.mktemp("model")
-    write_model(model, fit_history, directory, report=False)
-    return directory
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int | None, str]:
@@ -346,7 +323,7 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
         names = [f"health-{kind}-{uuid.uuid4().hex[:6]}" for kind in ("in", "alerts", "dead", "ckpt", "scores")]
         create_topics(bootstrap, names[:1], 2)
         create_topics(bootstrap, names[1:], 1)
-        topics = Topics(*names)
+        topics = ServiceTopics(*names)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = service_env(
@@ -357,7 +334,8 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
             DETECTOR_METRICS__HOST="127.0.0.1",
             DETECTOR_METRICS__STALL_AFTER_S="2",
             DETECTOR_KAFKA__REQUEST_TIMEOUT_MS="10000",
-            DETECTOR_STREAM__BATCH_MAX_MESSAGES="50",  # many broker round trips per message: the broker is on the loop's path
+            # many broker round trips per message: the broker is on the loop's path
+            DETECTOR_STREAM__BATCH_MAX_MESSAGES="50",
         )
         entities = 400
         stream = generate_stream(entities, 50, (), seed=12)  # 20000 messages, time-ordered
@@ -405,7 +383,8 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
             assert held and set(held) == {503}, f"/healthz stays 503 while the loop is blocked: {held}"
             resumed_at = time.monotonic()
             print(
-                f"\nhealthz while frozen ({len(statuses)} polls, {behind} of {len(stream)} scored at the freeze): first 503 after {stalled[0][0]} s: {stalled[0][2]}"
+                f"\nhealthz while frozen ({len(statuses)} polls, {behind} of {len(stream)} scored at the freeze): "
+                f"first 503 after {stalled[0][0]} s: {stalled[0][2]}"
             )
 
             wait_until(
@@ -416,7 +395,8 @@ def test_healthz_fails_while_the_loop_is_blocked_on_a_frozen_broker_and_recovers
             )
             records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=90, alive=service.alive)
             print(
-                f"all {len(stream)} scored {time.monotonic() - resumed_at:.1f} s after the resume; {len(records) - len(stream)} duplicates"
+                f"all {len(stream)} scored {time.monotonic() - resumed_at:.1f} s after the resume; "
+                f"{len(records) - len(stream)} duplicates"
             )
             later = []
             for _ in range(5):

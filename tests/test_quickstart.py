@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from detector.broker import free_port
+from detector.testing import FAST_GROUP
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Quick start"
@@ -54,8 +55,7 @@ def test_the_quick_start_runs_as_written(tmp_path: Path):
         {
             "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
             "DETECTOR_METRICS__PORT": "0",
-            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+            **FAST_GROUP,
             "DETECTOR_LOG__FORMAT": "json",
             "TMPDIR": str(tmp_path),
         }

@@ -81,11 +81,14 @@ def _message(**overrides):
     return json.dumps(document).encode()
 
 
-def _slow(fields=MessageFields()):
+DEFAULT_FIELDS = MessageFields()
+
+
+def _slow(fields=DEFAULT_FIELDS):
     return lambda raw, key: parse_message(raw, key, FEATURES, fields)
 
 
-def _fast(fields=MessageFields()):
+def _fast(fields=DEFAULT_FIELDS):
     return MessageDecoder(FEATURES, fields)
 
 
@@ -174,7 +177,7 @@ def test_fast_decoder_agrees_with_parse_message(entity, timestamp, values, drop,
 
 def _verdicts_one_by_one(raws, keys):
     verdicts = []
-    for raw, key in zip(raws, keys):
+    for raw, key in zip(raws, keys, strict=True):
         try:
             obs = parse_message(raw, key, FEATURES, MessageFields())
             verdicts.append((obs.entity, obs.timestamp, obs.values))

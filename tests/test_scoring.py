@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from support import QUICK_FIT, checkpoint_without, synthetic_csv
 
+from detector import stages
 from detector.config import FitSettings, ModelSettings, ScoringSettings
 from detector.fit import fit_tables
 from detector.schema import Observation, observations_from_table, read_csv
 from detector.scoring import Detector, waves
-from detector.testing import tiny_model
+from detector.testing import decide, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -166,20 +167,27 @@ def test_daily_context_is_used_only_when_the_fit_covers_a_day_and_keeps_equivale
     np.testing.assert_allclose(_scores([single.process([o])[0] for o in stream]), whole, atol=1e-5)
 
 
-def _escapes(detector: Detector, slot: np.ndarray, z: float, alert_open: bool | None = None) -> bool:
-    """Whether a rising message of likelihood z-score ``z`` escapes the novelty discount (the peak learns it either way)."""
-    is_open = None if alert_open is None else np.array([alert_open])
-    reported = detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]), None, is_open)[0]
-    return bool(reported > min(z, detector._threshold_z) - detector.settings.novelty_discount)
+def _novelty(detector: Detector, slot: int, z: float, alert_open: bool = False) -> float:
+    """The z-score reported for a rising message of likelihood z-score ``z`` past the warm-up."""
+    return stages.novelty(detector.store.novelty, slot, z, z, True, True, alert_open, detector.params)
+
+
+def _escapes(detector: Detector, slot: int, z: float, alert_open: bool = False) -> bool:
+    """Whether a rising message of likelihood z-score ``z`` escapes the novelty discount (the peak
+    learns it either way)."""
+    reported = _novelty(detector, slot, z, alert_open)
+    return bool(reported > min(z, detector.params.threshold_z) - detector.settings.novelty_discount)
+
+
+def _slot(detector: Detector, entity: str = "pump") -> int:
+    return int(detector.store.slots_for([entity], np.zeros(1, dtype=np.int32), 0.0)[0])
 
 
 @pytest.mark.parametrize(("margin", "reported"), [(0.0, [0, 1, 2, 3]), (1.0, [0, 3])])
 def test_an_event_rising_over_several_messages_is_reported_once(margin, reported):
     detector = Detector(tiny_model(novelty_margin=margin, novelty_discount=3.0))
-    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    detector.store.fields["peak"][slot] = (
-        0.0  # an entity whose recent peak is 0 (a new one starts at a settled entity's)
-    )
+    slot = _slot(detector)
+    detector.store.novelty.peak[slot] = 0.0  # an entity whose recent peak is 0 (a new one starts at a settled entity's)
     rising = [1.5, 2.0, 2.4, 2.7]  # sub-alert z-scores of consecutive messages; 2.7 exceeds 1.5 + 1.0
     escaped = [i for i, z in enumerate(rising) if _escapes(detector, slot, z)]
     assert escaped == reported
@@ -187,8 +195,8 @@ def test_an_event_rising_over_several_messages_is_reported_once(margin, reported
 
 def test_the_margin_never_withholds_an_alert():
     detector = Detector(tiny_model(novelty_margin=1.0, false_alarm_rate=1e-3))  # alert level: z >= 3.09
-    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    detector.store.fields["peak"][slot] = 0.0
+    slot = _slot(detector)
+    detector.store.novelty.peak[slot] = 0.0
     rising = [2.6, 3.3]  # 2.6 + 1.0 would hide the alert-level 3.3: the bar stops at the alert level
     escaped = [z for z in rising if _escapes(detector, slot, z)]
     assert escaped == rising
@@ -197,20 +205,20 @@ def test_the_margin_never_withholds_an_alert():
 @pytest.mark.parametrize(("alert_open", "reported"), [(False, [3.5, 4.0, 4.2, 4.4, 5.6]), (True, [3.5, 5.6])])
 def test_while_its_alert_is_open_an_event_rising_far_beyond_the_alert_level_is_reported_once(alert_open, reported):
     detector = Detector(tiny_model(novelty_margin=1.0, novelty_discount=3.0, false_alarm_rate=1e-3))
-    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    detector.store.fields["peak"][slot] = 0.0
+    slot = _slot(detector)
+    detector.store.novelty.peak[slot] = 0.0
     rising = [3.5, 4.0, 4.2, 4.4, 5.6]  # each a new high beyond the alert level; only 5.6 beats 3.5 + 1.0
-    escaped = [z for z in rising if _escapes(detector, slot, z, alert_open)]
+    escaped = [z for z in rising if _escapes(detector, slot, z, alert_open=alert_open)]
     assert escaped == reported
 
 
 def test_a_message_that_is_not_new_stays_below_the_alert_level_however_large():
     detector = Detector(tiny_model(novelty_discount=3.0))
-    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    detector.store.fields["peak"][slot] = 12.0  # a huge event just now
+    slot = _slot(detector)
+    detector.store.novelty.peak[slot] = 12.0  # a huge event just now
     for z in (1.0, 8.0, 11.0):  # later messages of it, below its peak
-        discounted = detector._novelty(slot, np.array([z]), np.array([z]), np.array([True]))[0]
-        assert discounted == pytest.approx(min(z, detector._threshold_z) - 3.0)
+        discounted = _novelty(detector, slot, z)
+        assert discounted == pytest.approx(min(z, detector.params.threshold_z) - 3.0)
         assert NormalDist().cdf(discounted) < detector.threshold  # its probability
 
 
@@ -226,31 +234,24 @@ def test_a_new_high_is_reported_beyond_the_alert_level_by_no_more_than_it_beats_
     peak, z, reported_beyond_level
 ):
     detector = Detector(tiny_model(novelty_discount=3.0))
-    level = detector._threshold_z
-    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
-    detector.store.fields["peak"][slot] = level + peak
-    reported = detector._novelty(slot, np.array([level + z]), np.array([level + z]), np.array([True]))[0]
+    level = detector.params.threshold_z
+    slot = _slot(detector)
+    detector.store.novelty.peak[slot] = level + peak
+    reported = _novelty(detector, slot, level + z)
     assert reported == pytest.approx(level + reported_beyond_level)
     assert NormalDist().cdf(reported) > detector.threshold  # it still reaches the alert level: decisions are unchanged
-
-
-def _decide(detector: Detector, slot: np.ndarray, score: float, timestamp: float = 0.0, elapsed: float = 1.0) -> tuple:
-    """One decision for one entity past its warm-up (the tests' models have none): (probability, is_open, events)."""
-    return detector._decide(
-        slot, np.array([score]), None, np.array([timestamp]), np.array([elapsed]), np.ones(1, dtype=bool)
-    )
 
 
 def _alert_run(log_scores: list[float], close_after: int = 10) -> tuple[list[int], list[int]]:
     """(positions where the alert is open, positions marked is_anomaly) for one entity fed these
     log scores (a neutral calibration: log score 0 is normal)."""
     detector = Detector(tiny_model(warmup_steps=0, close_after=close_after))
-    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    slot = _slot(detector)
     is_open, marked = [], []
     for i, x in enumerate(log_scores):
-        if _decide(detector, slot, np.exp(x))[1][0]:
+        if decide(detector, slot, np.exp(x))[1]:
             marked.append(i)
-        if detector.store.fields["alert_open"][slot[0]]:
+        if detector.store.hysteresis.alert_open[slot]:
             is_open.append(i)
     return is_open, marked
 
@@ -270,7 +271,7 @@ def test_a_burst_is_marked_by_its_onset_and_a_sustained_anomaly_while_it_lasts()
     _, burst = _alert_run([0.0] * 50 + [8.0] * 3 + [0.0] * 30)
     assert burst == [50], "a short alert: its onset only"
     _, sustained = _alert_run([0.0] * 50 + [8.0] * 30 + [0.0] * 9 + [8.0] * 5 + [0.0] * 30, close_after=10)
-    expected = [50] + list(range(59, 80)) + list(range(89, 94))
+    expected = [50, *range(59, 80), *range(89, 94)]
     assert sustained == expected, (
         "from its 10th anomalous message on, every anomalous one; not the calm ones of the dip"
     )
@@ -285,10 +286,8 @@ def _normal_messages(detector: Detector, steps: int, seed: int, entities: int = 
     draws, calibration = np.random.default_rng(seed), detector.model.calibration
     for _ in range(steps):
         scores = np.exp(calibration.log_mean + calibration.log_std * draws.standard_normal(entities))
-        probability, _, events = detector._decide(
-            slots, scores, None, np.zeros(entities), np.ones(entities), np.ones(entities, dtype=bool)
-        )
-        yield probability, events
+        decided = [decide(detector, int(slot), float(score)) for slot, score in zip(slots, scores, strict=True)]
+        yield np.array([probability for probability, _, _ in decided]), [event for _, _, event in decided if event]
 
 
 def test_alerts_open_at_the_false_alarm_rate_on_normal_data():
@@ -312,7 +311,7 @@ def test_without_the_simulated_start_peak_a_new_entity_alerts_more_often():
     naive = Detector(model, simulate_null=False)
     naive.threshold = calibrated.threshold  # the same level; only the start of the novelty peak differs
     counts = [
-        sum(event == "open" for _, events in _normal_messages(detector, 50, seed=2) for event, _ in events.values())
+        sum(event == "open" for _, events in _normal_messages(detector, 50, seed=2) for event in events)
         for detector in (calibrated, naive)
     ]
     assert calibrated.store._fresh("peak") > 1.0 and counts[0] * 3 < counts[1], counts
@@ -320,17 +319,17 @@ def test_without_the_simulated_start_peak_a_new_entity_alerts_more_often():
 
 def test_a_checkpoint_from_before_evidence_was_counted_keeps_the_full_hysteresis():
     detector = Detector(tiny_model(warmup_steps=0, close_after=10))
-    slot = detector.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    slot = _slot(detector)
     for x in [0.0] * 50 + [8.0]:  # a blip: with its evidence counted the next calm message closes it
-        _decide(detector, slot, np.exp(x))
+        decide(detector, slot, np.exp(x))
     old = checkpoint_without(detector.store.export(0), "evidence")  # what the previous version wrote
     restored = Detector(tiny_model(warmup_steps=0, close_after=10))
     assert restored.store.restore(old, owner=0, now=0.0) == 1
-    slot = restored.store.slots_for(["pump"], np.zeros(1, dtype=np.int32), 0.0)
+    slot = _slot(restored)
     still_open = []
     for _ in range(12):
-        _decide(restored, slot, 1.0)
-        still_open.append(bool(restored.store.fields["alert_open"][slot[0]]))
+        decide(restored, slot, 1.0)
+        still_open.append(bool(restored.store.hysteresis.alert_open[slot]))
     assert still_open == [True] * 9 + [False] * 3, "closed by the 10th calm message, as before"
 
 
@@ -339,7 +338,7 @@ def _nightly_job(seasonal_bins: int, days: int = 10, extra_hour: int | None = No
     host reporting every 5 minutes whose log score jumps from 0 to 4 every day from 03:00 to 04:00
     (a nightly job) and, on the last day only, at ``extra_hour`` too."""
     detector = Detector(tiny_model(warmup_steps=0, seasonal_bins=seasonal_bins, novelty_halflife=50.0))
-    slot = detector.store.slots_for(["job-host"], np.zeros(1, dtype=np.int32), 0.0)
+    slot = _slot(detector, "job-host")
     rng = np.random.default_rng(0)
     for t in np.arange(0.0, days * 86400.0, 300.0):
         day, hour = int(t // 86400), int(t % 86400 // 3600)
@@ -351,8 +350,7 @@ def _daily_opens(seasonal_bins: int, days: int = 10, extra_hour: int | None = No
     """Alerts opened per day for the nightly-job host (see :func:`_nightly_job`)."""
     opens = [0] * days
     for detector, slot, day, t, log_score in _nightly_job(seasonal_bins, days, extra_hour):
-        _, _, events = _decide(detector, slot, np.exp(log_score), t, elapsed=300.0)
-        opens[day] += events.get(0, (None,))[0] == "open"
+        opens[day] += decide(detector, slot, np.exp(log_score), t, elapsed=300.0)[2] == "open"
     return opens
 
 
@@ -369,8 +367,8 @@ def test_the_calm_after_an_event_is_not_reported_as_news():
     average, so its probability is discounted like any echo of the event."""
     high = {"rising": 0, "falling": 0}
     for detector, slot, _, t, log_score in _nightly_job(seasonal_bins=24):
-        rises = log_score > detector.store.fields["fast_mean"][slot[0]]
-        probability = _decide(detector, slot, np.exp(log_score), t, elapsed=300.0)[0][0]
+        rises = log_score > detector.store.likelihood.fast_mean[slot]
+        probability = decide(detector, slot, np.exp(log_score), t, elapsed=300.0)[0]
         if probability >= detector.threshold:
             high["rising" if rises else "falling"] += 1
     assert high["rising"] >= 1 and high["falling"] == 0, high
@@ -396,22 +394,11 @@ def test_a_level_never_seen_before_alerts_without_teaching_the_entity_it_is_usua
     plain = unchecked.score_one("pump", [0.5, 1.5], 200.0)
     assert breach.event == "open" and breach.top_features[0][0] == "b", "alerts, naming the feature out of range"
     assert plain.event is None and breach.score > plain.score and breach.probability > plain.probability
-    learned = (
-        "fast_mean",
-        "long_mean",
-        "long_var",
-        "base_mean",
-        "base_var",
-        "peak",
-        "seasonal",
-        "error_ewma",
-        "range_low",
-        "range_high",
-    )
-    for name in learned:
-        assert np.array_equal(checked.store.fields[name], unchecked.store.fields[name]), (
-            f"{name}: the statistics learn the reconstruction score only"
-        )
+    for stage in ("likelihood", "baseline", "novelty", "seasonal", "error", "range"):
+        for name, array in getattr(checked.store, stage)._asdict().items():
+            assert np.array_equal(array, getattr(getattr(unchecked.store, stage), name)), (
+                f"{stage}.{name}: the statistics learn the reconstruction score only"
+            )
     stands_out = []
     for t in range(201, 206):  # the range absorbs half of each excess: 0.25 / 1.25 = 0.2 widths, then 0.09, 0.04
         again, again_plain = (d.score_one("pump", [0.5, 1.5], float(t)) for d in (checked, unchecked))
@@ -430,7 +417,7 @@ def test_one_wild_value_widens_the_range_by_a_share_of_its_excess():
     for detector in (absorbing, including):
         detector.score_one("pump", [0.5, 11.0], 0.0)  # a glitch: feature b ten widths above its range
     high = {
-        share: float(d.store.fields["range_high"][0, 1]) * d.model.feature_scale[1] + d.model.feature_mean[1]
+        share: float(d.store.range.high[0, 1]) * d.model.feature_scale[1] + d.model.feature_mean[1]
         for share, d in ((0.5, absorbing), (1.0, including))
     }
     assert high[0.5] == pytest.approx(6.0, rel=1e-5) and high[1.0] == pytest.approx(11.0, rel=1e-5)
@@ -442,9 +429,15 @@ def test_one_wild_value_widens_the_range_by_a_share_of_its_excess():
 
 def test_the_range_check_combines_features_as_the_score_does():
     checked, _ = _ranged_pair()
-    one_feature, both = np.array([[0.0, 0.06]]), np.array([[0.06, 0.06]])  # widths beyond the range
-    assert checked._with_range(np.ones(1), one_feature) is None, "root mean square 0.042: within the 5 % tolerance"
-    assert checked._with_range(np.ones(1), both)[0] > checked.model.calibration.threshold_score
+    store, params = checked.store, checked.params
+
+    def judged(values: list[float]) -> float:
+        slot, beyond = _slot(checked, str(values)), np.zeros(2, dtype=np.float32)
+        width = stages.range_excess(store.range, slot, np.array(values, np.float32), *store.start_range, params, beyond)
+        return stages.range_judged(1.0, width, params)
+
+    assert judged([0.5, 1.06]) == 1.0, "one feature 0.06 widths out, root mean square 0.042: within the 5 % tolerance"
+    assert judged([1.06, 1.06]) > checked.model.calibration.threshold_score, "both: 0.06"
 
 
 def test_after_an_upgrade_an_entity_is_not_alerted_for_where_it_wandered_before_ranges_were_kept():

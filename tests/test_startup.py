@@ -20,6 +20,7 @@ from detector.metrics import Health
 from detector.startup import StartupError, _check_one, check_topics, wait_for_broker
 
 
+@pytest.mark.slow
 def test_unreachable_broker_waits_quietly_not_ready_and_stops_on_sigterm(model_dir, tmp_path):
     """30 s against a closed port: one detector event saying so, at most a dozen lines in all,
     /readyz 503 throughout, and SIGTERM ends it with exit 0 without waiting for the broker."""
@@ -128,7 +129,7 @@ def test_forbidden_topics_are_named():
     read_only = ["READ", "DESCRIBE"]  # as kafka-python's describe_topics decodes a topic's authorized operations
     with pytest.raises(StartupError, match="alert topic 'alerts': not authorised to write"):
         _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": read_only})
-    _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": read_only + ["WRITE"]})
+    _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": [*read_only, "WRITE"]})
     _check_one("alerts", "alert", {"error_code": 0, "authorized_operations": ["ALL"]})
     _check_one(
         "alerts", "alert", {"error_code": 0, "authorized_operations": None}

@@ -7,7 +7,10 @@ import pytest
 import torch
 from support import checkpoint_without
 
+from detector.stage_state import LAYOUT
 from detector.state import CheckpointError, EntityStore
+
+SCORED = [spec for spec in LAYOUT if spec.stage != "bookkeeping"]
 
 BASELINE = (-0.5, 0.25)
 
@@ -29,34 +32,21 @@ def _busy_store() -> EntityStore:
     store = _store()
     slots = store.slots_for(["a", "b"], owner=0, now=0.0)
     store.rnn[torch.from_numpy(slots)] = torch.arange(6, dtype=torch.float32).reshape(2, 3)
-    for name, array in store.fields.items():
-        if name not in ("last_seen", "owner"):
-            array[slots] = np.arange(1, 3).reshape(-1, *([1] * (array.ndim - 1))).astype(array.dtype)
+    for spec in SCORED:
+        array = store.array(spec)
+        array[slots] = np.arange(1, 3).reshape(-1, *([1] * (array.ndim - 1))).astype(array.dtype)
     return store
 
 
 def test_a_reused_slot_starts_as_a_new_entity():
     store = _busy_store()
     store.max_entities = 2
-    slot = store.slots_for(["c"], owner=0, now=1.0)  # evicts "a" and takes its slot
-    fields = {
-        name: store.fields[name][slot[0]]
-        for name in (
-            "base_mean",
-            "base_var",
-            "seasonal",
-            "last_ts",
-            "steps",
-            "alert_open",
-            "error_ewma",
-            "range_low",
-            "range_high",
-        )
-    }
-    assert fields["base_mean"] == BASELINE[0] and fields["base_var"] == BASELINE[1]
-    assert (fields["seasonal"] == np.float32(BASELINE[0])).all() and (fields["error_ewma"] == 0).all()
-    assert fields["last_ts"] == -np.inf and fields["steps"] == 0 and not fields["alert_open"]
-    assert fields["range_low"].tolist() == [-1.0, -1.0] and fields["range_high"].tolist() == [2.0, 2.0], (
+    slot = int(store.slots_for(["c"], owner=0, now=1.0)[0])  # evicts "a" and takes its slot
+    assert store.baseline.mean[slot] == BASELINE[0] and store.baseline.var[slot] == BASELINE[1]
+    assert (store.seasonal.usual[slot] == np.float32(BASELINE[0])).all() and (store.error.smoothed[slot] == 0).all()
+    assert store.hysteresis.last_ts[slot] == -np.inf and store.hysteresis.steps[slot] == 0
+    assert not store.hysteresis.alert_open[slot]
+    assert store.range.low[slot].tolist() == [-1.0, -1.0] and store.range.high[slot].tolist() == [2.0, 2.0], (
         "the fit data's range"
     )
 
@@ -68,10 +58,9 @@ def test_a_checkpoint_restores_every_field_exactly():
     for entity in ("a", "b"):
         s, t = source.slot_of(entity), target.slot_of(entity)
         assert torch.equal(source.rnn[s], target.rnn[t])
-        for name, array in source.fields.items():
-            if name not in ("last_seen", "owner"):
-                assert np.array_equal(array[s], target.fields[name][t]), name
-        assert target.fields["owner"][t] == 5
+        for spec in SCORED:
+            assert np.array_equal(source.array(spec)[s], target.array(spec)[t]), spec.checkpoint_name
+        assert target.bookkeeping.owner[t] == 5
 
 
 def test_a_checkpoint_from_before_the_time_of_day_memory_and_the_range_restores_them_fresh_or_unknown():
@@ -82,12 +71,12 @@ def test_a_checkpoint_from_before_the_time_of_day_memory_and_the_range_restores_
         now=0.0,
     )
     slot = target.slot_of("b")
-    assert (target.fields["seasonal"][slot] == np.float32(BASELINE[0])).all()
-    assert np.isnan(target.fields["range_low"][slot]).all() and np.isnan(target.fields["range_high"][slot]).all(), (
+    assert (target.seasonal.usual[slot] == np.float32(BASELINE[0])).all()
+    assert np.isnan(target.range.low[slot]).all() and np.isnan(target.range.high[slot]).all(), (
         "unknown: the scorer completes it"
     )
-    assert target.fields["evidence"][slot] == 1 << 20
-    assert target.fields["steps"][slot] == 2, "the fields it has are restored"
+    assert target.hysteresis.evidence[slot] == 1 << 20
+    assert target.hysteresis.steps[slot] == 2, "the fields it has are restored"
 
 
 @pytest.mark.parametrize(

@@ -11,34 +11,26 @@ from service_harness import (
     TopicReader,
     dead_letter_view,
     make_topics,
+    offline_decisions,
     offsets_seen,
     produce,
     service_env,
 )
 
-from detector.demo import Message, generate_stream
-from detector.schema import Observation, parse_timestamp
-from detector.scoring import Detector
+from detector.demo import generate_stream
+from detector.schema import parse_timestamp
+from detector.scoring import Decision
 
 pytestmark = pytest.mark.kafka
 
 
-def _offline(model_dir, messages: list[Message]) -> dict[tuple[str, float], tuple[float, float, int]]:
-    from detector.model import load_model
-
-    decisions = Detector(load_model(model_dir)).process(
-        [Observation(m.entity, m.timestamp, m.values) for m in messages]
-    )
-    return {(d.entity, d.timestamp): (d.score, d.probability, int(d.is_anomaly)) for d in decisions}
-
-
-def _assert_scores_match(records: list[dict], expected: dict) -> None:
+def _assert_scores_match(records: list[dict], expected: dict[tuple[str, float], Decision]) -> None:
     assert records
     for r in records:
-        score, probability, flag = expected[(r["entity"], parse_timestamp(r["timestamp"]))]  # ISO 8601 on every topic
-        assert r["score"] == pytest.approx(score, abs=1e-5), r
-        assert r["probability"] == pytest.approx(probability, abs=1e-5), r
-        assert r["is_anomaly"] == flag, r
+        decision = expected[(r["entity"], parse_timestamp(r["timestamp"]))]  # ISO 8601 on every topic
+        assert r["score"] == pytest.approx(decision.score, abs=1e-5), r
+        assert r["probability"] == pytest.approx(decision.probability, abs=1e-5), r
+        assert r["is_anomaly"] == int(decision.is_anomaly), r
 
 
 def test_thousand_entities_alerts_and_false_alarm_rate(kafka_bootstrap, topic_factory, model_dir, tmp_path):
@@ -92,7 +84,7 @@ def test_service_scores_equal_offline_score(kafka_bootstrap, topic_factory, mode
     finally:
         service.terminate()
     assert len(records) == len(stream), "each message scored exactly once in a clean run"
-    _assert_scores_match(records, _offline(model_dir, stream))
+    _assert_scores_match(records, offline_decisions(model_dir, stream))
 
 
 def test_kill_9_and_restart_loses_nothing_and_restores_exact_states(
@@ -122,7 +114,7 @@ def test_kill_9_and_restart_loses_nothing_and_restores_exact_states(
     assert len(offsets_seen(records)) == len(stream), "every message processed"
     restored = [e for e in second.log_events() if e["event"] == "state.restored"]
     assert restored, "the restart restored checkpoints"
-    _assert_scores_match(records, _offline(model_dir, stream))
+    _assert_scores_match(records, offline_decisions(model_dir, stream))
     print(f"kill after {killed_at} scores; {len(records) - len(stream)} duplicates")
 
 
@@ -149,7 +141,7 @@ def test_second_instance_takes_over_partitions_with_their_states(kafka_bootstrap
                 process.terminate()
     taken_over = [e for e in a.log_events() if e["event"] == "state.restored"]
     assert taken_over, "the remaining instance restored the stopped one's states"
-    _assert_scores_match(records, _offline(model_dir, first_half))
+    _assert_scores_match(records, offline_decisions(model_dir, first_half))
 
 
 def _malformed(entity: str, timestamp: float) -> list[tuple[bytes | None, bytes | None, str]]:
@@ -205,10 +197,13 @@ def test_malformed_messages_go_to_dead_letters_and_valid_ones_are_scored(
         assert service.alive()
     finally:
         assert service.terminate() == 0
-    assert sorted(l["reason"] for l in letters) == sorted(expected_reasons)
-    assert all(l["source"]["topic"] == topics.input and "offset" in l["source"] and l["detail"] for l in letters)
+    assert sorted(letter["reason"] for letter in letters) == sorted(expected_reasons)
+    assert all(
+        letter["source"]["topic"] == topics.input and "offset" in letter["source"] and letter["detail"]
+        for letter in letters
+    )
     assert len(scores.records) == len(stream)
-    _assert_scores_match(scores.records, _offline(model_dir, stream))
+    _assert_scores_match(scores.records, offline_decisions(model_dir, stream))
 
 
 def test_replay_after_a_restart_never_moves_committed_offsets_back(kafka_bootstrap, topic_factory, model_dir, tmp_path):

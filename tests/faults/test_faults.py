@@ -24,6 +24,7 @@ from service_harness import (
     dead_letter_view,
     http_status,
     make_topics,
+    offline_decisions,
     offsets_seen,
     produce,
     service_env,
@@ -32,18 +33,10 @@ from service_harness import (
 from detector.broker import free_port, start_broker
 from detector.demo import FEATURES, generate_stream
 from detector.model import load_model
-from detector.schema import BadMessage, MessageDecoder, MessageFields, Observation, parse_message, parse_timestamp
-from detector.scoring import Detector
+from detector.schema import BadMessage, MessageDecoder, MessageFields, parse_message, parse_timestamp
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 FIGURES: dict[str, object] = {}
-
-
-def _offline(model_dir, messages):
-    decisions = Detector(load_model(model_dir)).process(
-        [Observation(m.entity, m.timestamp, m.values) for m in messages]
-    )
-    return {(d.entity, d.timestamp): d for d in decisions}
 
 
 def _check_scores(records, expected):
@@ -73,12 +66,12 @@ def test_repeated_kill_9_loses_nothing(kafka_bootstrap, topic_factory, model_dir
         DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="0.5",
     )
     reader = TopicReader(kafka_bootstrap, topics.scores)
-    rng, kills, duplicates_per_kill = random.Random(5), 0, []
+    rng, kills = random.Random(5), 0
     while kills < 6:
         service = ServiceProcess(env, tmp_path / f"run{kills}.log")
         before = len(reader.read(0.2))
         target = before + rng.randint(100, 600)
-        reader.wait_for(lambda r: len(r) >= min(target, len(stream)), timeout_s=120, alive=service.alive)
+        reader.wait_for(lambda r, target=target: len(r) >= min(target, len(stream)), timeout_s=120, alive=service.alive)
         service.kill()
         kills += 1
         if len(offsets_seen(reader.read(0.5))) >= len(stream):
@@ -101,7 +94,7 @@ def test_repeated_kill_9_loses_nothing(kafka_bootstrap, topic_factory, model_dir
     assert kills >= 5
     assert len(offsets_seen(records)) == len(stream), "every message scored at least once"
     assert duplicates <= kills * batch, "duplicates bounded by one batch per kill"
-    expected = _offline(model_dir, stream)
+    expected = offline_decisions(model_dir, stream)
     _check_scores(records, expected)
     alerts = TopicReader(kafka_bootstrap, topics.alerts).read(2.0)
     published = {(a["entity"], a["state"], a["timestamp"]) for a in alerts}
@@ -117,9 +110,9 @@ def test_broker_outage_20s(model_dir, tmp_path):
         names = {k: f"outage-{k}" for k in ("in", "alerts", "dead", "ckpt", "scores")}
         create_topics(broker.bootstrap_servers, [names["in"]], 4)
         create_topics(broker.bootstrap_servers, [names[k] for k in ("alerts", "dead", "ckpt", "scores")], 1)
-        from service_harness import Topics
+        from service_harness import ServiceTopics
 
-        topics = Topics(names["in"], names["alerts"], names["dead"], names["ckpt"], names["scores"])
+        topics = ServiceTopics(names["in"], names["alerts"], names["dead"], names["ckpt"], names["scores"])
         stream = generate_stream(50, 60, {"pump-4"}, seed=12)
         half = len(stream) // 2
         produce(broker.bootstrap_servers, topics.input, stream[:half])
@@ -166,7 +159,7 @@ def test_broker_outage_20s(model_dir, tmp_path):
         assert len(offsets_seen(records)) == len(stream)
         assert health_after == 200 and ready_after == 200
         assert 503 in ready_during[-10:], "/readyz reflects the broker outage"
-        _check_scores(records, _offline(model_dir, stream))
+        _check_scores(records, offline_decisions(model_dir, stream))
 
 
 def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory, model_dir, tmp_path):
@@ -174,7 +167,6 @@ def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory
     topics = make_topics(topic_factory, partitions=6)
     env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_STREAM__CHECKPOINT_INTERVAL_S="1")
     anchor = ServiceProcess(env, tmp_path / "anchor.log")
-    stop = threading.Event()
 
     def trickle():
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
@@ -208,7 +200,7 @@ def test_rebalance_storm_states_follow_partitions(kafka_bootstrap, topic_factory
     }
     print("rebalance figures:", FIGURES["rebalance"])
     assert len(offsets_seen(records)) == len(stream)
-    _check_scores(records, _offline(model_dir, stream))
+    _check_scores(records, offline_decisions(model_dir, stream))
 
 
 _json_values = st.recursive(
@@ -376,17 +368,17 @@ def test_stop_while_alerts_unacknowledged_loses_no_alert(model_dir, tmp_path):
     stop meanwhile and the broker comes back during its shutdown: the shutdown commit and
     checkpoint must not cover the batch whose alerts never arrived, so after a restart every
     alert of an uninterrupted run is published and every score matches it."""
-    from service_harness import Topics
+    from service_harness import ServiceTopics
 
     from detector.broker import create_topics
 
     stream = generate_stream(40, 300, {f"pump-{e}" for e in range(0, 40, 4)}, seed=16)
-    expected = _offline(model_dir, stream)
+    expected = offline_decisions(model_dir, stream)
     with start_broker() as broker:
         names = {k: f"unacked-{k}" for k in ("in", "alerts", "dead", "ckpt", "scores")}
         create_topics(broker.bootstrap_servers, [names["in"]], 4)
         create_topics(broker.bootstrap_servers, [names[k] for k in ("alerts", "dead", "ckpt", "scores")], 1)
-        topics = Topics(names["in"], names["alerts"], names["dead"], names["ckpt"], names["scores"])
+        topics = ServiceTopics(names["in"], names["alerts"], names["dead"], names["ckpt"], names["scores"])
         produce(broker.bootstrap_servers, topics.input, stream)
         env = service_env(
             broker.bootstrap_servers,

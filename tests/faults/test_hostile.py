@@ -83,7 +83,7 @@ def test_hostile_input_never_stops_the_stream(kafka_bootstrap, topic_factory, mo
             is_valid.append(False)
     topics = make_topics(topic_factory, partitions=3)
     positions = _produce(kafka_bootstrap, topics.input, mixed)
-    sent = dict(zip(positions, mixed))
+    sent = dict(zip(positions, mixed, strict=True))
     port = free_port()
     env = service_env(
         kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__PORT=str(port), DETECTOR_METRICS__HOST="127.0.0.1"
@@ -124,7 +124,7 @@ def test_hostile_input_never_stops_the_stream(kafka_bootstrap, topic_factory, mo
     )
     assert code == 0, "the process never exited and stopped cleanly"
     assert committed == end, f"the committed offsets reach the end of every partition: {committed} against {end}"
-    assert {p for p, ok in zip(positions, is_valid) if ok} <= scored, "every valid message is scored"
+    assert {p for p, ok in zip(positions, is_valid, strict=True) if ok} <= scored, "every valid message is scored"
     assert not scored & lettered and scored | lettered == set(positions), "each message scored or dead-lettered, once"
     assert len(scores.records) + len(dead.records) == len(mixed) == counted["scored"] + counted["dead_letter"]
     for letter in dead.records:

@@ -76,8 +76,10 @@ def test_soak_memory_flat_under_entity_churn(kafka_bootstrap, topic_factory, mod
     warm = [rss for t, rss in samples if t >= SOAK_SECONDS * 0.3]
     trend, spike = _growth(warm)
     print(
-        f"soak: {sent[0]} messages over {SOAK_SECONDS:.0f} s; RSS after warm-up {warm[0] / 2**20:.1f} MiB, peak {max(warm) / 2**20:.1f} MiB; "
-        f"trend {100 * trend:.1f}% (median of the last third against the first), peak {100 * spike:.1f}% above the first third"
+        f"soak: {sent[0]} messages over {SOAK_SECONDS:.0f} s; "
+        f"RSS after warm-up {warm[0] / 2**20:.1f} MiB, peak {max(warm) / 2**20:.1f} MiB; "
+        f"trend {100 * trend:.1f}% (median of the last third against the first), "
+        f"peak {100 * spike:.1f}% above the first third"
     )
     print(
         "soak RSS (s: MiB):", ", ".join(f"{t:.0f}: {rss / 2**20:.1f}" for t, rss in samples[::3])

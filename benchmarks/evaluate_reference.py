@@ -1,0 +1,86 @@
+"""Per-row outcomes of ``detector evaluate``, to prove a change leaves its results alone.
+
+    python benchmarks/evaluate_reference.py dump OUT_DIR      # fit (seed 7) and score every file
+    python benchmarks/evaluate_reference.py compare BEFORE AFTER
+
+``dump`` writes each file's per-row score, probability, is_anomaly and event (``fNNN.npz``), its
+fitted model (``models/fNNN``) and the evaluation results; ``compare`` prints the largest
+probability difference, how many probabilities are not bit-identical, and how many decisions
+and events differ.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import detector.evaluate as evaluate
+from detector.config import Settings, load_settings
+from detector.fit import fit_tables
+from detector.model import save_model
+from detector.schema import Table, observations_from_table
+from detector.scoring import Decision, Detector
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def dump(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    files = iter(range(1_000_000))
+
+    def fit_and_score(table: Table, train_rows: int, settings: Settings) -> list[Decision]:
+        name = f"f{next(files):03d}"
+        head = evaluate._head(table, train_rows)
+        model, _ = fit_tables([head], settings.model, settings.fit, settings.scoring, progress=False)
+        save_model(model, out / "models" / name)
+        decisions = Detector(model).process(list(observations_from_table(table)))
+        np.savez(
+            out / f"{name}.npz",
+            score=np.array([d.score for d in decisions]),
+            probability=np.array([d.probability for d in decisions]),
+            is_anomaly=np.array([d.is_anomaly for d in decisions]),
+            events=np.array([str(d.event) for d in decisions]),
+        )
+        return decisions
+
+    evaluate.fit_and_score = fit_and_score
+    results = evaluate.evaluate(load_settings(None), skab=DATA / "skab", nab=DATA / "nab")
+    (out / "results.json").write_text(json.dumps(results, default=float, indent=1))
+
+
+def compare(before: Path, after: Path) -> dict[str, Any]:
+    worst, rows, not_bitwise, flips, events = 0.0, 0, 0, 0, 0
+    for path in sorted(before.glob("f*.npz")):
+        old, new = np.load(path), np.load(after / path.name)
+        worst = max(worst, float(np.abs(old["probability"] - new["probability"]).max()))
+        rows += len(old["probability"])
+        not_bitwise += int((old["probability"] != new["probability"]).sum())
+        flips += int((old["is_anomaly"] != new["is_anomaly"]).sum())
+        events += int((old["events"] != new["events"]).sum())
+    old_results, new_results = (json.loads((d / "results.json").read_text()) for d in (before, after))
+    return {
+        "rows": rows,
+        "max_probability_difference": worst,
+        "probabilities_not_bit_identical": not_bitwise,
+        "is_anomaly_differences": flips,
+        "event_differences": events,
+        "scores_identical": _without_thresholds(old_results) == _without_thresholds(new_results),
+    }
+
+
+def _without_thresholds(results: Any) -> Any:
+    """The evaluation results without NAB's optimised thresholds (probabilities, not scores)."""
+    if isinstance(results, dict):
+        return {key: _without_thresholds(value) for key, value in results.items() if key != "threshold"}
+    return results
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["dump"]:
+        dump(Path(sys.argv[2]))
+    else:
+        print(json.dumps(compare(Path(sys.argv[2]), Path(sys.argv[3])), indent=1))
