@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=_seed_list,
         default=None,
-        help="comma-separated fit seeds (e.g. 7,8,9): run once per seed and print the mean too (default: fit.seed only)",
+        help="comma-separated fit seeds (e.g. 7,8,9): run once per seed and print the mean too "
+        "(default: fit.seed only)",
     )
     evaluate.add_argument(
         "--jobs", type=int, default=None, help="processes scoring files side by side (default: one per core)"

@@ -254,7 +254,8 @@ def print_results(results: dict[str, Any]) -> None:
     if "skab" in results:
         pooled = results["skab"]["pooled"]
         print(
-            f"SKAB ({results['skab']['files']} files): F1 {pooled['f1']:.2f}  FAR {pooled['far']:.2f}%  MAR {pooled['mar']:.2f}%"
+            f"SKAB ({results['skab']['files']} files): "
+            f"F1 {pooled['f1']:.2f}  FAR {pooled['far']:.2f}%  MAR {pooled['mar']:.2f}%"
         )
     if "nab" in results:
         print(f"NAB ({results['nab']['files']} files)    optimised threshold    is_anomaly as is")

@@ -167,8 +167,10 @@ def _split_series(tables: Sequence[Table], holdout_fraction: float, warmup_steps
                 raise DataError(
                     table.name,
                     f"entity {entity!r} has {len(rows)} rows; fit needs at least {needed} per entity "
-                    f"({MIN_HELDOUT_SCORES} held-out rows after the {warmup_steps}-message warm-up, with holdout_fraction {holdout_fraction})",
-                    help=f"give fit more history (at least {needed} rows of each entity), or lower scoring.warmup_steps",
+                    f"({MIN_HELDOUT_SCORES} held-out rows after the {warmup_steps}-message warm-up, "
+                    f"with holdout_fraction {holdout_fraction})",
+                    help=f"give fit more history (at least {needed} rows of each entity), "
+                    "or lower scoring.warmup_steps",
                 )
             series.append(
                 _Series(
@@ -200,9 +202,11 @@ def _train(
     network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], fit: FitSettings, progress: bool
 ) -> tuple[list[float], list[float], int]:
     optimiser = torch.optim.Adam(network.parameters(), lr=fit.learning_rate)
-    streams, mask = _streams([d.values[: s.split] for d, s in zip(data, series)], fit.streams, fit.window, np.float32)
+    streams, mask = _streams(
+        [d.values[: s.split] for d, s in zip(data, series, strict=True)], fit.streams, fit.window, np.float32
+    )
     times, _ = _streams(
-        [np.stack([d.times, d.elapsed], axis=1)[: s.split] for d, s in zip(data, series)],
+        [np.stack([d.times, d.elapsed], axis=1)[: s.split] for d, s in zip(data, series, strict=True)],
         fit.streams,
         fit.window,
         np.float64,
@@ -231,7 +235,7 @@ def _streams(parts: list[np.ndarray], per_series: int, window: int, dtype: type)
         count = max(1, min(per_series, len(part) // (4 * window)))
         pieces.extend(np.array_split(part, count))
     length = max(len(p) for p in pieces)
-    streams = np.zeros((len(pieces), length, parts[0].shape[1]), dtype=dtype)
+    streams: np.ndarray = np.zeros((len(pieces), length, parts[0].shape[1]), dtype=dtype)
     mask = np.zeros((len(pieces), length, 1), dtype=np.float32)
     for i, piece in enumerate(pieces):
         streams[i, : len(piece)], mask[i, : len(piece)] = piece, 1.0
