@@ -33,6 +33,7 @@ SCRIPTS = {
     "throughput": ("throughput.py", True),  # (file, takes --model)
     "memory": ("memory.py", True),
     "fit": ("fit_bench.py", False),
+    "offline": ("offline.py", True),
     "profile": ("profile_hot_path.py", True),
     "cli": ("cli_startup.py", False),
 }

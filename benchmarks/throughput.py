@@ -7,7 +7,9 @@ topic with its own consumer group:
 2. service   -- `python -m detector.cli run` as a subprocess, for a few batch/poll settings;
 3. naive     -- the same service stepping one message at a time (stream.batch_max_messages=1),
                 stopped after a fixed time;
-4. scale-out -- two `detector run` processes in one group;
+4. scale-out -- two `detector run` processes in one group, on a topic of their own that is filled
+                (confluent-kafka, the same messages) only once both own partitions, so they
+                score side by side from the start whatever the group join takes;
 5. latency   -- a rate-limited load generator process (benchmarks/loadgen.py, confluent-kafka;
                 message timestamp = send time) at half the maximum rate of the settings measured,
                 on a 2-partition topic (see LATENCY_PARTITIONS) of a fresh broker (this one
@@ -45,6 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,10 +87,8 @@ SCRAPE_EVERY_S = 0.25
 # --- workload -----------------------------------------------------------------------------------
 
 
-def produce_workload(bootstrap: str, topic: str, entities: int, per_entity: int) -> tuple[int, float, int]:
-    """generate_stream(entities, per_entity) to ``topic`` keyed by entity; returns (count, seconds, bytes)."""
-    from kafka import KafkaProducer
-
+def workload(entities: int, per_entity: int) -> list[tuple[bytes, bytes]]:
+    """generate_stream(entities, per_entity) as (key, JSON body) pairs, keyed by entity."""
     from detector.demo import generate_stream
 
     started = time.perf_counter()
@@ -96,6 +97,13 @@ def produce_workload(bootstrap: str, topic: str, entities: int, per_entity: int)
         f"  generated {len(bodies):,} messages in {time.perf_counter() - started:.1f} s "
         f"(mean {sum(len(b) for _, b in bodies) / len(bodies):.0f} bytes)"
     )
+    return bodies
+
+
+def produce_workload(bootstrap: str, topic: str, bodies: list[tuple[bytes, bytes]]) -> tuple[int, float, int]:
+    """``bodies`` to ``topic`` (kafka-python); returns (count, seconds, bytes)."""
+    from kafka import KafkaProducer
+
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=256 * 1024, enable_idempotence=False
     )
@@ -106,6 +114,44 @@ def produce_workload(bootstrap: str, topic: str, entities: int, per_entity: int)
     producer.close()
     elapsed = time.perf_counter() - started
     return len(bodies), elapsed, sum(len(b) for _, b in bodies)
+
+
+def produce_fast(bootstrap: str, topic: str, bodies: list[tuple[bytes, bytes]]) -> float:
+    """``bodies`` to ``topic`` with confluent-kafka (librdkafka: several times kafka-python's rate,
+    so consumers that start with it soon have a backlog), partitioned by key as kafka-python
+    does (murmur2); returns the seconds it took."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": 1,
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "enable.idempotence": False,
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.messages": 2_000_000,
+        }
+    )
+    started = time.perf_counter()
+    for key, body in bodies:
+        producer.produce(topic, body, key)
+        producer.poll(0)
+    producer.flush(120)
+    return time.perf_counter() - started
+
+
+def await_assignment(services: Services, partitions: int, timeout_s: float) -> float | None:
+    """Wait until every process owns partitions and together they own all ``partitions``, for two
+    scrapes in a row (group joins settled); the seconds it took, or None at the timeout."""
+    started, settled = time.perf_counter(), 0
+    while time.perf_counter() - started < timeout_s and services.alive():
+        owned = [(c.scrape(port) or {}).get("detector_partitions_assigned", 0.0) for port in services.ports]
+        settled = settled + 1 if all(n > 0 for n in owned) and sum(owned) == partitions else 0
+        if settled >= 2:
+            return time.perf_counter() - started
+        time.sleep(SCRAPE_EVERY_S)
+    return None
 
 
 def bare_consumer(bootstrap: str, topic: str, **config):
@@ -285,12 +331,28 @@ def run_services(
     processes: int = 1,
     time_limit_s: float | None = None,
     timeout_s: float = 300.0,
+    fill: Callable[[], float] | None = None,
 ) -> dict:
-    """Start the processes, scrape until ``expected`` messages are scored (or the time limit), stop them."""
+    """Start the processes, scrape until ``expected`` messages are scored (or the time limit), stop them.
+
+    ``fill``: ``topic`` starts empty; once every process owns its partitions (see
+    :func:`await_assignment`), ``fill`` produces the messages (returning its seconds), so the
+    processes score side by side from the first message instead of one taking everything while
+    the other still joins the group.
+    """
     services = Services(broker.bootstrap_servers, Deployment(topic), model_dir, processes, extra, log_dir)
     scrapes: list[Scrape] = []
     started, first_scored_at, outcome = time.perf_counter(), None, "done"
+    joined_s = fill_s = None
     try:
+        if fill is not None:
+            joined_s = await_assignment(services, PARTITIONS, timeout_s / 2)
+            say(
+                f"  every process owns partitions after {joined_s:.1f} s; producing"
+                if joined_s is not None
+                else "  ! the processes did not all own partitions in time; producing anyway"
+            )
+            fill_s = fill()
         while True:
             time.sleep(SCRAPE_EVERY_S)
             scrape = services.scrape(broker.pid)
@@ -316,6 +378,8 @@ def run_services(
         outcome=outcome,
         exit_codes=codes,
         startup_s=(first_scored_at - started) if first_scored_at else None,
+        joined_s=joined_s,
+        fill_s=fill_s,
         assignments=services.events("partitions.assigned"),
         revocations=services.events("partitions.revoked"),
     )
@@ -620,7 +684,8 @@ def main() -> int:
     with start_broker() as broker:
         topic = "sensors-bench"
         create_topics(broker.bootstrap_servers, [topic], PARTITIONS)
-        n, seconds, size = produce_workload(broker.bootstrap_servers, topic, entities, per_entity)
+        bodies = workload(entities, per_entity)
+        n, seconds, size = produce_workload(broker.bootstrap_servers, topic, bodies)
         say(f"  produced {n:,} messages ({size / 1e6:.1f} MB) once in {seconds:.1f} s ({n / seconds:,.0f} msg/s)")
 
         ceil = ceiling(broker.bootstrap_servers, topic, n, max_poll_records=10_000, timeout_s=timeout)
@@ -682,7 +747,19 @@ def main() -> int:
         describe(f"naive baseline (batch_max_messages=1, stopped after {naive_s:.0f} s)", naive)
         details["naive"] = naive
 
-        two = run_services(broker, model_dir, topic, n, best_extra, log_dir, processes=2, timeout_s=timeout)
+        scale_topic = "sensors-scale-out"  # empty until both processes own partitions (see run_services)
+        create_topics(broker.bootstrap_servers, [scale_topic], PARTITIONS)
+        two = run_services(
+            broker,
+            model_dir,
+            scale_topic,
+            n,
+            best_extra,
+            log_dir,
+            processes=2,
+            timeout_s=timeout,
+            fill=lambda: produce_fast(broker.bootstrap_servers, scale_topic, bodies),
+        )
         describe(f"scale-out: 2 processes, batch_max_messages={best_cfg[0]} max_poll_records={best_cfg[1]}", two)
         details["scale_out"] = two
 
@@ -834,7 +911,10 @@ def main() -> int:
             f"{two_rate:,.0f} msg/s",
             ">= 1.6 x one process",
             c.verdict(two_rate >= 1.6 * rate),
-            f"{two_rate / rate:.2f} x ({two_how}); drain rate {two.get('drain_rate', float('nan')):,.0f} msg/s; "
+            f"{two_rate / rate:.2f} x ({two_how}); "
+            f"both owned partitions {two.get('joined_s') or float('nan'):.1f} s after start, "
+            f"filled in {two.get('fill_s') or float('nan'):.1f} s; "
+            f"drain rate {two.get('drain_rate', float('nan')):,.0f} msg/s; "
             f"CPU: services {'+'.join(f'{x:.2f}' for x in two.get('service_cpu', []))}, "
             f"broker {two.get('broker_cpu', float('nan')):.2f}, "
             f"machine {two.get('machine_cpu', float('nan')):.2f}/{os.cpu_count()}",

@@ -86,7 +86,7 @@ class SkabMetrics:
     tn: int
 
 
-def skab_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> SkabMetrics:
+def skab_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray) -> SkabMetrics:
     """Score pooled 0/1 predictions against SKAB's ``anomaly`` column.
 
     F1 = TP / (TP + (FP + FN) / 2), FAR = 100 FP / (FP + TN),

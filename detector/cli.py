@@ -133,7 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=_seed_list,
         default=None,
-        help="comma-separated fit seeds (e.g. 7,8,9): run once per seed and print the mean too (default: fit.seed only)",
+        help="comma-separated fit seeds (e.g. 7,8,9): run once per seed and print the mean too "
+        "(default: fit.seed only)",
+    )
+    evaluate.add_argument(
+        "--jobs", type=int, default=None, help="processes scoring files side by side (default: one per core)"
     )
     evaluate.set_defaults(handler=_evaluate)
 
@@ -186,24 +190,18 @@ def _fit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
-    from detector.schema import DataError
-
     _writable_directory(args.out.parent, "--out")
     from detector.model import load_model
+    from detector.offline import score_file
     from detector.runtime import scoring_for
 
     model = load_model(args.model)
     model = scoring_for(settings, model, args.config, str(args.model)).apply(model)  # run-time values in effect
-    table = _read_ordered(args.data, settings, model.features)
+    summary = score_file(model, args.data, args.out, settings.stream.reject_out_of_order, progress=sys.stderr.isatty())
     ignored = [f for f in _header(args.data) if f not in model.features and f not in ("timestamp", "entity")]
-    decisions = score_table(model, table)
-    try:
-        _write_scores(args.out, table, decisions)
-    except OSError as error:
-        raise DataError(str(args.out), f"cannot write the scores: {error.strerror}") from None
-    anomalous, opened = sum(d.is_anomaly for d in decisions), sum(d.event == "open" for d in decisions)
     print(
-        f"scored {len(decisions)} rows of {args.data} -> {args.out}: {anomalous} anomalous, {opened} alerts opened"
+        f"scored {summary.rows} rows of {args.data} -> {args.out}: "
+        f"{summary.anomalous} anomalous, {summary.opened} alerts opened"
         + (f" (columns the model does not know, ignored: {', '.join(ignored)})" if ignored else "")
     )
     return EXIT_OK
@@ -267,28 +265,6 @@ def score_table(model: FittedModel, table: Table) -> list[Decision]:
     return Detector(model).process(list(observations_from_table(table)))
 
 
-def _write_scores(path: Path, table: Table, decisions: list[Decision]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["timestamp"]
-            + (["entity"] if table.entities is not None else [])
-            + ["score", "probability", "is_anomaly", "event"]
-        )
-        for i, decision in enumerate(decisions):
-            entity = [table.entities[i]] if table.entities is not None else []
-            writer.writerow(
-                [
-                    table.raw_timestamps[i],
-                    *entity,
-                    f"{decision.score:.9g}",
-                    f"{decision.probability:.9g}",
-                    int(decision.is_anomaly),
-                    decision.event or "",
-                ]
-            )
-
-
 def _existing_file(text: str) -> Path:
     if not Path(text).is_file():
         raise argparse.ArgumentTypeError(
@@ -321,15 +297,17 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.nab and not args.skab:
         raise DataError("<arguments>", "give --nab DIR and/or --skab DIR")
+    if args.jobs is not None and args.jobs < 1:
+        raise DataError("<arguments>", f"--jobs must be at least 1, got {args.jobs}")
     for directory in (args.nab, args.skab):
         if directory is not None and not directory.is_dir():
             raise DataError(
                 str(directory), "no such directory", help="give the directory the benchmark was unpacked in"
             )
     if args.seeds:
-        results = evaluate_seeds(settings, args.seeds, args.skab, args.nab, args.limit)
+        results = evaluate_seeds(settings, args.seeds, args.skab, args.nab, args.limit, args.jobs)
     else:
-        results = evaluate(settings, args.skab, args.nab, args.limit)
+        results = evaluate(settings, args.skab, args.nab, args.limit, args.jobs)
     print_results(results)
     if args.out:
         write_results(results, args.out)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from detector.config import FitSettings, ModelSettings, ScoringSettings
 from detector.logs import get_logger
 from detector.model import Calibration, FittedModel, StreamAutoencoder, save_model, version_id
-from detector.schema import DataError, Observation, Table
+from detector.schema import Columns, DataError, Table
 from detector.scoring import Detector
 
 __all__ = ["FitHistory", "fit_tables", "minimum_rows", "write_model"]
@@ -34,6 +34,7 @@ __all__ = ["FitHistory", "fit_tables", "minimum_rows", "write_model"]
 log = get_logger(__name__)
 _RESIDUAL_FLOOR = 1e-2  # in standardised units: a perfectly predictable feature is not infinitely sensitive
 _LOG_STD_FLOOR = 0.1
+_BATCH_ROWS = 2_000_000  # padded rows per sequence forward over a group of series (memory: rows x features x 4 B)
 MIN_HELDOUT_SCORES = 10  # per entity: the calibration's median and tail need a few held-out scores
 
 
@@ -166,8 +167,10 @@ def _split_series(tables: Sequence[Table], holdout_fraction: float, warmup_steps
                 raise DataError(
                     table.name,
                     f"entity {entity!r} has {len(rows)} rows; fit needs at least {needed} per entity "
-                    f"({MIN_HELDOUT_SCORES} held-out rows after the {warmup_steps}-message warm-up, with holdout_fraction {holdout_fraction})",
-                    help=f"give fit more history (at least {needed} rows of each entity), or lower scoring.warmup_steps",
+                    f"({MIN_HELDOUT_SCORES} held-out rows after the {warmup_steps}-message warm-up, "
+                    f"with holdout_fraction {holdout_fraction})",
+                    help=f"give fit more history (at least {needed} rows of each entity), "
+                    "or lower scoring.warmup_steps",
                 )
             series.append(
                 _Series(
@@ -199,9 +202,11 @@ def _train(
     network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], fit: FitSettings, progress: bool
 ) -> tuple[list[float], list[float], int]:
     optimiser = torch.optim.Adam(network.parameters(), lr=fit.learning_rate)
-    streams, mask = _streams([d.values[: s.split] for d, s in zip(data, series)], fit.streams, fit.window, np.float32)
+    streams, mask = _streams(
+        [d.values[: s.split] for d, s in zip(data, series, strict=True)], fit.streams, fit.window, np.float32
+    )
     times, _ = _streams(
-        [np.stack([d.times, d.elapsed], axis=1)[: s.split] for d, s in zip(data, series)],
+        [np.stack([d.times, d.elapsed], axis=1)[: s.split] for d, s in zip(data, series, strict=True)],
         fit.streams,
         fit.window,
         np.float64,
@@ -230,7 +235,7 @@ def _streams(parts: list[np.ndarray], per_series: int, window: int, dtype: type)
         count = max(1, min(per_series, len(part) // (4 * window)))
         pieces.extend(np.array_split(part, count))
     length = max(len(p) for p in pieces)
-    streams = np.zeros((len(pieces), length, parts[0].shape[1]), dtype=dtype)
+    streams: np.ndarray = np.zeros((len(pieces), length, parts[0].shape[1]), dtype=dtype)
     mask = np.zeros((len(pieces), length, 1), dtype=np.float32)
     for i, piece in enumerate(pieces):
         streams[i, : len(piece)], mask[i, : len(piece)] = piece, 1.0
@@ -260,65 +265,111 @@ def _train_epoch(
     return total / max(weight, 1.0)
 
 
-def _reconstruct(network: StreamAutoencoder, inputs: _Inputs) -> np.ndarray:
+def _length_groups(lengths: Sequence[int], budget_rows: int = _BATCH_ROWS) -> list[list[int]]:
+    """Indices of series grouped for one padded batch each: longest first, a group no larger than
+    ``budget_rows`` padded rows (a single longer series is a group of its own).
+
+    >>> _length_groups([10, 300, 20, 290], budget_rows=600)
+    [[1, 3], [2, 0]]
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= budget_rows:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _padded(parts: Sequence[np.ndarray], dtype: type) -> torch.Tensor:
+    """``parts`` (each (rows, ...) ) stacked into one (len(parts), longest, ...) tensor, zero-padded at the end."""
+    longest = max(len(p) for p in parts)
+    out = np.zeros((len(parts), longest, *parts[0].shape[1:]), dtype=dtype)
+    for i, part in enumerate(parts):
+        out[i, : len(part)] = part
+    return torch.from_numpy(out)
+
+
+def _reconstruct_all(network: StreamAutoencoder, data: Sequence[_Inputs]) -> list[np.ndarray]:
+    """The reconstruction of every series, from its start, with one sequence forward per group of
+    series (see :func:`_length_groups`; each step sees only its past, so the padding after a
+    series changes nothing in it)."""
+    out: list[np.ndarray] = [np.empty(0)] * len(data)
     with torch.inference_mode():
-        x = torch.from_numpy(inputs.values.astype(np.float32)).unsqueeze(0)
-        reconstruction, _ = network(
-            x,
-            network.initial_state(1),
-            torch.from_numpy(inputs.times).unsqueeze(0),
-            torch.from_numpy(inputs.elapsed).unsqueeze(0),
-        )
-    return reconstruction[0].double().numpy()
+        for group in _length_groups([len(d.values) for d in data]):
+            inputs = [data[i] for i in group]
+            reconstruction, _ = network(
+                _padded([d.values for d in inputs], np.float32),
+                network.initial_state(len(group)),
+                _padded([d.times for d in inputs], np.float64),
+                _padded([d.elapsed for d in inputs], np.float64),
+            )
+            for row, i in enumerate(group):
+                out[i] = reconstruction[row, : len(data[i].values)].double().numpy()
+    return out
 
 
 def _validation_loss(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series]) -> float:
     network.eval()
-    errors = [((_reconstruct(network, d) - d.values)[s.split :] ** 2).mean(axis=1) for d, s in zip(data, series)]
+    reconstructions = _reconstruct_all(network, data)
+    errors = [
+        ((r - d.values)[s.split :] ** 2).mean(axis=1) for r, d, s in zip(reconstructions, data, series, strict=True)
+    ]
     return float(np.concatenate(errors).mean())
 
 
 def _average_state(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], warmup: int) -> torch.Tensor:
-    """Mean state over the training rows (after warm-up): where new entities start."""
+    """Mean state over the training rows (after warm-up): where new entities start. The series of
+    a group are stepped side by side, one step per time step."""
     total, count = torch.zeros(network.state_size), 0
     with torch.inference_mode():
-        for inputs, s in zip(data, series):
-            state = network.initial_state(1)
+        for group in _length_groups([s.split for s in series]):
+            splits = torch.tensor([series[i].split for i in group])
             x, when, elapsed = (
-                torch.from_numpy(a[: s.split]) for a in (inputs.values.astype(np.float32), inputs.times, inputs.elapsed)
+                _padded([part[: series[i].split] for i, part in zip(group, parts, strict=True)], dtype)
+                for parts, dtype in (
+                    ([data[i].values for i in group], np.float32),
+                    ([data[i].times for i in group], np.float64),
+                    ([data[i].elapsed for i in group], np.float64),
+                )
             )
-            for t in range(len(x)):
-                _, state = network.step(x[t : t + 1], state, when[t : t + 1], elapsed[t : t + 1])
+            state = network.initial_state(len(group))
+            for t in range(x.shape[1]):
+                _, state = network.step(x[:, t], state, when[:, t], elapsed[:, t])
                 if t >= warmup:
-                    total, count = total + state[0], count + 1
+                    counted = state[t < splits]
+                    total, count = total + counted.sum(dim=0), count + len(counted)
     return total / max(count, 1)
 
 
 def _residual_scale(network: StreamAutoencoder, data: list[_Inputs], series: list[_Series], warmup: int) -> np.ndarray:
+    reconstructions = _reconstruct_all(network, data)
     residuals = [
-        (_reconstruct(network, d) - d.values)[min(warmup, s.split - 1) : s.split] for d, s in zip(data, series)
+        (r - d.values)[min(warmup, s.split - 1) : s.split]
+        for r, d, s in zip(reconstructions, data, series, strict=True)
     ]
     rms = np.sqrt((np.concatenate(residuals) ** 2).mean(axis=0))
     return np.maximum(rms, _RESIDUAL_FLOOR)
 
 
 def _heldout_scores(model: FittedModel, series: list[_Series]) -> np.ndarray:
-    """Scores of the held-out tails, produced by the same step function the service uses.
+    """Scores of the held-out tails, produced by the service's scoring in one call.
 
-    All series are interleaved in time (each under its own key), so one batched step serves
-    every series at once.
+    All series are interleaved in time (each under its own key, series order within a time
+    step), so the Detector sees them as the service would see the entities side by side.
     """
-    keyed = [
-        (i, t, Observation(f"{i}/{s.entity}", s.timestamps[t], s.values[t].tolist()))
-        for i, s in enumerate(series)
-        for t in range(len(s.values))
-    ]
-    keyed.sort(key=lambda item: item[1])  # stable: series order within a time step
-    decisions = Detector(model, simulate_null=False).process(
-        [obs for _, _, obs in keyed]
-    )  # scores only: no alert level needed
-    warmup = model_warmup(model)
-    return np.asarray([d.score for (i, t, _), d in zip(keyed, decisions) if t >= max(series[i].split, warmup)])
+    keys = np.concatenate([np.full(len(s.values), i) for i, s in enumerate(series)])
+    steps = np.concatenate([np.arange(len(s.values)) for s in series])
+    order = np.argsort(np.concatenate([np.asarray(s.timestamps, dtype=np.float64) for s in series]), kind="stable")
+    names = [f"{i}/{s.entity}" for i, s in enumerate(series)]
+    columns = Columns(
+        [names[k] for k in keys[order].tolist()],
+        np.concatenate([np.asarray(s.timestamps, dtype=np.float64) for s in series])[order],
+        np.concatenate([s.values for s in series])[order],
+    )
+    outcomes = Detector(model, simulate_null=False).process_columns(columns)  # scores only: no alert level needed
+    splits = np.asarray([max(s.split, model_warmup(model)) for s in series])
+    return outcomes.score[steps[order] >= splits[keys[order]]]
 
 
 def model_warmup(model: FittedModel) -> int:

@@ -23,10 +23,11 @@ The service decodes with :class:`MessageDecoder`: the same contract, with a comp
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,7 @@ __all__ = [
     "parse_message",
     "parse_timestamp",
     "read_csv",
+    "read_csv_chunks",
 ]
 
 TIMESTAMP = "timestamp"
@@ -105,6 +107,16 @@ class Table:
         return Table(
             self.timestamps, self.raw_timestamps, self.entities, list(features), self.values[:, columns], self.name
         )
+
+    def columns(self) -> Columns:
+        """The rows as :class:`Columns`, what :meth:`detector.scoring.Detector.process_columns`
+        steps in one call (no object per row; ``sources`` is None).
+
+        >>> Table([5.0], ["5"], None, ["a"], np.array([[1.0]])).columns().entities
+        ['default']
+        """
+        entities = self.entities if self.entities is not None else [DEFAULT_ENTITY] * len(self.timestamps)
+        return Columns(entities, np.asarray(self.timestamps, dtype=np.float64), self.values)
 
     def first_out_of_order(self) -> tuple[int, int] | None:
         """(row, earlier row) of the first row older than its entity's previous row (row numbers
@@ -168,36 +180,114 @@ def read_csv(path: Path | str, features: Sequence[str] | None = None) -> Table:
         raise DataError(str(path), "file is not UTF-8 text") from None
 
 
+def read_csv_chunks(path: Path | str, features: Sequence[str] | None = None, rows: int = 100_000) -> Iterator[Table]:
+    """The CSV file at ``path`` as consecutive tables of at most ``rows`` rows each, read as they
+    are consumed (memory bounded by one chunk); validated as :func:`read_csv` does, with row
+    numbers counted from the top of the file.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "d.csv")
+    >>> _ = open(path, "w").write("timestamp,a\\n1,1.0\\n2,2.0\\n3,3.0\\n")
+    >>> [table.values[:, 0].tolist() for table in read_csv_chunks(path, rows=2)]
+    [[1.0, 2.0], [3.0]]
+    """
+    name = str(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            layout = _Layout.of(next(reader, []), name, features)
+            first = 2
+            while chunk := list(itertools.islice(reader, rows)):
+                table = layout.table(chunk, name, first)
+                first += len(chunk)
+                del chunk  # not alive while the next chunk is read: one chunk's cells at a time
+                yield table
+                del table
+            if first == 2:
+                raise DataError(name, "no data rows")
+    except OSError as error:
+        raise DataError(name, f"cannot read file: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise DataError(name, "file is not UTF-8 text") from None
+
+
 def parse_csv(handle: IO[str], name: str, features: Sequence[str] | None = None) -> Table:
     """Parse an open CSV stream (see module docstring for the contract). Columns are matched by
     header name, in any order. With ``features`` (a model's), the table holds those columns in
     that order and other columns are not read, as a message's extra fields are ignored."""
     reader = csv.reader(handle)
-    header = [column.strip() for column in next(reader, [])]
-    present = _check_header(header, name)
-    if features is not None:
-        Table([], [], None, present, np.empty((0, len(present))), name).with_features(
-            features, name
-        )  # names the missing ones
-    features = present if features is None else list(features)
+    layout = _Layout.of(next(reader, []), name, features)
     rows = list(reader)
     if not rows:
         raise DataError(name, "no data rows")
-    t_col, e_col = header.index(TIMESTAMP), header.index(ENTITY) if ENTITY in header else None
-    f_cols = [header.index(f) for f in features]
-    values = np.empty((len(rows), len(features)), dtype=np.float64)
-    timestamps: list[float] = []
-    raw: list[str] = []
-    entities: list[str] | None = [] if e_col is not None else None
-    for number, row in enumerate(rows, start=2):  # row numbers as an editor shows them
-        if len(row) != len(header):
-            raise DataError(name, f"expected {len(header)} fields, found {len(row)}", number)
-        timestamps.append(_cell_timestamp(row[t_col], name, number))
-        raw.append(row[t_col])
-        if entities is not None and e_col is not None:
-            entities.append(_cell_entity(row[e_col], name, number))
-        values[number - 2] = [_cell_number(row[c], name, number, header[c]) for c in f_cols]
-    return Table(timestamps, raw, entities, features, values, name)
+    return layout.table(rows, name, 2)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a CSV file's columns are: what every chunk of it is parsed with."""
+
+    header: list[str]
+    features: list[str]
+    timestamp: int
+    entity: int | None
+    feature_columns: list[int]
+
+    @classmethod
+    def of(cls, raw_header: list[str], name: str, features: Sequence[str] | None) -> _Layout:
+        header = [column.strip() for column in raw_header]
+        present = _check_header(header, name)
+        if features is not None:
+            Table([], [], None, present, np.empty((0, len(present))), name).with_features(
+                features, name
+            )  # names the missing ones
+        chosen = present if features is None else list(features)
+        entity = header.index(ENTITY) if ENTITY in header else None
+        return cls(header, chosen, header.index(TIMESTAMP), entity, [header.index(f) for f in chosen])
+
+    def table(self, rows: list[list[str]], name: str, first: int) -> Table:
+        """The table of ``rows``, the first of which is row ``first`` of the file (as an editor counts)."""
+        try:
+            return self._columnwise(rows, name, first)
+        except DataError:  # report the first bad row in file order, as a row-by-row reading finds it
+            return self._rowwise(rows, name, first)
+
+    def _columnwise(self, rows: list[list[str]], name: str, first: int) -> Table:
+        """Column by column (one conversion of every feature cell): the fast way for a good file."""
+        width = len(self.header)
+        for number, row in enumerate(rows, start=first):
+            if len(row) != width:
+                raise DataError(name, f"expected {width} fields, found {len(row)}", number)
+        raw = [row[self.timestamp] for row in rows]
+        timestamps = [_cell_timestamp(text, name, number) for number, text in enumerate(raw, start=first)]
+        entities = (
+            None
+            if self.entity is None
+            else [_cell_entity(row[self.entity], name, number) for number, row in enumerate(rows, start=first)]
+        )
+        try:
+            values = np.array([[row[c] for c in self.feature_columns] for row in rows], dtype=np.float64)
+        except ValueError:
+            raise DataError(name, "a non-numeric value") from None
+        if not np.isfinite(values).all():
+            raise DataError(name, "a value that is not finite")
+        return Table(timestamps, raw, entities, self.features, values.reshape(len(rows), len(self.features)), name)
+
+    def _rowwise(self, rows: list[list[str]], name: str, first: int) -> Table:
+        """Row by row, cell by cell: raises :class:`DataError` at the first bad cell."""
+        values = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        timestamps: list[float] = []
+        raw: list[str] = []
+        entities: list[str] | None = [] if self.entity is not None else None
+        for number, row in enumerate(rows, start=first):  # row numbers as an editor shows them
+            if len(row) != len(self.header):
+                raise DataError(name, f"expected {len(self.header)} fields, found {len(row)}", number)
+            timestamps.append(_cell_timestamp(row[self.timestamp], name, number))
+            raw.append(row[self.timestamp])
+            if entities is not None and self.entity is not None:
+                entities.append(_cell_entity(row[self.entity], name, number))
+            values[number - first] = [_cell_number(row[c], name, number, self.header[c]) for c in self.feature_columns]
+        return Table(timestamps, raw, entities, self.features, values, name)
 
 
 def _check_header(header: list[str], name: str) -> list[str]:

@@ -4,6 +4,7 @@ import json
 from contextlib import redirect_stdout
 from io import StringIO
 
+import numpy as np
 import pytest
 from support import QUICK_FIT, SHARED_DATA, write_config
 
@@ -81,3 +82,26 @@ def test_evaluate_over_seeds_gives_each_seeds_run_and_their_mean(seed_8, tmp_pat
 def test_evaluate_refuses_a_malformed_seed_list(seeds, capsys):
     assert main(["evaluate", "--nab", str(NAB), "--seeds", seeds]) == 2  # one line, no usage text
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_files_scored_in_parallel_match_the_serial_run_exactly():
+    from detector.config import load_settings
+    from detector.evaluate import FileJob, run_jobs
+
+    settings = load_settings(None, fit=QUICK_FIT)
+    jobs = [
+        FileJob("skab", SKAB / "valve1" / "1.csv", 7),
+        FileJob("skab", SKAB / "valve1" / "2.csv", 8),
+        FileJob("nab", NAB / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv", 7),
+    ]
+    serial, parallel = run_jobs(jobs, settings, workers=1), run_jobs(jobs, settings, workers=2)
+    assert list(serial) == jobs and set(parallel) == set(jobs)
+    for job in jobs:
+        assert np.array_equal(serial[job].is_anomaly, parallel[job].is_anomaly), job
+        assert np.array_equal(serial[job].probability, parallel[job].probability), job
+    assert any(serial[job].is_anomaly.any() for job in jobs), "some file raises an alert: decisions are compared"
+
+
+def test_evaluate_refuses_a_jobs_count_below_one(capsys):
+    assert main(["evaluate", "--nab", str(NAB), "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
