@@ -92,6 +92,7 @@ def _kill_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 def port_open(host: str, port: int) -> bool:
+    """True when something accepts a TCP connection on *host*:*port* within half a second."""
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True

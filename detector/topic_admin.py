@@ -21,7 +21,7 @@ __all__ = ["BrokerError", "create_topics", "metadata_ping", "wait_until_ready"]
 
 
 class BrokerError(RuntimeError):
-    """The bundled broker cannot be found, started or reached."""
+    """A broker cannot be reached in time, or the bundled one cannot be found or started."""
 
 
 def wait_until_ready(bootstrap_servers: str, timeout: float = 30.0) -> None:
@@ -84,6 +84,7 @@ def _list_topics(bootstrap_servers: str, timeout: float) -> set[str]:
 
 
 def metadata_ping(bootstrap_servers: str, timeout: float) -> None:
+    """Raise unless the broker answers one metadata request within about *timeout* seconds."""
     _list_topics(bootstrap_servers, timeout)
 
 
