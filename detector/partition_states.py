@@ -20,11 +20,14 @@ from collections.abc import Sequence
 import numpy as np
 from kafka import TopicPartition
 
+from detector.logs import get_logger
 from detector.reload import carry_states
 from detector.scoring import Detector
 from detector.state import CheckpointError
 
 __all__ = ["PartitionStates"]
+
+log = get_logger(__name__)
 
 
 class PartitionStates:
@@ -33,21 +36,37 @@ class PartitionStates:
     def __init__(self, detector: Detector):
         self.detector = detector
         self._owners: dict[TopicPartition, int] = {}  # kept after a revoke: a partition keeps its id
+        self._offered: Detector | None = None  # handed over by another thread (a reload)
 
     @property
     def model_version(self) -> str:
         """Version of the model the states belong to (checkpoints carry it)."""
         return self.detector.model.version
 
-    def replace(self, detector: Detector) -> None:
+    def replace(self, detector: Detector) -> bool:
         """Score with ``detector`` from the next batch on; its store holds the states from then.
 
         Of the same model version it takes over every partition's entity states (checked as a
-        restore is; an error leaves the current detector in place); of another, they start fresh.
+        restore is; if they do not carry over, the current detector stays: False); of another, they
+        start fresh.
         """
         if detector.model.version == self.model_version:
-            carry_states(self.detector, detector, sorted(set(self._owners.values())))
+            try:
+                carry_states(self.detector, detector, sorted(set(self._owners.values())))
+            except Exception as error:  # noqa: BLE001 - a reload must never stop the loop: the old detector goes on
+                log.error("reload.swap_failed", error=repr(error)[:300], note="the previous detector goes on")
+                return False
         self.detector = detector
+        return True
+
+    def offer(self, detector: Detector) -> None:
+        """Hand ``detector`` over from any thread; the loop takes it with :meth:`take_offer`."""
+        self._offered = detector
+
+    def take_offer(self) -> Detector | None:
+        """The Detector offered since the last call, if any."""
+        detector, self._offered = self._offered, None
+        return detector
 
     def owner(self, tp: TopicPartition) -> int:
         """The owner id of ``tp``'s entities in the store (given on first use)."""

@@ -89,12 +89,8 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Service:
-    """The streaming service; ``run()`` blocks until :meth:`stop` or a signal.
-
-    The parts that need the Kafka clients (poller, recovery, committer, ...) are built when
-    :meth:`run` connects. The Detector is held by :attr:`states` alone and swapped between
-    batches with :meth:`replace_detector`.
-    """
+    """The streaming service; ``run()`` blocks until :meth:`stop` or a signal. Its Kafka parts are
+    built when it connects; the Detector is held by :attr:`states` alone (:meth:`replace_detector`)."""
 
     consumer: KafkaConsumer
     producer: KafkaProducer
@@ -114,7 +110,6 @@ class Service:
         run_time: RunTimeScoring | None = None,
     ):
         self.settings, self.run_time = settings, run_time
-        self._offered: Detector | None = None  # handed over by offer_detector, swapped in by the loop
         self.metrics = metrics or Metrics()
         self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
         stream = settings.stream
@@ -135,30 +130,21 @@ class Service:
         return self.states.detector.model
 
     def offer_detector(self, detector: Detector) -> None:
-        """Score with ``detector`` from the next batch on; any thread may call this (the reload thread
-        does), the loop swaps it in between batches (:meth:`replace_detector`)."""
-        self._offered = detector
+        """:meth:`replace_detector` from any thread (the reload thread): the loop swaps it in."""
+        self.states.offer(detector)
 
     def replace_detector(self, detector: Detector) -> None:
-        """Score with ``detector`` from the next batch on; call it from the loop's thread, between batches.
-
-        Of the same model version it takes over every entity's state; of another, every entity
-        starts fresh and the next checkpoints are written for the new model. States that do not
-        carry over leave the current detector in place (``reload.swap_failed``).
-        """
+        """Score with ``detector`` from the next batch on (loop thread, between batches); states carry
+        over within a model version (:meth:`PartitionStates.replace`), else start fresh."""
         same_model = detector.model.version == self.model.version
-        try:
-            self.states.replace(detector)
-        except Exception as error:  # noqa: BLE001 - a reload must never stop the loop: the old detector goes on
-            log.error("reload.swap_failed", error=repr(error)[:300], note="the previous detector goes on")
+        if not self.states.replace(detector):
             return
         self.guard = _guard(self.settings.stream, detector)
-        if hasattr(self, "checkpoints") and not same_model:
+        if not same_model and hasattr(self, "checkpoints"):  # not yet connected: nothing checkpointed
             self.checkpoints.forget_all()  # the checkpoints written so far hold the old model's states
         if hasattr(self, "housekeeping"):
             self.housekeeping.detector_replaced()
-        self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
-        self.metrics.set_alert_threshold(detector.threshold)
+        _show_model(self.metrics, detector)
 
     def stop(self, *_: Any) -> None:
         """Ask the loop to finish the batch in hand, commit, checkpoint and return."""
@@ -170,21 +156,14 @@ class Service:
             return 0
         self._connect()
         _freeze_startup_objects()
-        log.info(
-            "service.start",
-            version=__version__,
-            model_version=self.model.version,
-            topics=self.settings.kafka.input_topics,
-            group=self.settings.kafka.group_id,
-            alert_probability=round(self.detector.threshold, 4),
-            run_time_settings=self.run_time.describe() if self.run_time else None,
-        )
+        _log_start(self)
         code = 0
         try:
             while not self.stopping.is_set():
                 self._pending.extend(self.poller.poll(held=count(self._pending)))
                 self.recovery.restore_assigned()
-                self._swap_offered_detector()
+                if (offered := self.states.take_offer()) is not None:
+                    self.replace_detector(offered)
                 self._process_pending()
                 self._housekeeping()
         except PublishFatal as error:
@@ -248,11 +227,6 @@ class Service:
                 raise PublishFatal(error, reason) from error
             raise
 
-    def _swap_offered_detector(self) -> None:
-        detector, self._offered = self._offered, None
-        if detector is not None:
-            self.replace_detector(detector)
-
     def _housekeeping(self) -> None:
         """Every loop: liveness beat and checkpoints; at most once a second: eviction, gauges, broker checks."""
         self.health.beat()
@@ -292,8 +266,7 @@ class Service:
         self.outputs = BatchOutputs(Publisher(self.producer), kafka, stream, self.metrics, self.stopping)
         self.housekeeping = Housekeeping(self.consumer, self.states, self.positions, self.broker, self.metrics)
         self.consumer.subscribe(kafka.input_topics, listener=_Rebalance(self.broker, self.recovery))
-        self.metrics.set_model_info(self.model.version, self.model.network.architecture.cell, len(self.model.features))
-        self.metrics.set_alert_threshold(self.detector.threshold)
+        _show_model(self.metrics, self.detector)
         self.metrics.set_build_info(__version__)
         self.health.set_ready(False, "waiting for partition assignment")
 
@@ -313,6 +286,26 @@ class Service:
             self.consumer.close(autocommit=False)
             self.producer.close(timeout=5)
         log.info("service.stopped")
+
+
+def _log_start(service: Service) -> None:
+    """The ``service.start`` event: versions, topics, the alert level and where each run-time value came from."""
+    log.info(
+        "service.start",
+        version=__version__,
+        model_version=service.model.version,
+        topics=service.settings.kafka.input_topics,
+        group=service.settings.kafka.group_id,
+        alert_probability=round(service.detector.threshold, 4),
+        run_time_settings=service.run_time.describe() if service.run_time else None,
+    )
+
+
+def _show_model(metrics: Metrics, detector: Detector) -> None:
+    """Model info and alert level gauges for ``detector``."""
+    model = detector.model
+    metrics.set_model_info(model.version, model.network.architecture.cell, len(model.features))
+    metrics.set_alert_threshold(detector.threshold)
 
 
 def _guard(stream: StreamSettings, detector: Detector) -> BatchGuard:
