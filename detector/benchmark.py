@@ -1,10 +1,9 @@
 """Scoring rules of two public anomaly benchmarks: SKAB and NAB v1.1.
 
-Both are written from the benchmarks' published definitions.
+Both are written from the benchmarks' published definitions.  SKAB's pooled
+metrics live in :mod:`detector.skab`, NAB's inputs (profiles, windows, files) in
+:mod:`detector.nab_inputs`; this module holds NAB's scoring rules and re-exports the rest.
 
-* SKAB (Skoltech Anomaly Benchmark): the test rows of all files are pooled
-  and scored as one binary classification (F1, false-alarm and missing-alarm
-  rates), see :func:`skab_metrics`.
 * NAB v1.1 (Numenta Anomaly Benchmark): windowed scoring with a scaled
   sigmoid, application profiles (cost matrices), a probationary period,
   normalisation against the null and perfect detectors and a threshold
@@ -27,16 +26,17 @@ period are ignored.
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from detector.nab_inputs import CostMatrix, NabFile, NabFileLike, Window, load_profiles, load_windows
+from detector.skab import SkabMetrics, as_binary, skab_metrics
 
 __all__ = [
     "CostMatrix",
@@ -56,7 +56,6 @@ __all__ = [
     "window_rows",
 ]
 
-Window = tuple[datetime, datetime]
 
 PROBATION_PERCENT = 0.15
 """Share of each NAB file that is not scored (NAB ``probationPercent``)."""
@@ -66,144 +65,6 @@ PROBATION_CAP = 750
 
 NO_DETECTION_THRESHOLD = 1.1
 """Threshold above every score in [0, 1]: the sweep's 'never detect' point."""
-
-
-# --------------------------------------------------------------------------
-# SKAB
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SkabMetrics:
-    """Pooled SKAB outlier-detection metrics; ``far`` and ``mar`` in percent."""
-
-    f1: float
-    far: float
-    mar: float
-    tp: int
-    fp: int
-    fn: int
-    tn: int
-
-
-def skab_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray) -> SkabMetrics:
-    """Score pooled 0/1 predictions against SKAB's ``anomaly`` column.
-
-    F1 = TP / (TP + (FP + FN) / 2), FAR = 100 FP / (FP + TN),
-    MAR = 100 FN / (FN + TP); a ratio with a zero denominator is 0.
-
-    >>> m = skab_metrics([1, 1, 0, 0, 0], [1, 0, 1, 0, 0])
-    >>> (m.tp, m.fp, m.fn, m.tn)
-    (1, 1, 1, 2)
-    >>> round(m.f1, 4), round(m.far, 2), round(m.mar, 2)
-    (0.5, 33.33, 50.0)
-    """
-    truth, pred = _binary(y_true, "y_true"), _binary(y_pred, "y_pred")
-    if truth.shape != pred.shape:
-        raise ValueError(f"y_true has {truth.size} rows, y_pred {pred.size}")
-    tp, fp = int(np.sum(truth & pred)), int(np.sum(~truth & pred))
-    fn, tn = int(np.sum(truth & ~pred)), int(np.sum(~truth & ~pred))
-    return SkabMetrics(
-        f1=_ratio(tp, tp + (fp + fn) / 2),
-        far=100.0 * _ratio(fp, fp + tn),
-        mar=100.0 * _ratio(fn, fn + tp),
-        tp=tp,
-        fp=fp,
-        fn=fn,
-        tn=tn,
-    )
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else 0.0
-
-
-def _binary(values: npt.ArrayLike, name: str) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional")
-    if not np.isin(array, (0, 1)).all():
-        raise ValueError(f"{name} must hold only 0 and 1")
-    return array.astype(bool)
-
-
-# --------------------------------------------------------------------------
-# NAB: inputs
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CostMatrix:
-    """A NAB application profile; NAB's scorer never uses ``tn``."""
-
-    tp: float
-    fp: float
-    fn: float
-    tn: float
-
-
-class NabFileLike(Protocol):
-    """What the corpus functions need to know about one NAB file."""
-
-    @property
-    def timestamps(self) -> Sequence[datetime]: ...
-
-    @property
-    def scores(self) -> Sequence[float]: ...
-
-    @property
-    def windows(self) -> Sequence[Window]: ...
-
-
-@dataclass(frozen=True)
-class NabFile:
-    """One NAB file: row timestamps, per-row anomaly scores, label windows."""
-
-    timestamps: Sequence[datetime]
-    scores: Sequence[float]
-    windows: Sequence[Window]
-
-
-def load_profiles(path: str | Path) -> dict[str, CostMatrix]:
-    """Read NAB's ``config/profiles.json`` into cost matrices by profile name.
-
-    >>> import json, tempfile
-    >>> entry = {"tpWeight": 1, "fpWeight": 0.11, "fnWeight": 1, "tnWeight": 1}
-    >>> with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-    ...     json.dump({"standard": {"CostMatrix": entry}}, f)
-    >>> load_profiles(f.name)["standard"]
-    CostMatrix(tp=1.0, fp=0.11, fn=1.0, tn=1.0)
-    """
-    raw = json.loads(Path(path).read_text())
-    return {name: _cost_matrix(entry.get("CostMatrix", entry)) for name, entry in raw.items()}
-
-
-def _cost_matrix(weights: Mapping[str, float]) -> CostMatrix:
-    return CostMatrix(
-        tp=float(weights["tpWeight"]),
-        fp=float(weights["fpWeight"]),
-        fn=float(weights["fnWeight"]),
-        tn=float(weights["tnWeight"]),
-    )
-
-
-def load_windows(path: str | Path) -> dict[str, list[Window]]:
-    """Read NAB's ``labels/combined_windows.json``: windows by data-file path.
-
-    >>> import json, tempfile
-    >>> labels = {"a/x.csv": [["2014-04-10 07:15:00.000000", "2014-04-11 16:45:00.000000"]]}
-    >>> with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-    ...     json.dump(labels, f)
-    >>> [(str(s), str(e)) for s, e in load_windows(f.name)["a/x.csv"]]
-    [('2014-04-10 07:15:00', '2014-04-11 16:45:00')]
-    """
-    raw = json.loads(Path(path).read_text())
-    return {name: [_window(pair) for pair in pairs] for name, pairs in raw.items()}
-
-
-def _window(pair: Sequence[str]) -> Window:
-    start, end = pair
-    return datetime.fromisoformat(start), datetime.fromisoformat(end)
 
 
 # --------------------------------------------------------------------------
@@ -254,7 +115,7 @@ def window_rows(timestamps: Sequence[datetime], windows: Iterable[Window]) -> li
     """
     stamps = _datetime64(timestamps)
     spans = sorted(s for s in (_span(stamps, w) for w in windows) if s is not None)
-    for (_, previous_end), (start, _) in zip(spans, spans[1:]):
+    for (_, previous_end), (start, _) in itertools.pairwise(spans):
         if start <= previous_end:
             raise ValueError(f"label windows overlap at row {start}")
     return spans
@@ -450,7 +311,7 @@ def score_from_decisions(files: Mapping[str, NabFileLike], profile: CostMatrix) 
     62.41
     """
     for name, file in files.items():
-        _binary(file.scores, f"{name} decisions")
+        as_binary(file.scores, f"{name} decisions")
     return nab_corpus_score(files, profile, 0.5)
 
 
