@@ -183,31 +183,18 @@ class CheckpointStore:
         for key, manifest in manifests.items():
             topic, partition = wanted[key]
             if "error" in manifest or "invalid" in manifest:
-                found[(topic, partition)] = Checkpoint(
-                    topic,
-                    partition,
-                    0,
-                    "",
-                    0.0,
-                    b"",
-                    corrupt=manifest.get("error", ""),
-                    invalid=manifest.get("invalid", ""),
+                found[(topic, partition)] = _unusable(
+                    topic, partition, corrupt=manifest.get("error", ""), invalid=manifest.get("invalid", "")
                 )
                 continue
             parts = [chunks.get(f"{key}/{manifest['id']}/{i}") for i in range(manifest["chunks"])]  # at most MAX_CHUNKS
             if any(part is None for part in parts):
-                found[(topic, partition)] = Checkpoint(topic, partition, 0, "", 0.0, b"", corrupt="chunks missing")
+                found[(topic, partition)] = _unusable(topic, partition, corrupt="chunks missing")
                 continue
             blob = b"".join(parts)  # type: ignore[arg-type]  # no None left
             if "bytes" in manifest and len(blob) != manifest["bytes"]:
-                found[(topic, partition)] = Checkpoint(
-                    topic,
-                    partition,
-                    0,
-                    "",
-                    0.0,
-                    b"",
-                    invalid=f"states of {len(blob)} bytes, manifest says {manifest['bytes']}",
+                found[(topic, partition)] = _unusable(
+                    topic, partition, invalid=f"states of {len(blob)} bytes, manifest says {manifest['bytes']}"
                 )
                 continue
             self._previous_chunks[(topic, partition)] = [
@@ -250,6 +237,11 @@ class CheckpointStore:
             return manifests, chunks
         finally:
             consumer.close()
+
+
+def _unusable(topic: str, partition: int, corrupt: str = "", invalid: str = "") -> Checkpoint:
+    """A checkpoint found but not usable: why (``corrupt`` or ``invalid``), and no states."""
+    return Checkpoint(topic, partition, 0, "", 0.0, b"", corrupt=corrupt, invalid=invalid)
 
 
 def _manifest(value: bytes) -> dict[str, Any]:
