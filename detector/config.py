@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-from detector.config_docs import example_toml, settings_table
+from detector.config_docs import example_toml, is_advanced, settings_table
 from detector.config_models import (
     FitSettings,
     KafkaSettings,
@@ -44,6 +44,7 @@ __all__ = [
     "SettingsError",
     "StreamSettings",
     "example_toml",
+    "is_advanced",
     "load_settings",
     "read_toml",
     "settings_from",
@@ -72,10 +73,14 @@ def settings_from(file_values: dict[str, Any], source: Path | str | None, **over
     """Settings from the values of a TOML file already read (``source`` names it in errors) and the
     environment; :func:`load_settings` without reading the file, for a caller that needs its values too."""
     from detector.environment import bad_json_value
+    from detector.renamed import renamed_setting
 
     bad = bad_json_value(os.environ)
     if bad is not None:
         raise SettingsError(f"invalid setting {bad[0]}={bad[1]!r}: not a JSON list", help=bad[2])
+    renamed = renamed_setting(file_values, os.environ)
+    if renamed is not None:
+        raise SettingsError(renamed[0], help=renamed[1])
     values: dict[str, Any] = {
         section: dict(fields) if isinstance(fields, dict) else fields for section, fields in file_values.items()
     }

@@ -1,6 +1,11 @@
 """The documentation generated from the settings models: ``config.example.toml`` and the settings table.
 
-``make docs`` writes both; a test fails when the committed copies are stale.
+``make docs`` writes both; a test fails when the committed copies are stale. A setting marked
+:data:`~detector.config_models.ADVANCED` (it tunes one rule's internals) comes after the others
+of its section, under a comment in the example file and apart in the docs.
+
+>>> is_advanced("scoring.novelty_margin"), is_advanced("scoring.false_alarm_rate")
+(True, False)
 """
 
 from __future__ import annotations
@@ -8,14 +13,28 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
-from detector.config_models import Settings
+from detector.config_models import ADVANCED, Settings
 
-__all__ = ["example_toml", "settings_table"]
+__all__ = ["ADVANCED_COMMENT", "example_toml", "is_advanced", "settings_table"]
+
+ADVANCED_COMMENT = "# advanced: tune one rule's internals; leave as they are unless you measured"
 
 
 def _sections() -> list[tuple[str, type[BaseModel]]]:
     return [(name, info.annotation) for name, info in Settings.model_fields.items()]  # type: ignore[misc]
+
+
+def _fields(model: type[BaseModel]) -> list[tuple[str, FieldInfo]]:
+    """The fields of a section, the ones users set first and the advanced ones after them."""
+    return sorted(model.model_fields.items(), key=lambda item: item[1].json_schema_extra == ADVANCED)
+
+
+def is_advanced(setting: str) -> bool:
+    """Whether ``setting`` (``section.key``) tunes one rule's internals rather than being one users set."""
+    section, key = setting.split(".", 1)
+    return dict(_sections())[section].model_fields[key].json_schema_extra == ADVANCED
 
 
 def _toml_value(value: Any) -> str:
@@ -38,7 +57,10 @@ def example_toml() -> str:
     ]
     for section, model in _sections():
         lines.append(f"[{section}]")
-        for name, info in model.model_fields.items():
+        first_advanced = next((name for name, info in _fields(model) if info.json_schema_extra == ADVANCED), None)
+        for name, info in _fields(model):
+            if name == first_advanced:
+                lines.extend(["", ADVANCED_COMMENT])
             lines.append(f"# {info.description}")
             default = info.get_default(call_default_factory=True)
             lines.append(f"{name} = {_toml_value(default)}" if default is not None else f"# {name} =")
@@ -50,7 +72,7 @@ def settings_table() -> str:
     """A Markdown table of every setting (the README embeds it; a test keeps them equal)."""
     rows = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
     for section, model in _sections():
-        for name, info in model.model_fields.items():
+        for name, info in _fields(model):
             default = info.get_default(call_default_factory=True)
             shown = "(unset)" if default is None else _toml_value(default).replace("|", "\\|")
             env = f"DETECTOR_{section.upper()}__{name.upper()}"

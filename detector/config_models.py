@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, mod
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
+    "ADVANCED",
     "FitSettings",
     "KafkaSettings",
     "LogSettings",
@@ -24,6 +25,10 @@ __all__ = [
     "Settings",
     "StreamSettings",
 ]
+
+
+# marks a setting that tunes one rule's internals (the docs list it apart from the few users set)
+ADVANCED: dict[str, Any] = {"group": "advanced"}
 
 
 class _Section(BaseModel):
@@ -70,7 +75,7 @@ class FitSettings(_Section):
 
 
 class ScoringSettings(_Section):
-    """How a score becomes a probability and an alert decision."""
+    """How a score becomes a probability and an alert; a half-life counts messages unless named ``*_s`` (seconds)."""
 
     false_alarm_rate: float = Field(
         1e-3,
@@ -100,6 +105,7 @@ class ScoringSettings(_Section):
         gt=0,
         description="Half-life (messages) of the per-feature error smoothing that makes small persistent shifts "
         "visible.",
+        json_schema_extra=ADVANCED,
     )
     drift_halflife: float = Field(
         1000.0,
@@ -120,24 +126,28 @@ class ScoringSettings(_Section):
         description="Deviations of the log score beyond this many baseline standard deviations are clipped when "
         "updating the entity baseline: outliers barely move it and a persistent change is absorbed in a time growing "
         "with the logarithm of its size.",
+        json_schema_extra=ADVANCED,
     )
     likelihood_short_halflife: float = Field(
         1.0,
         gt=0,
         description="Half-life (messages) of the short-term average of the log score whose likelihood is the "
         "reported probability and opens alerts (Numenta-style anomaly likelihood).",
+        json_schema_extra=ADVANCED,
     )
     likelihood_long_halflife: float = Field(
         500.0,
         gt=1,
         description="Half-life (messages) of each entity's long-term, unclipped mean/variance of the log score "
         "against which the short-term average is judged.",
+        json_schema_extra=ADVANCED,
     )
     novelty_halflife: float = Field(
         1000.0,
         gt=0,
         description="Half-life (messages) of the decaying peak of each entity's likelihood z-score; an excursion "
         "counts as new only when it exceeds that recent peak.",
+        json_schema_extra=ADVANCED,
     )
     novelty_discount: float = Field(
         3.0,
@@ -146,6 +156,7 @@ class ScoringSettings(_Section):
         "recent peak, so that one event is reported by its onset rather than by every message while it lasts; such a "
         "message is also held this far below the alert level, however large, while one that exceeds the peak is "
         "reported beyond the alert level by at most as much as it exceeds it (0 turns both off).",
+        json_schema_extra=ADVANCED,
     )
     novelty_margin: float = Field(
         1.0,
@@ -156,6 +167,7 @@ class ScoringSettings(_Section):
         "1.45), so an event rising over several messages is reported once. While the entity's alert is open (its "
         "event is reported) a message must exceed that bar by one more margin, so an event rising far beyond the "
         "alert level is not reported at every new high (0: every new high is reported).",
+        json_schema_extra=ADVANCED,
     )
     seasonal_bins: int = Field(
         24,
@@ -166,8 +178,12 @@ class ScoringSettings(_Section):
         "(a nightly job) stops alerting after a few days (0: off; at most 1440, one a minute: each bin is 4 bytes of "
         "state per entity).",
     )
-    seasonal_halflife_days: float = Field(
-        2.0, gt=0, description="Half-life, in days of the entity's own timestamps, of each time-of-day bin's memory."
+    seasonal_halflife_s: float = Field(
+        172800.0,
+        gt=0,
+        description="Half-life (seconds of the entity's own timestamps) of each time-of-day bin's memory: 172800 "
+        "(two days) forgets half of what a bin held over two days of the entity's time.",
+        json_schema_extra=ADVANCED,
     )
     range_tolerance: float = Field(
         0.05,
@@ -186,11 +202,13 @@ class ScoringSettings(_Section):
         "alerts while it stands out (at 0.5, a level half the range's width beyond it is beyond the tolerance for 3 "
         "messages), one wild value widens the range by only this share of its excess, and a drift out of the range "
         "is caught once it moves faster than range_tolerance x range_absorb of the width per message.",
+        json_schema_extra=ADVANCED,
     )
     likelihood_short_scaled: bool = Field(
         False,
         description="Judge the short-term average against its own (narrower) spread under white noise rather than "
         "one message's spread.",
+        json_schema_extra=ADVANCED,
     )
     warmup_steps: int = Field(
         10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up."

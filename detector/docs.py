@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from detector.config import example_toml, settings_table
+from detector.config import example_toml, is_advanced, settings_table
 from detector.metrics import metrics_table
 from detector.runtime import kind_of
 
@@ -28,23 +28,29 @@ def replace_between(text: str, name: str, body: str) -> str:
 
 
 def settings_tables() -> dict[str, str]:
-    """The settings table split in two, each row marked with its kind (:func:`detector.runtime.kind_of`):
-    ``settings-fit`` the fit-time settings (recorded in the model), ``settings-run`` the others.
+    """The settings table split in three, each row marked with its kind (:func:`detector.runtime.kind_of`):
+    ``settings-fit`` the fit-time settings (recorded in the model), ``settings-run`` the others, and
+    ``settings-advanced`` those that tune one rule's internals (:func:`detector.config.is_advanced`),
+    of either kind.
 
     >>> tables = settings_tables()
     >>> "`fit.seed` | fit-time" in tables["settings-fit"], "`scoring.close_after` | run-time" in tables["settings-run"]
     (True, True)
+    >>> "`scoring.novelty_margin` | run-time" in tables["settings-advanced"]
+    True
     """
     _, _, *rows = settings_table().splitlines()
     header = ["| setting | kind | environment variable | default | meaning |", "|---|---|---|---|---|"]
-    marked = []
+    tables: dict[str, list[str]] = {"settings-fit": [], "settings-run": [], "settings-advanced": []}
     for row in rows:
         name_cell, rest = row.split(" | ", 1)
-        kind = kind_of(name_cell.split("`")[1])
-        marked.append((kind, f"{name_cell} | {kind} | {rest}"))
-    fit_time = [row for kind, row in marked if kind == "fit-time"]
-    others = [row for kind, row in marked if kind != "fit-time"]
-    return {"settings-fit": "\n".join([*header, *fit_time]), "settings-run": "\n".join([*header, *others])}
+        setting = name_cell.split("`")[1]
+        kind = kind_of(setting)
+        table = (
+            "settings-advanced" if is_advanced(setting) else "settings-fit" if kind == "fit-time" else "settings-run"
+        )
+        tables[table].append(f"{name_cell} | {kind} | {rest}")
+    return {name: "\n".join([*header, *table]) for name, table in tables.items()}
 
 
 # file (relative to the repository root) -> its generated sections

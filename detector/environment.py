@@ -56,8 +56,15 @@ def setting_names() -> dict[str, tuple[str, str]]:
 
 def unknown_variables(environ: Mapping[str, str]) -> list[UnknownVariable]:
     """The ``DETECTOR_*`` variables of ``environ`` that name no setting, in name order."""
+    from detector.renamed import RENAMES
+
     known = setting_names()
-    unknown = sorted(name for name in environ if name.upper().startswith(PREFIX) and name.upper() not in known)
+    renamed = {rename.variable(rename.old) for rename in RENAMES}  # refused with the new name instead
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith(PREFIX) and name.upper() not in known and name.upper() not in renamed
+    )
     return [
         UnknownVariable(name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)), None))
         for name in unknown

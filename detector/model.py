@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from detector.renamed import upgrade_scoring
+
 __all__ = [
     "Architecture",
     "Calibration",
@@ -313,9 +315,8 @@ class FittedModel:
     scoring: dict[str, Any]
     version: str
     info: dict[str, Any] = field(default_factory=dict)
-    feature_range: np.ndarray | None = (
-        None  # (2, features): the fit data's minimum and maximum (None: fitted before it was kept)
-    )
+    # (2, features): the fit data's minimum and maximum (None: fitted before it was kept)
+    feature_range: np.ndarray | None = None
 
 
 class ModelError(RuntimeError):
@@ -365,7 +366,7 @@ def load_model(directory: Path | str, features: list[str] | None = None) -> Fitt
             feature_scale=np.asarray(meta["feature_scale"], dtype=np.float64),
             residual_scale=np.asarray(meta["residual_scale"], dtype=np.float64),
             calibration=Calibration(**meta["calibration"]),
-            scoring=dict(meta["scoring"]),
+            scoring=upgrade_scoring(meta["scoring"]),
             version=str(meta["version"]),
             info=dict(meta.get("info", {})),
             feature_range=None

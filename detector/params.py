@@ -55,7 +55,7 @@ def params_of(settings: ScoringSettings, calibration: Calibration, threshold: fl
         "threshold": threshold,
         "threshold_z": NormalDist().inv_cdf(min(max(threshold, TINY), 1.0 - TINY)),
         "seasonal_bins": settings.seasonal_bins,
-        "seasonal_halflife_days": settings.seasonal_halflife_days,
+        "seasonal_halflife_days": settings.seasonal_halflife_s / 86400.0,  # the stage counts days of a bin's time
         "baseline_rate_per_message": weight_per_message(settings.drift_halflife),
         "drift_halflife_s": settings.drift_halflife_s,
         "baseline_clip": settings.baseline_clip,

@@ -64,7 +64,7 @@ RUN_TIME_SCORING: tuple[str, ...] = (
     "novelty_halflife",
     "novelty_discount",
     "novelty_margin",
-    "seasonal_halflife_days",
+    "seasonal_halflife_s",
     "range_tolerance",
     "range_absorb",
 )

@@ -29,6 +29,7 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "blocker").write_text("a file where a directory should be")
     (tmp_path / "empty-model").mkdir()
     (tmp_path / "bad.toml").write_text("[model\n")
+    (tmp_path / "old.toml").write_text("[scoring]\nseasonal_halflife_days = 2.0\n")
     return tmp_path
 
 
@@ -40,6 +41,18 @@ MISTAKES = {
         {"DETECTOR_KAFKA__INPUT_TOPICS": "sensors"},
         "DETECTOR_KAFKA__INPUT_TOPICS='sensors': not a JSON list",
         """DETECTOR_KAFKA__INPUT_TOPICS='["sensors"]'""",
+    ),
+    "renamed setting in environment": (
+        ["run"],
+        {"DETECTOR_SCORING__SEASONAL_HALFLIFE_DAYS": "3"},
+        "DETECTOR_SCORING__SEASONAL_HALFLIFE_DAYS='3' is now scoring.seasonal_halflife_s",
+        "DETECTOR_SCORING__SEASONAL_HALFLIFE_S=259200.0",
+    ),
+    "renamed setting in file": (
+        ["run", "--config", "{d}/old.toml"],
+        {},
+        "scoring.seasonal_halflife_days = 2.0 in the settings file is now scoring.seasonal_halflife_s",
+        "seasonal_halflife_s = 172800.0 in [scoring]",
     ),
     "bad number in environment": (["run"], {"DETECTOR_MODEL__NUM_LAYERS": "abc"}, "model.num_layers", None),
     "config file missing": (["--config", "{d}/nope.toml", "run"], {}, "config file not found", "--config"),

@@ -8,7 +8,8 @@ import re
 import pytest
 from support import ROOT
 
-from detector.config import Settings
+from detector.config import Settings, is_advanced
+from detector.config_docs import ADVANCED_COMMENT
 from detector.docs import GENERATED, render
 from detector.metrics import Metrics
 
@@ -79,3 +80,24 @@ def test_docstring_examples_run(module):
     """Every usage example in a docstring is true (doctest)."""
     result = doctest.testmod(importlib.import_module(f"detector.{module}"))
     assert result.failed == 0
+
+
+def test_advanced_settings_stand_apart_from_the_ones_users_set():
+    """configuration.md lists the advanced [scoring] settings in their own table after the others,
+    and config.example.toml puts them last in [scoring], under the advanced comment."""
+    text = (ROOT / "docs/configuration.md").read_text()
+    advanced_table = text.split("<!-- settings-advanced:start -->")[1].split("<!-- settings-advanced:end -->")[0]
+    other_tables = text.split("<!-- settings-advanced:start -->")[0]
+    scoring = Settings.model_fields["scoring"].annotation.model_fields
+    advanced = [name for name in scoring if is_advanced(f"scoring.{name}")]
+    assert "novelty_margin" in advanced and "false_alarm_rate" not in advanced
+    for name in scoring:
+        assert (f"`scoring.{name}`" in advanced_table) == (name in advanced), name
+        assert (f"`scoring.{name}`" in other_tables) == (name not in advanced), name
+    example = (ROOT / "config.example.toml").read_text()
+    section = example.split("[scoring]\n")[1].split("\n[")[0]
+    users, _, tuning = section.partition(ADVANCED_COMMENT)
+    assert tuning and {
+        line.split(" =")[0] for line in tuning.splitlines() if " = " in line and not line.startswith("#")
+    } == set(advanced)
+    assert not any(f"\n{name} = " in users for name in advanced)

@@ -167,3 +167,32 @@ def test_models_written_before_time_context_still_load(tmp_path):
     assert loaded.network.architecture.periods == () and loaded.feature_range is None, (
         "no range check without the fit data's range"
     )
+
+
+def _day_of_scores(model):
+    """Probabilities of two entities reporting every 15 minutes for three days, a bump each night."""
+    from detector.scoring import Detector, Observation
+
+    rng = np.random.default_rng(3)
+    observations = [
+        Observation(entity, step * 900.0, [float(rng.normal()) + (3.0 if (step % 96) in (8, 9) else 0.0), 0.0])
+        for step in range(3 * 96)
+        for entity in ("p1", "p2")
+    ]
+    return [decision.probability for decision in Detector(model).process(observations, now=3 * 86400.0)]
+
+
+def test_models_recording_the_seasonal_halflife_in_days_score_as_before(tmp_path):
+    """A model fitted before the rename records seasonal_halflife_days: it is read as the same
+    half-life in seconds and scores bit-identically to one recording seasonal_halflife_s."""
+    import json
+
+    save_model(tiny_model(warmup_steps=0, seasonal_halflife_s=1.5 * 86400), tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / "model.json").read_text())
+    meta["scoring"]["seasonal_halflife_days"] = meta["scoring"].pop("seasonal_halflife_s") / 86400
+    (tmp_path / "new" / "model.json").write_text(json.dumps(meta))
+    old = load_model(tmp_path / "new")
+    assert old.scoring["seasonal_halflife_s"] == 129600.0 and "seasonal_halflife_days" not in old.scoring
+    expected = _day_of_scores(tiny_model(warmup_steps=0, seasonal_halflife_s=129600.0))
+    assert _day_of_scores(old) == expected
+    assert _day_of_scores(tiny_model(warmup_steps=0)) != expected, "the half-life changes the scores"

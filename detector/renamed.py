@@ -1,0 +1,79 @@
+"""Settings renamed to follow the unit rule, and what an old name's value is under the new one.
+
+The rule: a half-life counts the entity's messages unless its name ends in a unit, and the only
+time unit is seconds (``_s``). A settings file or ``DETECTOR_*`` variable that still uses an old
+name is refused with the new name and the converted value, since a silent rename would hide the
+change of unit. A model fitted before a rename records the old name; :func:`upgrade_scoring`
+reads it as the new one, so the model scores as it did.
+
+>>> upgrade_scoring({"close_after": 10, "seasonal_halflife_days": 2.0})
+{'close_after': 10, 'seasonal_halflife_s': 172800.0}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RENAMES", "Rename", "renamed_setting", "upgrade_scoring"]
+
+
+@dataclass(frozen=True)
+class Rename:
+    """A setting of ``section`` once called ``old``, now ``new``; new value = old value x ``factor``."""
+
+    section: str
+    old: str
+    new: str
+    factor: float
+
+    def variable(self, key: str) -> str:
+        """The ``DETECTOR_*`` variable of ``key`` (the old or the new name) in this section."""
+        return f"DETECTOR_{self.section}__{key}".upper()
+
+    def converted(self, value: Any) -> float | None:
+        """``value`` (given under the old name) under the new name; None when it is not a number."""
+        try:
+            return float(value) * self.factor
+        except (TypeError, ValueError):
+            return None
+
+
+RENAMES: tuple[Rename, ...] = (Rename("scoring", "seasonal_halflife_days", "seasonal_halflife_s", 86400.0),)
+
+
+def upgrade_scoring(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's recorded ``[scoring]`` values with each old name replaced by its new one."""
+    upgraded = dict(recorded)
+    for rename in RENAMES:
+        if rename.section == "scoring" and rename.old in upgraded and rename.new not in upgraded:
+            upgraded[rename.new] = rename.converted(upgraded.pop(rename.old))
+    return upgraded
+
+
+def renamed_setting(file_values: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(message, help) for the first old name that a settings file's values or ``environ`` use, or None.
+
+    >>> renamed_setting({}, {"DETECTOR_SCORING__SEASONAL_HALFLIFE_DAYS": "1.5"})[1]
+    'write DETECTOR_SCORING__SEASONAL_HALFLIFE_S=129600.0 (the same value in seconds)'
+    """
+    variables = {name.upper(): value for name, value in environ.items()}
+    for rename in RENAMES:
+        old_variable = rename.variable(rename.old)
+        if old_variable in variables:
+            value, new_value = variables[old_variable], rename.converted(variables[old_variable])
+            wanted = f"{rename.variable(rename.new)}={new_value!r}"
+            where = f"{old_variable}={value!r}"
+        else:
+            section = file_values.get(rename.section)
+            if not isinstance(section, Mapping) or rename.old not in section:
+                continue
+            value, new_value = section[rename.old], rename.converted(section[rename.old])
+            wanted = f"{rename.new} = {new_value!r} in [{rename.section}]"
+            where = f"{rename.section}.{rename.old} = {value!r} in the settings file"
+        message = f"setting {where} is now {rename.section}.{rename.new}"
+        if new_value is None:
+            return message, f"give {rename.new} instead: the old value x {rename.factor:g}"
+        return message, f"write {wanted} (the same value in seconds)"
+    return None
