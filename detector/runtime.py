@@ -7,9 +7,11 @@
   ``run`` and ``score`` alike, and SIGHUP reloads them in ``run`` (:mod:`detector.reload`);
 * start-up settings (the Kafka, stream, metrics and log sections) are read when a command starts.
 
-A fit-time setting given to ``run`` or ``score`` with another value than the model's is refused:
-it would silently have no effect. Given with the model's own value (one settings file shared by
-``fit`` and ``run``) it is accepted.
+A setting that shapes the model (``[model]`` but ``path``, and the fit-time ``[scoring]`` ones)
+given to ``run`` or ``score`` with another value than the model's is refused: it would silently
+have no effect. Given with the model's own value it is accepted. The ``[fit]`` section drives the
+training procedure of ``detector fit`` alone and is not checked, so one settings file (such as
+config.example.toml) serves ``fit``, ``run`` and ``score`` with any model.
 
 >>> kind_of("scoring.false_alarm_rate"), kind_of("scoring.smoothing_halflife"), kind_of("kafka.group_id")
 ('run-time', 'fit-time', 'start-up')
@@ -157,8 +159,8 @@ def _refuse_fit_time(settings: Settings, model: FittedModel, given: Mapping[str,
     differing = []
     for setting, source in sorted(given.items()):
         section, key = setting.split(".", 1)
-        if kind_of(setting) != "fit-time" or section not in _FIT_TIME_SECTIONS:
-            continue
+        if kind_of(setting) != "fit-time" or section not in _FIT_TIME_SECTIONS or section == "fit":
+            continue  # [fit] is the training procedure's: it cannot change what a fitted model does
         value, recorded = getattr(getattr(settings, section), key), _recorded(model, section)
         if recorded is None:
             differing.append(f"{setting}={value!r} (from the {source}; the model does not record it)")
