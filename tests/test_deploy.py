@@ -37,6 +37,7 @@ EXPECTED_ALERTS = {
     "DetectorCheckpointTooOld",
     "DetectorTargetDown",
     "DetectorNotHealthy",
+    "DetectorReloadRefused",
 }
 METRIC_NAME = re.compile(r"\b(detector_[a-z_]+|process_[a-z_]+|up)\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
