@@ -10,11 +10,15 @@ checkpoint reader share the connection and security settings.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from detector.config import KafkaSettings
 
-__all__ = ["consumer_config", "kafka_client_config", "producer_config"]
+__all__ = ["consumer_config", "kafka_client_config", "open_client", "producer_config"]
+
+Client = TypeVar("Client")
 
 
 def kafka_client_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -64,6 +68,33 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
         "fetch_min_bytes": kafka.fetch_min_bytes,
     }
+
+
+def open_client(client_class: Callable[..., Client], **config: Any) -> Client:
+    """``client_class(**config)`` (a kafka-python client) that leaves no thread behind when it fails.
+
+    kafka-python starts a client's network thread before it contacts the bootstrap servers; when
+    that fails the constructor raises and the thread lives on, reconnecting and logging warnings
+    for ever (one more thread per retry while a broker is down). The client's network part is
+    created through ``kafka_client`` here, so it can be closed when the constructor raises.
+
+    Use it as the constructor: ``open_client(KafkaConsumer, **consumer_config(settings))``.
+    """
+    from kafka.net import KafkaNetClient  # the default network client of every kafka-python client class
+
+    created: list[Any] = []
+
+    def network_client(**kwargs: Any) -> Any:
+        created.append(KafkaNetClient(**kwargs))
+        return created[-1]
+
+    try:
+        return client_class(**config, kafka_client=network_client)
+    except BaseException:
+        for client in created:
+            with contextlib.suppress(Exception):
+                client.close()
+        raise
 
 
 def _str(value: Any) -> str | None:

@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient
 from kafka import errors as kafka_errors
 
 from detector.config import KafkaSettings
-from detector.kafka_config import kafka_client_config
+from detector.kafka_config import kafka_client_config, open_client
 from detector.logs import get_logger
 from detector.metrics import Health
 
@@ -47,7 +47,7 @@ def wait_for_broker(
     while not stop.is_set():
         health.beat()
         try:
-            admin = KafkaAdminClient(**client_config, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+            admin = open_client(KafkaAdminClient, **client_config, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
         except _UNREACHABLE as error:
             if failed_since is None:
                 failed_since = time.monotonic()

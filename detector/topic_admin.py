@@ -17,6 +17,8 @@ from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from detector.kafka_config import open_client
+
 __all__ = ["BrokerError", "create_topics", "metadata_ping", "wait_until_ready"]
 
 
@@ -57,7 +59,8 @@ def _bounded_configs(client_class: Any, timeout: float) -> dict[str, Any]:
 
 
 def _admin(bootstrap_servers: str, timeout: float) -> KafkaAdminClient:
-    return KafkaAdminClient(
+    return open_client(
+        KafkaAdminClient,
         bootstrap_servers=bootstrap_servers,
         client_id="detector-broker-admin",
         **_bounded_configs(KafkaAdminClient, timeout),
@@ -70,7 +73,8 @@ def _list_topics(bootstrap_servers: str, timeout: float) -> set[str]:
     Not KafkaAdminClient.list_topics(): kafka-python 2.x fails on Tansu's
     answer there with ``ValueError: 14 is not a valid ACLOperation``.
     """
-    consumer = KafkaConsumer(
+    consumer = open_client(
+        KafkaConsumer,
         bootstrap_servers=bootstrap_servers,
         client_id="detector-broker-metadata",
         fetch_max_wait_ms=100,

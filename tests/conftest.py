@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from service_harness import TopicReader
 
 from detector.broker import Broker, create_topics, start_broker
 
@@ -28,6 +29,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if BROKER_FIXTURE in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(autouse=True)
+def _close_topic_readers() -> Iterator[None]:
+    """Close the topic readers a test left open: their consumer threads would log into later tests."""
+    yield
+    TopicReader.close_all()
 
 
 @pytest.fixture(autouse=True)

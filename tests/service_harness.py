@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -130,11 +130,18 @@ def dead_letter_view(record: Any) -> dict:
 
 class TopicReader:
     """Incrementally reads a whole topic (all partitions) from the beginning, without a group;
-    ``view`` turns each record into the dict kept (default: its JSON value)."""
+    ``view`` turns each record into the dict kept (default: its JSON value).
+
+    Every reader still open when its test ends is closed by :meth:`close_all` (an autouse fixture
+    in conftest.py), so no consumer thread outlives its test and logs into later ones.
+    """
+
+    opened: ClassVar[list[TopicReader]] = []
 
     def __init__(self, bootstrap: str, topic: str, view: Callable[[Any], dict] = json_view):
         self.view = view
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+        TopicReader.opened.append(self)
         partitions = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or {0})]
         self.consumer.assign(partitions)
         self.consumer.seek_to_beginning(*partitions)
@@ -159,6 +166,12 @@ class TopicReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Close every reader opened since the last call."""
+        while cls.opened:
+            cls.opened.pop().close()
 
 
 def offsets_seen(records: list[dict]) -> set[tuple[int, int]]:

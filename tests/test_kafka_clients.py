@@ -4,6 +4,8 @@ internals (one adapter, pinned versions) and kafka-python's log lines."""
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -16,7 +18,7 @@ from packaging.specifiers import SpecifierSet
 from detector.broker import free_port
 from detector.checkpoints import CheckpointStore
 from detector.config import KafkaSettings
-from detector.kafka_config import consumer_config, kafka_client_config, producer_config
+from detector.kafka_config import consumer_config, kafka_client_config, open_client, producer_config
 from detector.kafka_internals import (
     TESTED_VERSIONS,
     KafkaInternalsChanged,
@@ -89,7 +91,27 @@ def test_kafka_python_accepts_the_security_settings(client):
     for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
         config.pop(key)  # no files here; SSL keys are checked by the build test above
     with pytest.raises(KafkaTimeoutError):
-        client(**config)
+        open_client(client, **config)
+
+
+def _network_threads() -> set[str]:
+    return {thread.name for thread in threading.enumerate() if thread.name.startswith("kafka-io-")}
+
+
+@pytest.mark.parametrize("client", [KafkaProducer, KafkaConsumer, KafkaAdminClient])
+@pytest.mark.parametrize("peer", ["closed port", "silent listener"])
+def test_a_client_that_cannot_bootstrap_leaves_no_thread(client, peer):
+    """A failed constructor must not leave kafka-python's network thread reconnecting for ever:
+    the start-up wait retries every few seconds while a broker is down."""
+    before = _network_threads()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        if peer == "silent listener":
+            silent.listen()  # accepts the TCP connection, never answers a request
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(KafkaTimeoutError):
+            open_client(client, bootstrap_servers=address, client_id=f"leak-{peer}", bootstrap_timeout_ms=300)
+    assert _network_threads() == before
 
 
 @pytest.mark.skip(
