@@ -51,13 +51,21 @@ def offline_decisions(model_dir: Path, messages: list[Message]) -> dict[tuple[st
     return {(d.entity, d.timestamp): d for d in decisions}
 
 
+RUN_COMMAND = [sys.executable, "-m", "detector.cli", "run"]
+
+
+def run_until_exit(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`detector run` for a start that should end by itself (a refused start-up): its exit and output."""
+    return subprocess.run(RUN_COMMAND, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 class ServiceProcess:
     """`python -m detector.cli run` with its log in a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path):
         self.log_path = log_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "detector.cli", "run"],
+            RUN_COMMAND,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log_path.open("ab"),

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -27,6 +25,7 @@ from service_harness import (
     offline_decisions,
     offsets_seen,
     produce,
+    run_until_exit,
     service_env,
 )
 
@@ -305,26 +304,14 @@ def test_corrupt_or_mismatched_model_is_a_clear_error(model_dir, tmp_path, kafka
     shutil.copytree(model_dir, broken)
     (broken / "weights.pt").write_bytes(b"not a model")
     topics = make_topics(topic_factory)
-    result = subprocess.run(
-        [sys.executable, "-m", "detector.cli", "run"],
-        env=service_env(kafka_bootstrap, topics, broken),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_until_exit(service_env(kafka_bootstrap, topics, broken))
     assert result.returncode == 2 and "corrupt" in result.stderr and "broken" in result.stderr
     meta = json.loads((model_dir / "model.json").read_text())
     mismatched = tmp_path / "mismatched"
     shutil.copytree(model_dir, mismatched)
     meta["architecture"]["hidden_size"] = 5
     (mismatched / "model.json").write_text(json.dumps(meta))
-    result = subprocess.run(
-        [sys.executable, "-m", "detector.cli", "run"],
-        env=service_env(kafka_bootstrap, topics, mismatched),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_until_exit(service_env(kafka_bootstrap, topics, mismatched))
     assert result.returncode == 2 and "incompatible" in result.stderr
 
 
