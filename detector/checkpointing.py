@@ -55,9 +55,11 @@ class CheckpointScheduler:
         self.held_back: set[TopicPartition] = set()  # states ahead of unacknowledged outputs: never checkpointed
         self._queue: list[TopicPartition] = []  # partitions due for their periodic checkpoint
         self._last = time.monotonic()
+        self._model_version = states.model_version  # the target model of the checkpoints settled so far
 
     def tick(self, assigned: Collection[TopicPartition]) -> None:
         """Each loop iteration: settle answered checkpoints; start the next periodic one if due."""
+        self._follow_model()
         for pending, error in self.store.settle_done():
             self._settled(pending, error)
         if time.monotonic() - self._last >= self.interval_s:
@@ -72,6 +74,7 @@ class CheckpointScheduler:
     def checkpoint_now(self, partitions: Iterable[TopicPartition], reason: str) -> None:
         """Checkpoint ``partitions`` and wait for the broker (initial, revoke, shutdown checkpoints)."""
         self._last = time.monotonic()
+        self._follow_model()
         for pending, error in self.store.settle_all():  # periodic ones in flight first, in order
             self._settled(pending, error)
         for tp in list(partitions):
@@ -92,9 +95,12 @@ class CheckpointScheduler:
         """``tp`` is no longer owned."""
         self.checkpointed.pop(tp, None)
 
-    def forget_all(self) -> None:
-        """The states changed model: every owned partition is checkpointed again when next due."""
-        self.checkpointed.clear()
+    def _follow_model(self) -> None:
+        """A new target model (a rollout began): every owned partition is checkpointed again when next
+        due, so each checkpoint names the model its first section belongs to."""
+        if self.states.model_version != self._model_version:
+            self._model_version = self.states.model_version
+            self.checkpointed.clear()
 
     def _needs_checkpoint(self, tp: TopicPartition) -> bool:
         """Processed since its last checkpoint (settled or in flight)."""
@@ -117,9 +123,11 @@ class CheckpointScheduler:
         started = time.perf_counter()
         position = self.positions.next_offset[tp]
         try:
-            blob = self.states.export(tp)
+            sections = self.states.export(tp)
+            version = self.states.model_version
+            blob = sections.pop(version)
             self.store.send(
-                tp.topic, tp.partition, position, self.states.model_version, blob, reason=reason, started=started
+                tp.topic, tp.partition, position, version, blob, others=sections, reason=reason, started=started
             )
         except KafkaError as error:
             self.metrics.checkpoint_failed()

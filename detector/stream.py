@@ -135,16 +135,11 @@ class Service:
 
     def replace_detector(self, detector: Detector) -> None:
         """Score with ``detector`` from the next batch on (loop thread, between batches); states carry
-        over within a model version (:meth:`PartitionStates.replace`), else start fresh."""
-        same_model = detector.model.version == self.model.version
-        if not self.states.replace(detector):
-            return
-        self.guard = _guard(self.settings.stream, detector)
-        if not same_model and hasattr(self, "checkpoints"):  # not yet connected: nothing checkpointed
-            self.checkpoints.forget_all()  # the checkpoints written so far hold the old model's states
-        if hasattr(self, "housekeeping"):
-            self.housekeeping.detector_replaced()
-        _show_model(self.metrics, detector)
+        over within a model version, and another version is rolled out entity by entity
+        (:meth:`PartitionStates.replace`). The checkpoints and upkeep follow the states they hold."""
+        if self.states.replace(detector):
+            self.guard = _guard(self.settings.stream, detector)
+            _show_model(self.metrics, detector)
 
     def stop(self, *_: Any) -> None:
         """Ask the loop to finish the batch in hand, commit, checkpoint and return."""
@@ -203,7 +198,11 @@ class Service:
         with self._held_back_on_failure({f.tp for f in pending}):
             batch = Batch(pending, self.positions)
             drop_stale = self.settings.stream.reject_out_of_order
-            guarded = self.guard.score(batch.values, batch.keys, batch.owners(self.states), drop_stale=drop_stale)
+            owners = batch.owners(self.states)
+            guarded = self.guard.score(batch.values, batch.keys, owners, drop_stale=drop_stale)
+            self.states.rollout.decide(
+                self.detector, guarded.outcomes, owners[guarded.accepted], time.time(), drop_stale
+            )
             self.metrics.observe_batch(len(guarded.outcomes), guarded.step_seconds)
             self.committer.await_commit()  # the previous batch's: nothing of this batch is out before it is committed
             scored = self.outputs.publish(batch, guarded, self.detector)

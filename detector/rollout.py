@@ -1,0 +1,226 @@
+"""A new model version rolled out entity by entity, with no entity left unwatched.
+
+When the service swaps in a model of another version, the states held for the old one stay in a
+*previous* Detector. Each entity with such a state is stepped by both: the new (*target*)
+model's state warms up while the previous model decides the entity's messages (score,
+probability, alert). After a batch in which the target's state has seen ``warmup_steps``
+messages and the previous model has no alert open for the entity, its previous state is dropped
+and the target decides from then on; an alert the previous model holds open longer does not
+keep the entity past :data:`FORCE_AFTER` times the warm-up. An entity new to every model warms
+up on the target alone, as it always has.
+
+Each previous Detector steps only its own entities' rows, one batched step per batch. At most
+:data:`MAX_PREVIOUS` versions are held: a rollout begun while two others are unfinished drops
+the oldest one's states (``rollout.abandoned``).
+
+>>> from detector.testing import tiny_model
+>>> from detector.scoring import Detector
+>>> from detector.observation import Observation
+>>> old = Detector(tiny_model())
+>>> _ = old.process([Observation("p1", 1.0, [0.1, 0.2])])
+>>> rollout = Rollout()
+>>> rollout.adopt(old)  # its states decide their entities until the new model's are warm
+>>> rollout.entities(), rollout.versions()
+(1, ['tiny'])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from detector.logs import get_logger
+from detector.observation import Columns
+from detector.scoring import Detector, Outcomes
+from detector.state import EntityStore, owner_counts
+
+__all__ = ["FORCE_AFTER", "MAX_PREVIOUS", "Rollout"]
+
+log = get_logger(__name__)
+MAX_PREVIOUS = 2  # previous model versions held at once
+FORCE_AFTER = 4  # times warmup_steps: an entity switches then even if the previous model's alert is open
+_FAILURE_LOG_EVERY_S = 10.0
+
+
+class Rollout:
+    """The previous Detectors of a rollout in progress (by model version, oldest first), and the switch."""
+
+    def __init__(self) -> None:
+        self.previous: dict[str, Detector] = {}
+        self._last_failure_log = float("-inf")
+
+    @property
+    def active(self) -> bool:
+        """Some entity is still decided by a previous model."""
+        return any(len(detector.store) for detector in self.previous.values())
+
+    def entities(self) -> int:
+        """Entities still decided by a previous model."""
+        stores = [detector.store for detector in self.previous.values() if len(detector.store)]
+        if len(stores) <= 1:
+            return sum(len(store) for store in stores)
+        return len(set().union(*(store.entities() for store in stores)))
+
+    def versions(self) -> list[str]:
+        """The previous model versions held, oldest first."""
+        return list(self.previous)
+
+    def hand_over(self, old: Detector, new: Detector) -> None:
+        """``new``, of another model version, becomes the target; ``old``'s states are previous ones.
+
+        States of ``new``'s version still held from an earlier rollout (a rollback) go to ``new``."""
+        again = self.previous.pop(new.model.version, None)
+        if again is not None and len(again.store):
+            _move_all(again, new)
+        if len(old.store) or old.model.version not in self.previous:
+            self.previous.pop(old.model.version, None)
+            self.previous[old.model.version] = old
+        for version, detector in list(self.previous.items()):  # entities whose new state is warm already
+            self._switch(version, detector, new, detector.store.entities())
+        while len(self.previous) > MAX_PREVIOUS:
+            version = next(iter(self.previous))
+            dropped = self.previous.pop(version)
+            log.warning(
+                "rollout.abandoned",
+                model_version=version,
+                entities=len(dropped.store),
+                note=f"at most {MAX_PREVIOUS} previous models are held; these entities warm up on the new model",
+            )
+        log.info(
+            "rollout.started",
+            model_version=new.model.version,
+            previous_model_versions=self.versions(),
+            entities_on_previous=self.entities(),
+            warmup_steps=new.params.warmup_steps,
+        )
+
+    def adopt(self, detector: Detector) -> None:
+        """Hold ``detector`` (a previous version whose states a checkpoint brought) as a previous one."""
+        if detector.model.version in self.previous:
+            return
+        self.previous[detector.model.version] = detector
+        while len(self.previous) > MAX_PREVIOUS:
+            self.previous.pop(next(iter(self.previous)))
+
+    def decide(self, target: Detector, out: Outcomes, owners: np.ndarray, now: float, drop_stale: bool) -> None:
+        """Step the previous models over their entities' rows of ``out`` (which ``target`` stepped),
+        let them decide those rows, and switch the entities whose target state is warm."""
+        if not len(out) or not self.active:
+            return
+        decided = np.zeros(len(out), dtype=bool)
+        for version in reversed(list(self.previous)):  # the newest previous model decides first
+            detector = self.previous[version]
+            rows = _rows_held(detector.store, out)
+            if not len(rows):
+                continue
+            theirs = self._step(detector, out.batch, rows, owners, now, drop_stale)
+            if theirs is not None:
+                take = ~decided[rows] & ~theirs.stale
+                _override(out, rows, theirs, take)
+                decided[rows[take]] = True
+            self._switch(version, detector, target, [out.batch.entities[i] for i in rows])
+
+    def evict_idle(self, now: float) -> None:
+        """Evict idle entities from the previous states (as the target's are)."""
+        for version, detector in list(self.previous.items()):
+            if len(detector.store) and detector.store.evict_idle(now) and not len(detector.store):
+                self._finished(version, "idle")
+
+    def drop_owner(self, owner: int) -> None:
+        """Forget ``owner``'s previous states (its partition was revoked)."""
+        for detector in self.previous.values():
+            detector.store.drop_owner(owner)
+
+    def export(self, owner: int) -> dict[str, bytes]:
+        """``owner``'s previous states, one checkpoint blob per model version that holds any."""
+        return {
+            version: detector.store.export(owner, tag=version)
+            for version, detector in self.previous.items()
+            if owner_counts(detector.store).get(owner)
+        }
+
+    def _step(
+        self, detector: Detector, batch: Columns, rows: np.ndarray, owners: np.ndarray, now: float, drop_stale: bool
+    ) -> Outcomes | None:
+        """The previous model's outcomes of ``rows``; None (and their previous states gone) if stepping fails."""
+        part = Columns(
+            [batch.entities[i] for i in rows],
+            batch.timestamps[rows],
+            batch.values[rows],
+            [batch.sources[i] for i in rows] if batch.sources is not None else None,
+        )
+        try:
+            theirs = detector.process_columns(part, owner=owners[rows], now=now, drop_stale=drop_stale)
+            stepped = ~theirs.stale
+            if not (np.isfinite(theirs.score[stepped]).all() and np.isfinite(theirs.probability[stepped]).all()):
+                raise ValueError("the previous model gave a non-finite score")
+            return theirs
+        except Exception as error:  # noqa: BLE001 - a previous model's failure ends its entities' rollout, never the loop
+            detector.store.forget(part.entities)
+            if time.monotonic() - self._last_failure_log >= _FAILURE_LOG_EVERY_S:
+                self._last_failure_log = time.monotonic()
+                log.error(
+                    "rollout.step_failed",
+                    model_version=detector.model.version,
+                    error=f"{type(error).__name__}: {error}"[:300],
+                    entities=len(set(part.entities)),
+                    note="these entities are decided by the new model from now on",
+                )
+            return None
+
+    def _switch(self, version: str, detector: Detector, target: Detector, entities: Sequence[str]) -> None:
+        """Drop the previous states of ``entities`` whose target state is warm and no previous alert holds them."""
+        warm_at = target.params.warmup_steps
+        force_at = FORCE_AFTER * max(warm_at, 1)
+        done = []
+        for entity in dict.fromkeys(entities):
+            mine, theirs = target.store.slot_of(entity), detector.store.slot_of(entity)
+            if mine is None or theirs is None:
+                continue
+            steps = int(target.store.hysteresis.steps[mine])
+            if steps >= warm_at and (not detector.store.hysteresis.alert_open[theirs] or steps >= force_at):
+                done.append(entity)
+        if done and detector.store.forget(done) and not len(detector.store):
+            self._finished(version, "switched")
+
+    def _finished(self, version: str, how: str) -> None:
+        log.info("rollout.finished", previous_model_version=version, last_entities=how)
+
+
+def _rows_held(store: EntityStore, out: Outcomes) -> np.ndarray:
+    """Positions of ``out`` that were stepped and whose entity has a state in ``store``."""
+    stale = out.stale
+    return np.fromiter(
+        (i for i, entity in enumerate(out.batch.entities) if not stale[i] and store.slot_of(entity) is not None),
+        dtype=np.int64,
+    )
+
+
+def _override(out: Outcomes, rows: np.ndarray, theirs: Outcomes, take: np.ndarray) -> None:
+    """Put ``theirs`` (outcomes of ``rows``) in place of ``out``'s where ``take``."""
+    for j in np.flatnonzero(take).tolist():
+        i = int(rows[j])
+        out.score[i], out.probability[i], out.is_anomaly[i] = (
+            theirs.score[j],
+            theirs.probability[j],
+            theirs.is_anomaly[j],
+        )
+        out.events[i] = theirs.events[j]
+        _put(out.top_features, i, theirs.top_features.get(j))
+        _put(out.opened_at, i, theirs.opened_at.get(j))
+
+
+def _put(into: dict, key: int, value: object) -> None:
+    if value is None:
+        into.pop(key, None)
+    else:
+        into[key] = value
+
+
+def _move_all(source: Detector, target: Detector) -> None:
+    """Every entity state of ``source`` into ``target`` (two detectors of one model version)."""
+    tag, now = source.model.version, time.time()
+    for owner in owner_counts(source.store):
+        target.store.restore(source.store.export(owner, tag=tag), owner, now, tag=tag)
