@@ -9,6 +9,9 @@ A partition is checkpointed:
 3. once when it starts from fresh states, so a crash before the first periodic checkpoint
    still restores exactly.
 
+Before the first checkpoint naming a model version, that model is published to the topic
+(:mod:`detector.model_store`), so whoever restores the checkpoint can load it.
+
 Each checkpoint records the offset it covers (:class:`~detector.offsets.Positions`). A
 partition whose states have advanced past outputs that were never acknowledged is held back
 and never checkpointed again by this instance: its last checkpoint stays, and the batch is
@@ -30,6 +33,7 @@ from kafka.errors import KafkaError
 from detector.checkpoints import CheckpointStore, PendingWrite
 from detector.logs import get_logger
 from detector.metrics import Metrics
+from detector.model_store import ModelStore
 from detector.offsets import Positions
 from detector.partition_states import PartitionStates
 
@@ -48,14 +52,15 @@ class CheckpointScheduler:
         states: PartitionStates,
         metrics: Metrics,
         interval_s: float,
+        models: ModelStore | None = None,
     ):
         self.store, self.positions, self.states, self.metrics = store, positions, states, metrics
-        self.interval_s = interval_s
+        self.interval_s, self.models = interval_s, models
         self.checkpointed: dict[TopicPartition, int] = {}  # offset of each partition's last settled checkpoint
         self.held_back: set[TopicPartition] = set()  # states ahead of unacknowledged outputs: never checkpointed
         self._queue: list[TopicPartition] = []  # partitions due for their periodic checkpoint
         self._last = time.monotonic()
-        self._model_version = states.model_version  # the target model of the checkpoints settled so far
+        self._model_version: str | None = None  # the target model of the checkpoints settled so far
 
     def tick(self, assigned: Collection[TopicPartition]) -> None:
         """Each loop iteration: settle answered checkpoints; start the next periodic one if due."""
@@ -101,6 +106,8 @@ class CheckpointScheduler:
         if self.states.model_version != self._model_version:
             self._model_version = self.states.model_version
             self.checkpointed.clear()
+            if self.models is not None:
+                self.models.publish(self.states.detector.model)
 
     def _needs_checkpoint(self, tp: TopicPartition) -> bool:
         """Processed since its last checkpoint (settled or in flight)."""

@@ -30,7 +30,7 @@ from kafka import TopicPartition
 from detector.logs import get_logger
 from detector.reload import carry_states
 from detector.rollout import MAX_PREVIOUS, Rollout
-from detector.scoring import Detector
+from detector.scoring import Detector, Outcomes
 from detector.state import CheckpointError
 
 __all__ = ["ModelUnavailable", "PartitionStates", "Restored"]
@@ -90,6 +90,11 @@ class PartitionStates:
             self.rollout.hand_over(self.detector, detector)
         self.detector = detector
         return True
+
+    def decide(self, outcomes: Outcomes, owners: np.ndarray, drop_stale: bool) -> None:
+        """After the Detector stepped a batch (``outcomes``): let a rollout's previous models decide
+        their entities' messages (:meth:`Rollout.decide`)."""
+        self.rollout.decide(self.detector, outcomes, owners, time.time(), drop_stale)
 
     def offer(self, detector: Detector) -> None:
         """Hand ``detector`` over from any thread; the loop takes it with :meth:`take_offer`."""
