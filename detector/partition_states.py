@@ -141,6 +141,8 @@ class PartitionStates:
         except Exception:
             self.drop(tp)
             raise
+        finally:
+            self.rollout.prune()
         return restored
 
     def drop(self, tp: TopicPartition) -> None:

@@ -7,7 +7,8 @@ probability, alert). After a batch in which the target's state has seen ``warmup
 messages and the previous model has no alert open for the entity, its previous state is dropped
 and the target decides from then on; an alert the previous model holds open longer does not
 keep the entity past :data:`FORCE_AFTER` times the warm-up. An entity new to every model warms
-up on the target alone, as it always has.
+up on the target alone, as it always has. A previous Detector left without states (switched,
+idle or revoked) is dropped; a checkpoint that brings its version back has it built again.
 
 Each previous Detector steps only its own entities' rows, one batched step per batch. At most
 :data:`MAX_PREVIOUS` versions are held: a rollout begun while two others are unfinished drops
@@ -51,14 +52,9 @@ class Rollout:
         self.previous: dict[str, Detector] = {}
         self._last_failure_log = float("-inf")
 
-    @property
-    def active(self) -> bool:
-        """Some entity is still decided by a previous model."""
-        return any(len(detector.store) for detector in self.previous.values())
-
     def entities(self) -> int:
         """Entities still decided by a previous model."""
-        stores = [detector.store for detector in self.previous.values() if len(detector.store)]
+        stores = [detector.store for detector in self.previous.values()]
         if len(stores) <= 1:
             return sum(len(store) for store in stores)
         return len(set().union(*(store.entities() for store in stores)))
@@ -74,20 +70,12 @@ class Rollout:
         again = self.previous.pop(new.model.version, None)
         if again is not None and len(again.store):
             _move_all(again, new)
-        if len(old.store) or old.model.version not in self.previous:
-            self.previous.pop(old.model.version, None)
+        if len(old.store):
+            self.previous.pop(old.model.version, None)  # (its states moved to ``old`` when it was the target)
             self.previous[old.model.version] = old
         for version, detector in list(self.previous.items()):  # entities whose new state is warm already
             self._switch(version, detector, new, detector.store.entities())
-        while len(self.previous) > MAX_PREVIOUS:
-            version = next(iter(self.previous))
-            dropped = self.previous.pop(version)
-            log.warning(
-                "rollout.abandoned",
-                model_version=version,
-                entities=len(dropped.store),
-                note=f"at most {MAX_PREVIOUS} previous models are held; these entities warm up on the new model",
-            )
+        self._cap()
         log.info(
             "rollout.started",
             model_version=new.model.version,
@@ -98,40 +86,47 @@ class Rollout:
 
     def adopt(self, detector: Detector) -> None:
         """Hold ``detector`` (a previous version whose states a checkpoint brought) as a previous one."""
-        if detector.model.version in self.previous:
-            return
-        self.previous[detector.model.version] = detector
-        while len(self.previous) > MAX_PREVIOUS:
-            self.previous.pop(next(iter(self.previous)))
+        if detector.model.version not in self.previous:
+            self.previous[detector.model.version] = detector
+            self._cap()
+
+    def prune(self) -> None:
+        """Drop the previous Detectors that hold no states (a restore built one for an empty section)."""
+        for version in [v for v, detector in self.previous.items() if not len(detector.store)]:
+            del self.previous[version]
 
     def decide(self, target: Detector, out: Outcomes, owners: np.ndarray, now: float, drop_stale: bool) -> None:
         """Step the previous models over their entities' rows of ``out`` (which ``target`` stepped),
         let them decide those rows, and switch the entities whose target state is warm."""
-        if not len(out) or not self.active:
+        if not len(out) or not self.previous:
             return
         decided = np.zeros(len(out), dtype=bool)
         for version in reversed(list(self.previous)):  # the newest previous model decides first
-            detector = self.previous[version]
+            detector = self.previous.get(version)
+            if detector is None:  # its last entities failed to step
+                continue
             rows = _rows_held(detector.store, out)
             if not len(rows):
                 continue
             theirs = self._step(detector, out.batch, rows, owners, now, drop_stale)
-            if theirs is not None:
-                take = ~decided[rows] & ~theirs.stale
-                _override(out, rows, theirs, take)
-                decided[rows[take]] = True
+            if theirs is None:
+                continue
+            take = ~decided[rows] & ~theirs.stale
+            _override(out, rows, theirs, take)
+            decided[rows[take]] = True
             self._switch(version, detector, target, [out.batch.entities[i] for i in rows])
 
     def evict_idle(self, now: float) -> None:
         """Evict idle entities from the previous states (as the target's are)."""
         for version, detector in list(self.previous.items()):
-            if len(detector.store) and detector.store.evict_idle(now) and not len(detector.store):
+            if detector.store.evict_idle(now) and not len(detector.store):
                 self._finished(version, "idle")
 
     def drop_owner(self, owner: int) -> None:
         """Forget ``owner``'s previous states (its partition was revoked)."""
-        for detector in self.previous.values():
-            detector.store.drop_owner(owner)
+        for version, detector in list(self.previous.items()):
+            if detector.store.drop_owner(owner) and not len(detector.store):
+                self._finished(version, "revoked")
 
     def export(self, owner: int) -> dict[str, bytes]:
         """``owner``'s previous states, one checkpoint blob per model version that holds any."""
@@ -158,7 +153,6 @@ class Rollout:
                 raise ValueError("the previous model gave a non-finite score")
             return theirs
         except Exception as error:  # noqa: BLE001 - a previous model's failure ends its entities' rollout, never the loop
-            detector.store.forget(part.entities)
             if time.monotonic() - self._last_failure_log >= _FAILURE_LOG_EVERY_S:
                 self._last_failure_log = time.monotonic()
                 log.error(
@@ -168,6 +162,8 @@ class Rollout:
                     entities=len(set(part.entities)),
                     note="these entities are decided by the new model from now on",
                 )
+            if detector.store.forget(part.entities) and not len(detector.store):
+                self._finished(detector.model.version, "failed")
             return None
 
     def _switch(self, version: str, detector: Detector, target: Detector, entities: Sequence[str]) -> None:
@@ -185,7 +181,21 @@ class Rollout:
         if done and detector.store.forget(done) and not len(detector.store):
             self._finished(version, "switched")
 
+    def _cap(self) -> None:
+        """Drop the oldest previous models beyond :data:`MAX_PREVIOUS`."""
+        while len(self.previous) > MAX_PREVIOUS:
+            version = next(iter(self.previous))
+            dropped = self.previous.pop(version)
+            log.warning(
+                "rollout.abandoned",
+                model_version=version,
+                entities=len(dropped.store),
+                note=f"at most {MAX_PREVIOUS} previous models are held; these entities warm up on the new model",
+            )
+
     def _finished(self, version: str, how: str) -> None:
+        """``version`` holds no states any more: drop it."""
+        del self.previous[version]
         log.info("rollout.finished", previous_model_version=version, last_entities=how)
 
 

@@ -132,7 +132,7 @@ def test_a_failing_previous_model_ends_its_entities_rollout_and_never_raises():
     with capture_logs() as events:
         got = _step(states, _normal("pump-1", 30, 1))
     assert np.isfinite(got.score[0]) and states.rollout.entities() == 0
-    assert [e["event"] for e in events] == ["rollout.step_failed"]
+    assert [e["event"] for e in events] == ["rollout.step_failed", "rollout.finished"]
 
 
 def test_a_rollback_to_a_version_still_held_takes_its_states_back():
@@ -141,7 +141,7 @@ def test_a_rollback_to_a_version_still_held_takes_its_states_back():
     _step(states, _normal("pump-1", 30, 1))
     twin.process(_normal("pump-1", 30, 1), owner=1)
     states.replace(_old())  # the operator rolls back mid-rollout
-    assert sorted(states.rollout.previous) == ["tiny-2"]
+    assert not states.rollout.previous, "its warm states decide at once: nothing to roll out"
     message = _normal("pump-1", 31, 1)
     assert _step(states, message).score[0] == twin.process(message, owner=1)[0].score
 
@@ -216,3 +216,31 @@ def test_a_manifest_with_bad_sections_is_invalid(sections, words):
     manifest = {"id": "c1", "chunks": 1, "next_offset": 0, "model_version": "v1", "written_at": 0.0}
     parsed = _manifest(json.dumps({**manifest, "sections": sections}).encode())
     assert words in parsed["invalid"]
+
+
+def test_idle_or_revoked_entities_leave_the_rollout_and_an_empty_previous_model_is_dropped():
+    states, _ = _warmed()
+    states.replace(_new())
+    with capture_logs() as events:
+        states.drop(P0)
+    assert states.rollout.entities() == 0 and not states.rollout.previous
+    assert [(e["event"], e["last_entities"]) for e in events] == [("rollout.finished", "revoked")]
+
+    states, _ = _warmed()
+    states.replace(_new())
+    for detector in (states.detector, states.rollout.previous["tiny"]):
+        detector.store.ttl_s = 60.0
+    with capture_logs() as events:
+        states.rollout.evict_idle(now=1e9 + 3600)
+    assert not states.rollout.previous and [e["last_entities"] for e in events] == ["idle"]
+
+
+def test_a_previous_model_built_for_an_empty_section_is_not_kept():
+    states = PartitionStates(_new())
+    states.models = lambda version: Detector(replace(tiny_model(warmup_steps=WARMUP), version=version))
+    empty = _old().store.export(owner=1, tag="tiny")
+    assert states.restore(P0, {"tiny-2": _new().store.export(owner=1, tag="tiny-2"), "tiny": empty}).entities == {
+        "tiny-2": 0,
+        "tiny": 0,
+    }
+    assert not states.rollout.previous
