@@ -10,7 +10,8 @@ A partition is checkpointed:
    still restores exactly.
 
 Before the first checkpoint naming a model version, that model is published to the topic
-(:mod:`detector.model_store`), so whoever restores the checkpoint can load it.
+(:mod:`detector.model_store`; retried every :data:`PUBLISH_RETRY_S` if the broker refuses it), so
+whoever restores the checkpoint can load it.
 
 Each checkpoint records the offset it covers (:class:`~detector.offsets.Positions`). A
 partition whose states have advanced past outputs that were never acknowledged is held back
@@ -40,6 +41,7 @@ from detector.partition_states import PartitionStates
 __all__ = ["CheckpointScheduler"]
 
 log = get_logger(__name__)
+PUBLISH_RETRY_S = 60.0  # a model the broker did not take is published again after this
 
 
 class CheckpointScheduler:
@@ -61,6 +63,7 @@ class CheckpointScheduler:
         self._queue: list[TopicPartition] = []  # partitions due for their periodic checkpoint
         self._last = time.monotonic()
         self._model_version: str | None = None  # the target model of the checkpoints settled so far
+        self._publish_after = 0.0  # when to (try to) publish the target model next (monotonic)
 
     def tick(self, assigned: Collection[TopicPartition]) -> None:
         """Each loop iteration: settle answered checkpoints; start the next periodic one if due."""
@@ -106,8 +109,10 @@ class CheckpointScheduler:
         if self.states.model_version != self._model_version:
             self._model_version = self.states.model_version
             self.checkpointed.clear()
-            if self.models is not None:
-                self.models.publish(self.states.detector.model)
+            self._publish_after = 0.0
+        if self.models is not None and time.monotonic() >= self._publish_after:
+            published = self.models.publish(self.states.detector.model)  # at once if already published
+            self._publish_after = float("inf") if published else time.monotonic() + PUBLISH_RETRY_S
 
     def _needs_checkpoint(self, tp: TopicPartition) -> bool:
         """Processed since its last checkpoint (settled or in flight)."""

@@ -4,9 +4,10 @@ When the service swaps in a model of another version, the states held for the ol
 *previous* Detector. Each entity with such a state is stepped by both: the new (*target*)
 model's state warms up while the previous model decides the entity's messages (score,
 probability, alert). After a batch in which the target's state has seen ``warmup_steps``
-messages and the previous model has no alert open for the entity, its previous state is dropped
-and the target decides from then on; an alert the previous model holds open longer does not
-keep the entity past :data:`FORCE_AFTER` times the warm-up. An entity new to every model warms
+messages and neither model has an alert open for the entity (so each alert published is closed
+by the model that opened it), its previous state is dropped and the target decides from then
+on; an alert held open longer does not keep the entity past :data:`FORCE_AFTER` times the
+warm-up. An entity new to every model warms
 up on the target alone, as it always has. A previous Detector left without states (switched,
 idle or revoked) is dropped; a checkpoint that brings its version back has it built again.
 
@@ -167,7 +168,7 @@ class Rollout:
             return None
 
     def _switch(self, version: str, detector: Detector, target: Detector, entities: Sequence[str]) -> None:
-        """Drop the previous states of ``entities`` whose target state is warm and no previous alert holds them."""
+        """Drop the previous states of ``entities`` whose target state is warm and no alert holds them."""
         warm_at = target.params.warmup_steps
         force_at = FORCE_AFTER * max(warm_at, 1)
         done = []
@@ -176,7 +177,8 @@ class Rollout:
             if mine is None or theirs is None:
                 continue
             steps = int(target.store.hysteresis.steps[mine])
-            if steps >= warm_at and (not detector.store.hysteresis.alert_open[theirs] or steps >= force_at):
+            held = detector.store.hysteresis.alert_open[theirs] or target.store.hysteresis.alert_open[mine]
+            if steps >= warm_at and (not held or steps >= force_at):
                 done.append(entity)
         if done and detector.store.forget(done) and not len(detector.store):
             self._finished(version, "switched")
@@ -210,13 +212,10 @@ def _rows_held(store: EntityStore, out: Outcomes) -> np.ndarray:
 
 def _override(out: Outcomes, rows: np.ndarray, theirs: Outcomes, take: np.ndarray) -> None:
     """Put ``theirs`` (outcomes of ``rows``) in place of ``out``'s where ``take``."""
-    for j in np.flatnonzero(take).tolist():
-        i = int(rows[j])
-        out.score[i], out.probability[i], out.is_anomaly[i] = (
-            theirs.score[j],
-            theirs.probability[j],
-            theirs.is_anomaly[j],
-        )
+    mine = rows[take]
+    out.score[mine], out.probability[mine] = theirs.score[take], theirs.probability[take]
+    out.is_anomaly[mine] = theirs.is_anomaly[take]
+    for i, j in zip(mine.tolist(), np.flatnonzero(take).tolist(), strict=True):
         out.events[i] = theirs.events[j]
         _put(out.top_features, i, theirs.top_features.get(j))
         _put(out.opened_at, i, theirs.opened_at.get(j))

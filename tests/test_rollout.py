@@ -244,3 +244,17 @@ def test_a_previous_model_built_for_an_empty_section_is_not_kept():
         "tiny": 0,
     }
     assert not states.rollout.previous
+
+
+def test_an_alert_the_new_model_opened_during_the_handover_holds_the_switch_until_it_closes():
+    states, _ = _warmed()
+    states.replace(_new())
+    for t in range(30, 30 + WARMUP - 1):
+        _step(states, _normal("pump-1", t, 1))
+    target = states.detector.store
+    target.hysteresis.alert_open[target.slot_of("pump-1")] = True  # opened unseen: the old model decided
+    _step(states, _normal("pump-1", 30 + WARMUP, 1))
+    assert states.rollout.entities() == 1, "no close is published for an alert nobody saw open"
+    target.hysteresis.alert_open[target.slot_of("pump-1")] = False
+    _step(states, _normal("pump-1", 31 + WARMUP, 1))
+    assert states.rollout.entities() == 0
