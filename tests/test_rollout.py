@@ -252,9 +252,10 @@ def test_an_alert_the_new_model_opened_during_the_handover_holds_the_switch_unti
     for t in range(30, 30 + WARMUP - 1):
         _step(states, _normal("pump-1", t, 1))
     target = states.detector.store
-    target.hysteresis.alert_open[target.slot_of("pump-1")] = True  # opened unseen: the old model decided
+    slot = target.slot_of("pump-1")
+    target.hysteresis.alert_open[slot], target.hysteresis.evidence[slot] = True, 100  # opened unseen
     _step(states, _normal("pump-1", 30 + WARMUP, 1))
     assert states.rollout.entities() == 1, "no close is published for an alert nobody saw open"
-    target.hysteresis.alert_open[target.slot_of("pump-1")] = False
+    target.hysteresis.alert_open[slot] = False
     _step(states, _normal("pump-1", 31 + WARMUP, 1))
     assert states.rollout.entities() == 0
