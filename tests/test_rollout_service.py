@@ -17,6 +17,7 @@ from service_harness import ServiceProcess, TopicReader, make_topics, offsets_se
 
 from detector.demo import generate_stream
 from detector.model import load_model, save_model
+from detector.rollout import FORCE_AFTER
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 ROUND = 20  # entities: one message each per round
@@ -68,7 +69,8 @@ def _checkpointed_to_end(service: ServiceProcess, records: list[dict]) -> bool:
 
 
 def test_a_rollout_killed_midway_finishes_after_a_restart(kafka_bootstrap, topic_factory, model_dir, tmp_path):
-    series = generate_stream(ROUND, 40)
+    # 36 rounds after the restart: every entity switches by then, an alert held open or not (FORCE_AFTER)
+    series = generate_stream(ROUND, 24 + FORCE_AFTER * 10 - 4)
     first, handover, rest = series[: 20 * ROUND], series[20 * ROUND : 24 * ROUND], series[24 * ROUND :]
     live = shutil.copytree(model_dir, tmp_path / "model")
     old = load_model(live).version
