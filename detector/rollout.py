@@ -36,7 +36,7 @@ import numpy as np
 from detector.logs import get_logger
 from detector.observation import Columns
 from detector.scoring import Detector, Outcomes
-from detector.state import EntityStore, owner_counts
+from detector.state import EntityStore, owner_counts, tracked
 
 __all__ = ["FORCE_AFTER", "MAX_PREVIOUS", "Rollout"]
 
@@ -170,17 +170,17 @@ class Rollout:
     def _switch(self, version: str, detector: Detector, target: Detector, entities: Sequence[str]) -> None:
         """Drop the previous states of ``entities`` whose target state is warm and no alert holds them."""
         warm_at = target.params.warmup_steps
-        force_at = FORCE_AFTER * max(warm_at, 1)
-        done = []
-        for entity in dict.fromkeys(entities):
-            mine, theirs = target.store.slot_of(entity), detector.store.slot_of(entity)
-            if mine is None or theirs is None:
-                continue
-            steps = int(target.store.hysteresis.steps[mine])
-            held = detector.store.hysteresis.alert_open[theirs] or target.store.hysteresis.alert_open[mine]
-            if steps >= warm_at and (not held or steps >= force_at):
-                done.append(entity)
-        if done and detector.store.forget(done) and not len(detector.store):
+        distinct = list(dict.fromkeys(entities))
+        mine, theirs = np.full(len(distinct), -1), np.full(len(distinct), -1)
+        for slots, store in ((mine, target.store), (theirs, detector.store)):
+            positions, found = tracked(store, distinct)
+            slots[positions] = found
+        both = np.flatnonzero((mine >= 0) & (theirs >= 0))
+        mine, theirs = mine[both], theirs[both]
+        steps = target.store.hysteresis.steps[mine]
+        held = detector.store.hysteresis.alert_open[theirs] | target.store.hysteresis.alert_open[mine]
+        done = both[(steps >= warm_at) & (~held | (steps >= FORCE_AFTER * max(warm_at, 1)))]
+        if len(done) and detector.store.forget([distinct[i] for i in done.tolist()]) and not len(detector.store):
             self._finished(version, "switched")
 
     def _cap(self) -> None:
@@ -203,19 +203,21 @@ class Rollout:
 
 def _rows_held(store: EntityStore, out: Outcomes) -> np.ndarray:
     """Positions of ``out`` that were stepped and whose entity has a state in ``store``."""
-    stale = out.stale
-    return np.fromiter(
-        (i for i, entity in enumerate(out.batch.entities) if not stale[i] and store.slot_of(entity) is not None),
-        dtype=np.int64,
-    )
+    positions, _ = tracked(store, out.batch.entities)
+    return positions[~out.stale[positions]]
 
 
 def _override(out: Outcomes, rows: np.ndarray, theirs: Outcomes, take: np.ndarray) -> None:
     """Put ``theirs`` (outcomes of ``rows``) in place of ``out``'s where ``take``."""
-    mine = rows[take]
+    mine, taken = rows[take], np.flatnonzero(take)
     out.score[mine], out.probability[mine] = theirs.score[take], theirs.probability[take]
     out.is_anomaly[mine] = theirs.is_anomaly[take]
-    for i, j in zip(mine.tolist(), np.flatnonzero(take).tolist(), strict=True):
+    # events, features and opening times: only where either side has one
+    marked = {j for j, event in enumerate(theirs.events) if event} | set(theirs.top_features) | set(theirs.opened_at)
+    at = {int(i): int(j) for i, j in zip(mine, taken, strict=True)}
+    mine_marked = {i for i in at if out.events[i] or i in out.top_features or i in out.opened_at}
+    for i in sorted(mine_marked | {i for i, j in at.items() if j in marked}):
+        j = at[i]
         out.events[i] = theirs.events[j]
         _put(out.top_features, i, theirs.top_features.get(j))
         _put(out.opened_at, i, theirs.opened_at.get(j))
