@@ -113,7 +113,7 @@ class Rollout:
             if theirs is None:
                 continue
             take = ~decided[rows] & ~theirs.stale
-            _override(out, rows, theirs, take)
+            _override(out, rows, theirs, take, (detector.model.version, detector.threshold))
             decided[rows[take]] = True
             self._switch(version, detector, target, [out.batch.entities[i] for i in rows])
 
@@ -207,8 +207,9 @@ def _rows_held(store: EntityStore, out: Outcomes) -> np.ndarray:
     return positions[~out.stale[positions]]
 
 
-def _override(out: Outcomes, rows: np.ndarray, theirs: Outcomes, take: np.ndarray) -> None:
-    """Put ``theirs`` (outcomes of ``rows``) in place of ``out``'s where ``take``."""
+def _override(out: Outcomes, rows: np.ndarray, theirs: Outcomes, take: np.ndarray, decider: tuple[str, float]) -> None:
+    """Put ``theirs`` (outcomes of ``rows``) in place of ``out``'s where ``take``; their events are
+    marked as decided by ``decider`` (model version, alert level)."""
     mine, taken = rows[take], np.flatnonzero(take)
     out.score[mine], out.probability[mine] = theirs.score[take], theirs.probability[take]
     out.is_anomaly[mine] = theirs.is_anomaly[take]
@@ -221,6 +222,7 @@ def _override(out: Outcomes, rows: np.ndarray, theirs: Outcomes, take: np.ndarra
         out.events[i] = theirs.events[j]
         _put(out.top_features, i, theirs.top_features.get(j))
         _put(out.opened_at, i, theirs.opened_at.get(j))
+        _put(out.decided_by, i, decider if theirs.events[j] else None)
 
 
 def _put(into: dict, key: int, value: object) -> None:

@@ -146,6 +146,7 @@ def test_sighup_reloads_the_alert_level_refuses_a_bad_model_and_rolls_out_a_new_
         if a["state"] == "open" and a["entity"] == "pump-5" and parse_timestamp(a["timestamp"]) >= fault[0]
     ]
     assert in_handover and parse_timestamp(in_handover[0]["timestamp"]) <= fault[-1], "alerted by the old model"
+    assert in_handover[0]["model_version"] == version, "the alert names the model that decided it"
     closed = [a for a in alerts if a["state"] == "close" and a["entity"] == "pump-3"]
     assert closed and parse_timestamp(closed[-1]["timestamp"]) > more[0].timestamp, (
         "the alert open at the swap was closed by the model that opened it"

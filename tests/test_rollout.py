@@ -83,6 +83,7 @@ def test_an_anomaly_during_the_handover_is_alerted_by_the_old_model():
     assert old_alone[0].event == "open", "the old model, warm, opens an alert"
     assert _new().process(spike)[0].event is None, "the new model, not yet warm, would not"
     assert got.events[0] == "open" and got.is_anomaly[0] and got.top_features[0] == old_alone[0].top_features
+    assert got.decided_by == {0: ("tiny", twin.threshold)}, "the alert names the model that decided it"
 
 
 def test_an_open_alert_of_the_old_model_holds_the_switch_at_most_force_after_warmups():
