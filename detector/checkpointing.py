@@ -9,6 +9,10 @@ A partition is checkpointed:
 3. once when it starts from fresh states, so a crash before the first periodic checkpoint
    still restores exactly.
 
+Before the first checkpoint naming a model version, that model is published to the topic
+(:mod:`detector.model_store`; retried every :data:`PUBLISH_RETRY_S` if the broker refuses it), so
+whoever restores the checkpoint can load it.
+
 Each checkpoint records the offset it covers (:class:`~detector.offsets.Positions`). A
 partition whose states have advanced past outputs that were never acknowledged is held back
 and never checkpointed again by this instance: its last checkpoint stays, and the batch is
@@ -30,12 +34,14 @@ from kafka.errors import KafkaError
 from detector.checkpoints import CheckpointStore, PendingWrite
 from detector.logs import get_logger
 from detector.metrics import Metrics
+from detector.model_store import ModelStore
 from detector.offsets import Positions
 from detector.partition_states import PartitionStates
 
 __all__ = ["CheckpointScheduler"]
 
 log = get_logger(__name__)
+PUBLISH_RETRY_S = 60.0  # a model the broker did not take is published again after this
 
 
 class CheckpointScheduler:
@@ -48,16 +54,20 @@ class CheckpointScheduler:
         states: PartitionStates,
         metrics: Metrics,
         interval_s: float,
+        models: ModelStore | None = None,
     ):
         self.store, self.positions, self.states, self.metrics = store, positions, states, metrics
-        self.interval_s = interval_s
+        self.interval_s, self.models = interval_s, models
         self.checkpointed: dict[TopicPartition, int] = {}  # offset of each partition's last settled checkpoint
         self.held_back: set[TopicPartition] = set()  # states ahead of unacknowledged outputs: never checkpointed
         self._queue: list[TopicPartition] = []  # partitions due for their periodic checkpoint
         self._last = time.monotonic()
+        self._model_version: str | None = None  # the target model of the checkpoints settled so far
+        self._publish_after = 0.0  # when to (try to) publish the target model next (monotonic)
 
     def tick(self, assigned: Collection[TopicPartition]) -> None:
         """Each loop iteration: settle answered checkpoints; start the next periodic one if due."""
+        self._follow_model()
         for pending, error in self.store.settle_done():
             self._settled(pending, error)
         if time.monotonic() - self._last >= self.interval_s:
@@ -72,6 +82,7 @@ class CheckpointScheduler:
     def checkpoint_now(self, partitions: Iterable[TopicPartition], reason: str) -> None:
         """Checkpoint ``partitions`` and wait for the broker (initial, revoke, shutdown checkpoints)."""
         self._last = time.monotonic()
+        self._follow_model()
         for pending, error in self.store.settle_all():  # periodic ones in flight first, in order
             self._settled(pending, error)
         for tp in list(partitions):
@@ -92,9 +103,16 @@ class CheckpointScheduler:
         """``tp`` is no longer owned."""
         self.checkpointed.pop(tp, None)
 
-    def forget_all(self) -> None:
-        """The states changed model: every owned partition is checkpointed again when next due."""
-        self.checkpointed.clear()
+    def _follow_model(self) -> None:
+        """A new target model (a rollout began): every owned partition is checkpointed again when next
+        due, so each checkpoint names the model its first section belongs to."""
+        if self.states.model_version != self._model_version:
+            self._model_version = self.states.model_version
+            self.checkpointed.clear()
+            self._publish_after = 0.0
+        if self.models is not None and time.monotonic() >= self._publish_after:
+            published = self.models.publish(self.states.detector.model)  # at once if already published
+            self._publish_after = float("inf") if published else time.monotonic() + PUBLISH_RETRY_S
 
     def _needs_checkpoint(self, tp: TopicPartition) -> bool:
         """Processed since its last checkpoint (settled or in flight)."""
@@ -117,9 +135,11 @@ class CheckpointScheduler:
         started = time.perf_counter()
         position = self.positions.next_offset[tp]
         try:
-            blob = self.states.export(tp)
+            sections = self.states.export(tp)
+            version = self.states.model_version
+            blob = sections.pop(version)
             self.store.send(
-                tp.topic, tp.partition, position, self.states.model_version, blob, reason=reason, started=started
+                tp.topic, tp.partition, position, version, blob, others=sections, reason=reason, started=started
             )
         except KafkaError as error:
             self.metrics.checkpoint_failed()

@@ -6,6 +6,10 @@ come from it, after every message before ``next_offset`` was applied. It is writ
 the topic should be compacted, and the previous checkpoint's chunks are tombstoned. Restoring
 the latest manifest and replaying from ``next_offset`` reproduces the states exactly.
 
+During a model rollout a checkpoint holds one section of states per model version: the
+manifest's ``model_version`` names the first, and ``sections`` lists ``[version, bytes]`` of
+each in the order their blobs are joined (a manifest without it holds one section).
+
 Writing does not wait: ``send`` hands the records to the producer, and a checkpoint counts
 once settled, i.e. acknowledged by the broker (``settle_done`` collects those that are, without
 waiting; ``settle_all`` waits). The service's periodic checkpoints travel while it goes on scoring.
@@ -36,6 +40,7 @@ __all__ = ["Checkpoint", "CheckpointStore", "PendingWrite"]
 
 CHUNK_BYTES = 512 * 1024
 MAX_CHUNKS = 4096  # 2 GiB of states: a manifest claiming more is refused before anything is allocated
+MAX_SECTIONS = 8  # model versions a manifest may list (the service restores fewer: it says why)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,11 @@ class Checkpoint:
     blob: bytes
     corrupt: str = ""  # why the checkpoint cannot be read, if it cannot (not JSON, chunks missing)
     invalid: str = ""  # why a readable checkpoint cannot be trusted, if it cannot (a field's type or range)
+    others: tuple[tuple[str, bytes], ...] = ()  # the sections of other model versions, in order
+
+    def sections(self) -> dict[str, bytes]:
+        """State blobs by model version, ``model_version``'s first."""
+        return {self.model_version: self.blob, **dict(self.others)}
 
 
 @dataclass(frozen=True)
@@ -92,11 +102,14 @@ class CheckpointStore:
         model_version: str,
         blob: bytes,
         *,
+        others: dict[str, bytes] | None = None,
         reason: str = "",
         started: float | None = None,
         timeout_s: float = 30.0,
     ) -> PendingWrite:
         """Send one checkpoint without waiting; settle it with :meth:`settle` or :meth:`settle_done`.
+
+        ``blob`` holds the states of ``model_version``; ``others`` those of other model versions.
 
         An earlier checkpoint of the same partition still in flight is settled first (waiting
         for it), so a partition's checkpoints land and are tombstoned in order.
@@ -105,6 +118,8 @@ class CheckpointStore:
         if earlier is not None:
             self.settle(earlier, timeout_s)
         base, checkpoint_id = self.key(topic, partition), uuid.uuid4().hex[:12]
+        sections = [(model_version, blob), *(others or {}).items()]
+        blob = b"".join(part for _, part in sections)
         chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
         keys = [f"{base}/{checkpoint_id}/{i}" for i in range(len(chunks))]
         futures = [self.producer.send(self.topic, key=k.encode(), value=c) for k, c in zip(keys, chunks, strict=True)]
@@ -116,6 +131,8 @@ class CheckpointStore:
             "written_at": time.time(),
             "bytes": len(blob),
         }
+        if len(sections) > 1:
+            manifest["sections"] = [[version, len(part)] for version, part in sections]
         futures.append(self.producer.send(self.topic, key=base.encode(), value=json.dumps(manifest).encode()))
         pending = PendingWrite(
             topic,
@@ -197,17 +214,16 @@ class CheckpointStore:
                     topic, partition, invalid=f"states of {len(blob)} bytes, manifest says {manifest['bytes']}"
                 )
                 continue
+            sizes = [size for _, size in manifest.get("sections", [])]
+            if sizes and sum(sizes) != len(blob):
+                found[(topic, partition)] = _unusable(
+                    topic, partition, invalid=f"sections of {sum(sizes)} bytes in states of {len(blob)}"
+                )
+                continue
             self._previous_chunks[(topic, partition)] = [
                 f"{key}/{manifest['id']}/{i}" for i in range(manifest["chunks"])
             ]
-            found[(topic, partition)] = Checkpoint(
-                topic,
-                partition,
-                manifest["next_offset"],
-                manifest["model_version"],
-                float(manifest["written_at"]),
-                blob,
-            )
+            found[(topic, partition)] = _checkpoint(topic, partition, manifest, blob)
         return found
 
     def _scan(self, keys: set[str], timeout_s: float) -> tuple[dict[str, dict], dict[str, bytes]]:
@@ -237,6 +253,23 @@ class CheckpointStore:
             return manifests, chunks
         finally:
             consumer.close()
+
+
+def _checkpoint(topic: str, partition: int, manifest: dict[str, Any], blob: bytes) -> Checkpoint:
+    """The checkpoint a checked manifest describes, its blob cut into its sections."""
+    parts, start = [], 0
+    for version, size in manifest.get("sections", [[manifest["model_version"], len(blob)]]):
+        parts.append((version, blob[start : start + size]))
+        start += size
+    return Checkpoint(
+        topic,
+        partition,
+        manifest["next_offset"],
+        manifest["model_version"],
+        float(manifest["written_at"]),
+        parts[0][1],
+        others=tuple(parts[1:]),
+    )
 
 
 def _unusable(topic: str, partition: int, corrupt: str = "", invalid: str = "") -> Checkpoint:
@@ -282,6 +315,30 @@ def _manifest_problem(manifest: Any) -> str:
         isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= manifest["chunks"] * CHUNK_BYTES
     ):
         return f"bytes {size!r} does not fit {manifest['chunks']} chunks"
+    return _sections_problem(manifest)
+
+
+def _sections_problem(manifest: dict[str, Any]) -> str:
+    """What is wrong with a manifest's ``sections`` ("" when nothing is, or it has none)."""
+    if "sections" not in manifest:
+        return ""
+    sections = manifest["sections"]
+    if not isinstance(sections, list) or not 1 <= len(sections) <= MAX_SECTIONS:
+        return f"sections must be a list of 1 to {MAX_SECTIONS} [version, bytes] pairs"
+    for section in sections:
+        if (
+            not isinstance(section, list)
+            or len(section) != 2
+            or not isinstance(section[0], str)
+            or not 0 < len(section[0]) <= 200
+            or isinstance(section[1], bool)
+            or not isinstance(section[1], int)
+            or section[1] < 0
+        ):
+            return f"section {str(section)[:80]} is not a [version, bytes] pair"
+    versions = [version for version, _ in sections]
+    if versions[0] != manifest["model_version"] or len(set(versions)) != len(versions):
+        return "sections must name distinct versions, model_version's first"
     return ""
 
 

@@ -1,5 +1,8 @@
 """Once-a-second upkeep of the running service: idle entities evicted, gauges set, broker checked.
 
+It follows the Detector :class:`~detector.partition_states.PartitionStates` holds: a new one
+(a reload) counts its evictions from zero.
+
 Each of these reads counters or clients that are not free to read (kafka-python's ``metrics()``
 builds a dict per call), so they run at most once a second rather than every loop iteration.
 """
@@ -42,10 +45,7 @@ class Housekeeping:
             metrics,
         )
         self._last = float("-inf")
-        self._evictions_seen = {"ttl": 0, "capacity": 0}
-
-    def detector_replaced(self) -> None:
-        """A new Detector's store counts its evictions from zero."""
+        self._store = states.detector.store  # whose evictions were seen
         self._evictions_seen = {"ttl": 0, "capacity": 0}
 
     def tick(self, owned: Collection[TopicPartition]) -> None:
@@ -53,8 +53,12 @@ class Housekeeping:
         if time.monotonic() - self._last < EVERY_S:
             return
         self._last = time.monotonic()
-        store = self.states.detector.store
-        store.evict_idle(time.time())
+        store, now = self.states.detector.store, time.time()
+        if store is not self._store:
+            self._store, self._evictions_seen = store, {"ttl": 0, "capacity": 0}
+        store.evict_idle(now)
+        self.states.rollout.evict_idle(now)
+        self.metrics.set_entities_on_previous_model(self.states.rollout.entities())
         for reason, total in store.evictions.items():
             seen = self._evictions_seen.get(reason, 0)
             if total > seen:

@@ -40,7 +40,7 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (
 )
 ALERT_KINDS: tuple[str, ...] = ("open", "close")
 EVICTION_REASONS: tuple[str, ...] = ("ttl", "capacity")
-RESTORE_FALLBACK_REASONS: tuple[str, ...] = ("corrupt", "invalid", "schema_mismatch", "missing")
+RESTORE_FALLBACK_REASONS: tuple[str, ...] = ("corrupt", "invalid", "schema_mismatch", "missing", "model_version")
 RELOAD_OUTCOMES: tuple[str, ...] = ("applied", "unchanged", "refused")
 
 SCORE_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 100, 250, 1000)
@@ -154,6 +154,11 @@ class MetricDefinitions:
             "detector_partitions_assigned", "Input partitions currently assigned.", registry=r
         )
         self.entities_tracked = Gauge("detector_entities_tracked", "Entities with live model state.", registry=r)
+        self.entities_on_previous_model = Gauge(
+            "detector_entities_on_previous_model",
+            "Entities still decided by a previous model version while the new one warms up (a rollout).",
+            registry=r,
+        )
         self.entity_evictions_total = Counter(
             "detector_entity_evictions_total", "Entity states evicted, by reason.", ["reason"], registry=r
         )

@@ -173,12 +173,16 @@ class Metrics(MetricDefinitions):
         """Set the number of entities with live state."""
         self.entities_tracked.set(n)
 
+    def set_entities_on_previous_model(self, n: int) -> None:
+        """Set the number of entities a previous model version still decides (a rollout)."""
+        self.entities_on_previous_model.set(n)
+
     def eviction(self, reason: str, n: int = 1) -> None:
         """Count ``n`` evicted entity states by ``reason`` ("ttl" or "capacity")."""
         self.entity_evictions_total.labels(reason=_check(reason, EVICTION_REASONS, "reason")).inc(n)
 
     def restore_fallback(self, reason: str) -> None:
-        """Count one restore that fell back to fresh state ("corrupt", "schema_mismatch", "missing")."""
+        """Count one restore that fell back to fresh state ("corrupt", "invalid", "missing", "model_version")."""
         self.state_restore_fallbacks_total.labels(reason=_check(reason, RESTORE_FALLBACK_REASONS, "reason")).inc()
 
     # ------------------------------------------------------------ checkpoints

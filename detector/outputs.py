@@ -103,9 +103,8 @@ class BatchOutputs:
                 source = batch.source(position)
                 built = [(scores_topic, score_record(decision, source))] if scores_topic else []
                 if decision.event:
-                    built.append(
-                        (alert_topic, alert_record(decision, detector.threshold, detector.model.version, source))
-                    )
+                    decider = outcomes.decided_by.get(int(i), (detector.model.version, detector.threshold))
+                    built.append((alert_topic, alert_record(decision, decider[1], decider[0], source)))
             except Exception as error:  # noqa: BLE001 -- one message's output failing is that message's dead letter
                 scored[i] = False
                 failed.append(Refused(position, BadMessage.unexpected(error), "output"))

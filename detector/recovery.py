@@ -5,9 +5,11 @@ kafka-python runs rebalance callbacks inside its network loop, where no blocking
 partitions, and :meth:`PartitionRecovery.restore_assigned` (called after the poll) restores them:
 
 1. read each partition's latest checkpoint and its committed offset;
-2. if the checkpoint checks out (readable, valid, same model version, offset within the
-   partition), load its states and seek to its offset; messages from there up to the committed
-   offset are replayed, updating states only, so the restored states are exact;
+2. if the checkpoint checks out (readable, valid, offset within the partition), load its states
+   and seek to its offset; messages from there up to the committed offset are replayed, updating
+   states only, so the restored states are exact. Each model version's section is loaded into
+   that model's states (:class:`~detector.partition_states.PartitionStates`); a section whose
+   model cannot be had is skipped, counted as ``model_version``;
 3. otherwise start from fresh states at the committed offset (or the partition's start),
    counted in ``detector_state_restore_fallbacks_total{reason}``, and checkpoint them at once;
 4. resume the partitions.
@@ -161,15 +163,6 @@ class PartitionRecovery:
             return self._fallback(
                 tp, "corrupt" if checkpoint.corrupt else "invalid", checkpoint.corrupt or checkpoint.invalid
             )
-        if checkpoint.model_version != self.states.model_version:
-            self.metrics.restore_fallback("schema_mismatch")
-            log.warning(
-                "state.restore_fallback",
-                topic=tp.topic,
-                partition=tp.partition,
-                reason="checkpoint from model " + checkpoint.model_version,
-            )
-            return False
         first = self.consumer.beginning_offsets([tp])[tp]
         end = max(self.consumer.end_offsets([tp])[tp], committed or 0)
         if not first <= checkpoint.next_offset <= end:
@@ -177,13 +170,29 @@ class PartitionRecovery:
                 tp, "invalid", f"checkpoint offset {checkpoint.next_offset} outside the partition's {first}..{end}"
             )
         try:
-            count = self.states.restore(tp, checkpoint.blob)
+            restored = self.states.restore(tp, checkpoint.sections())
         except CheckpointError as error:
             return self._fallback(tp, error.reason, str(error))
         except Exception as error:  # noqa: BLE001 -- checked states that still did not fit: a fallback, never a crash
             return self._fallback(tp, "invalid", f"{type(error).__name__}: {error}"[:300])
+        for version, why in restored.skipped.items():
+            self.metrics.restore_fallback("model_version")
+            log.warning(
+                "state.restore_fallback",
+                topic=tp.topic,
+                partition=tp.partition,
+                reason=f"states of model {version} start fresh: {why}",
+                fallback="model_version",
+            )
+        if not restored.entities:
+            return False
         log.info(
-            "state.restored", topic=tp.topic, partition=tp.partition, entities=count, offset=checkpoint.next_offset
+            "state.restored",
+            topic=tp.topic,
+            partition=tp.partition,
+            entities=restored.total,
+            by_model_version=restored.entities,
+            offset=checkpoint.next_offset,
         )
         return True
 

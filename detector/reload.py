@@ -205,7 +205,7 @@ class Reloader:
             previous_model_version=current.model.version,
             alert_probability=round(detector.threshold, 4),
             changed={name: candidate.scoring.describe()[name] for name in changed},
-            entity_states="fresh (another model)" if new_model else "carried over",
+            entity_states="rolled out entity by entity" if new_model else "carried over",
             seconds=round(time.perf_counter() - started, 3),
         )
         return "applied"

@@ -89,6 +89,8 @@ class Outcomes:
     stale: np.ndarray
     previous: dict[int, float]
     opened_at: dict[int, float] = field(default_factory=dict)
+    # events decided by a model other than the Detector's (a rollout): position -> (model version, alert level)
+    decided_by: dict[int, tuple[str, float]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.batch)

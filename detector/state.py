@@ -30,7 +30,7 @@ import torch
 from detector.stage_state import LAYOUT, StageArrays
 from detector.state_payload import CheckpointError, checkpointed, load_payload
 
-__all__ = ["CheckpointError", "EntityStore", "Snapshot", "release_freed_memory"]
+__all__ = ["CheckpointError", "EntityStore", "Snapshot", "owner_counts", "release_freed_memory", "tracked"]
 
 # Fields added after checkpoints were first written; a checkpoint without one restores what a
 # fresh entity gets, except that an open alert keeps the full hysteresis it had before evidence
@@ -248,6 +248,33 @@ class EntityStore(StageArrays):
 
     def _remove(self, entity: str) -> None:
         self._free.append(self._index.pop(entity))
+
+
+def tracked(store: EntityStore, entities: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in ``entities`` of those ``store`` tracks, their slots), without tracking any new one.
+
+    >>> store = EntityStore(state_size=2, baseline=(0.0, 1.0))
+    >>> _ = store.slots_for(["a", "b"], owner=0, now=0.0)
+    >>> [array.tolist() for array in tracked(store, ["b", "x", "a"])]
+    [[0, 2], [1, 0]]
+    """
+    index = store._index
+    pairs = [(i, index[e]) for i, e in enumerate(entities) if e in index]
+    positions = np.fromiter((i for i, _ in pairs), dtype=np.int64, count=len(pairs))
+    return positions, np.fromiter((slot for _, slot in pairs), dtype=np.int64, count=len(pairs))
+
+
+def owner_counts(store: EntityStore) -> dict[int, int]:
+    """How many entities ``store`` tracks for each owner id that has any.
+
+    >>> store = EntityStore(state_size=2, baseline=(0.0, 1.0))
+    >>> _ = store.slots_for(["a", "b", "c"], owner=[3, 1, 3], now=0.0)
+    >>> owner_counts(store)
+    {1: 1, 3: 2}
+    """
+    slots = np.fromiter(store._index.values(), dtype=np.int64, count=len(store._index))
+    owners, counts = np.unique(store.bookkeeping.owner[slots], return_counts=True)
+    return dict(zip(owners.tolist(), counts.tolist(), strict=True))
 
 
 def release_freed_memory() -> bool:

@@ -26,6 +26,7 @@ states only (publishing nothing), then carries on.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import signal
@@ -54,6 +55,7 @@ from detector.kafka_config import consumer_config, kafka_client_config, producer
 from detector.logs import get_logger
 from detector.metrics import Health, Metrics, serve
 from detector.model import FittedModel
+from detector.model_store import ModelStore
 from detector.offsets import Committer, Positions
 from detector.outputs import BatchOutputs
 from detector.partition_states import PartitionStates
@@ -112,8 +114,7 @@ class Service:
         self.settings, self.run_time = settings, run_time
         self.metrics = metrics or Metrics()
         self.health = Health(settings.metrics.stall_after_s, metrics=self.metrics)
-        stream = settings.stream
-        self.states = PartitionStates(Detector(model, max_entities=stream.max_entities, ttl_s=stream.entity_ttl_s))
+        self.states = PartitionStates(_bounded(settings.stream, model))
         self.guard = _guard(self.settings.stream, self.states.detector)
         self.positions = Positions()
         self.stopping = threading.Event()  # set by stop(): the loop finishes the batch in hand and returns
@@ -135,16 +136,11 @@ class Service:
 
     def replace_detector(self, detector: Detector) -> None:
         """Score with ``detector`` from the next batch on (loop thread, between batches); states carry
-        over within a model version (:meth:`PartitionStates.replace`), else start fresh."""
-        same_model = detector.model.version == self.model.version
-        if not self.states.replace(detector):
-            return
-        self.guard = _guard(self.settings.stream, detector)
-        if not same_model and hasattr(self, "checkpoints"):  # not yet connected: nothing checkpointed
-            self.checkpoints.forget_all()  # the checkpoints written so far hold the old model's states
-        if hasattr(self, "housekeeping"):
-            self.housekeeping.detector_replaced()
-        _show_model(self.metrics, detector)
+        over within a model version, and another version is rolled out entity by entity
+        (:meth:`PartitionStates.replace`). The checkpoints and upkeep follow the states they hold."""
+        if self.states.replace(detector):
+            self.guard = _guard(self.settings.stream, detector)
+            _show_model(self.metrics, detector)
 
     def stop(self, *_: Any) -> None:
         """Ask the loop to finish the batch in hand, commit, checkpoint and return."""
@@ -203,7 +199,9 @@ class Service:
         with self._held_back_on_failure({f.tp for f in pending}):
             batch = Batch(pending, self.positions)
             drop_stale = self.settings.stream.reject_out_of_order
-            guarded = self.guard.score(batch.values, batch.keys, batch.owners(self.states), drop_stale=drop_stale)
+            owners = batch.owners(self.states)
+            guarded = self.guard.score(batch.values, batch.keys, owners, drop_stale=drop_stale)
+            self.states.decide(guarded.outcomes, owners[guarded.accepted], drop_stale)
             self.metrics.observe_batch(len(guarded.outcomes), guarded.step_seconds)
             self.committer.await_commit()  # the previous batch's: nothing of this batch is out before it is committed
             scored = self.outputs.publish(batch, guarded, self.detector)
@@ -242,8 +240,14 @@ class Service:
         self.broker = BrokerHealth(
             self.consumer, self.producer, self.metrics, self.health, kafka.session_timeout_ms / 1000
         )
+        models = ModelStore(
+            CheckpointStore(self.producer, kafka.checkpoint_topic, kafka.group_id, kafka_client_config(kafka)),
+            functools.partial(_bounded, stream),
+            self.model.features,
+        )
+        self.states.models = models.detector
         self.checkpoints = CheckpointScheduler(
-            store, self.positions, self.states, self.metrics, stream.checkpoint_interval_s
+            store, self.positions, self.states, self.metrics, stream.checkpoint_interval_s, models
         )
         self.recovery = PartitionRecovery(
             self.consumer, store, self.positions, self.states, self.checkpoints, self.metrics, self.health
@@ -306,6 +310,11 @@ def _show_model(metrics: Metrics, detector: Detector) -> None:
     model = detector.model
     metrics.set_model_info(model.version, model.network.architecture.cell, len(model.features))
     metrics.set_alert_threshold(detector.threshold)
+
+
+def _bounded(stream: StreamSettings, model: FittedModel) -> Detector:
+    """A Detector of ``model`` whose store has the stream's bounds."""
+    return Detector(model, max_entities=stream.max_entities, ttl_s=stream.entity_ttl_s)
 
 
 def _guard(stream: StreamSettings, detector: Detector) -> BatchGuard:

@@ -134,8 +134,13 @@ def test_crafted_checkpoints_give_fresh_states_and_every_message_is_scored(
         2: ({**manifest, "id": "c2"}, blob(2, nan=True)),  # NaN states
         3: ({**manifest, "id": "c3", "next_offset": 10**9}, blob(2)),  # beyond the partition's end
         4: ({**manifest, "id": "c4"}, many.export(owner=1, tag=model.version)),  # more entities than max_entities
+        5: (  # four model versions' sections: more than a rollout holds
+            {**manifest, "id": "c5", "sections": [[v, len(blob(2))] for v in (model.version, "v2", "v3", "v4")]},
+            blob(2) * 4,
+        ),
+        6: ({**manifest, "id": "c6", "model_version": "never-published"}, blob(2)),  # a model nobody published
     }
-    topics = make_topics(topic_factory, partitions=5)
+    topics = make_topics(topic_factory, partitions=7)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
     for partition, (body, chunk) in crafted.items():
         base = f"{topics.group}/{topics.input}/{partition}"
@@ -163,11 +168,12 @@ def test_crafted_checkpoints_give_fresh_states_and_every_message_is_scored(
     finally:
         assert service.terminate() == 0
     assert len(offsets_seen(records)) == len(stream), "no message skipped"
-    assert 'detector_state_restore_fallbacks_total{reason="invalid"} 5.0' in metrics
-    fallbacks = [e for e in service.log_events() if e["event"] == "state.restore_fallback"]
-    assert sorted(e["partition"] for e in fallbacks) == [0, 1, 2, 3, 4] and all(
-        e["level"] == "error" and e["fallback"] == "invalid" for e in fallbacks
+    assert 'detector_state_restore_fallbacks_total{reason="invalid"} 6.0' in metrics
+    assert 'detector_state_restore_fallbacks_total{reason="model_version"} 1.0' in metrics
+    fallbacks = {e["partition"]: e for e in service.log_events() if e["event"] == "state.restore_fallback"}
+    assert sorted(fallbacks) == [0, 1, 2, 3, 4, 5, 6] and all(
+        e["level"] == "error" and e["fallback"] == "invalid" for p, e in fallbacks.items() if p != 6
     )
-    assert any("outside the partition" in e["reason"] for e in fallbacks) and any(
-        "max_entities" in e["reason"] for e in fallbacks
-    )
+    assert "outside the partition" in fallbacks[3]["reason"] and "max_entities" in fallbacks[4]["reason"]
+    assert "4 model versions" in fallbacks[5]["reason"]
+    assert fallbacks[6]["fallback"] == "model_version" and "never published" in fallbacks[6]["reason"]

@@ -82,7 +82,7 @@ def test_a_new_model_in_the_directory_is_loaded(setup: Fixture):
     outcome, events = setup.reload()
     assert outcome == "applied" and setup.swapped[0].model.version == "tiny-2"
     [applied] = [e for e in events if e["event"] == "reload.applied"]
-    assert applied["previous_model_version"] == "tiny" and applied["entity_states"] == "fresh (another model)"
+    assert applied["previous_model_version"] == "tiny" and applied["entity_states"] == "rolled out entity by entity"
 
 
 def _refused(setup: Fixture) -> dict:

@@ -1,5 +1,6 @@
 """A live `detector run` reloads on SIGHUP against the bundled broker: it keeps its pid, applies a new
-alert level from the settings file with every entity's state carried over, and refuses a bad model."""
+alert level from the settings file with every entity's state carried over, refuses a bad model,
+and rolls out a new model version with no entity unwatched while the new states warm up."""
 
 from __future__ import annotations
 
@@ -62,10 +63,12 @@ def _metric(url: str, name: str, labels: str = "") -> tuple[float, str]:
     raise AssertionError(f"{name}{{{labels}}} not served")
 
 
-def test_sighup_reloads_the_alert_level_refuses_a_bad_model_and_takes_a_new_one(
+def test_sighup_reloads_the_alert_level_refuses_a_bad_model_and_rolls_out_a_new_one(
     kafka_bootstrap, topic_factory, model_dir, tmp_path
 ):
-    stream = generate_stream(20, 40, {"pump-3"}, anomaly_at=0.75)  # pump-3's fault: rounds 30-37, after the reload
+    # pump-3's fault: rounds 30-37, after the reload; pump-5's: rounds 43-50, in the rollout's handover
+    series = _series(90, {"pump-3": 30, "pump-5": 43})
+    stream, more = series[: 20 * 40], series[20 * 40 :]
     before, after = stream[: 20 * 20], stream[20 * 20 :]
     topics = make_topics(topic_factory, partitions=2)
     env = service_env(kafka_bootstrap, topics, model_dir, DETECTOR_METRICS__HOST="127.0.0.1")
@@ -110,12 +113,15 @@ def test_sighup_reloads_the_alert_level_refuses_a_bad_model_and_takes_a_new_one(
         service.process.send_signal(signal.SIGHUP)
         _, switched = service.wait_for_event("reload.applied", after=at + 1)
         assert switched["model_version"] == renamed.version + "-next"
-        assert switched["entity_states"] == "fresh (another model)"
+        assert switched["entity_states"] == "rolled out entity by entity"
         _wait(lambda: f'version="{renamed.version}-next"' in _metric(url, "detector_model_info")[1])
-        later = stream[-1].timestamp + 60  # after every message so far
-        more = [replace(m, timestamp=later + m.timestamp - stream[0].timestamp) for m in generate_stream(20, 5, seed=9)]
+        _wait(lambda: _metric(url, "detector_entities_on_previous_model")[0] == 20)  # all on the old model
+        _, started = service.wait_for_event("rollout.started")
+        assert started["previous_model_versions"] == [version] and started["entities_on_previous"] == 20
         produce(kafka_bootstrap, topics.input, more)
         scores.wait_for(lambda r: len(offsets_seen(r)) >= len(stream) + len(more), timeout_s=120, alive=service.alive)
+        _wait(lambda: _metric(url, "detector_entities_on_previous_model")[0] == 0)  # every entity switched
+        service.wait_for_event("rollout.finished")
         assert service.alive() and service.process.pid == pid
         assert service.terminate() == 0
     finally:
@@ -133,6 +139,28 @@ def test_sighup_reloads_the_alert_level_refuses_a_bad_model_and_takes_a_new_one(
     alerts = TopicReader(kafka_bootstrap, topics.alerts).read(2.0)
     opened = [a for a in alerts if a["state"] == "open" and a["entity"] == "pump-3"]
     assert opened and opened[-1]["threshold"] == pytest.approx(applied["alert_probability"], abs=1e-4)
+    fault = [m.timestamp for m in more if m.injected]
+    in_handover = [
+        a
+        for a in alerts
+        if a["state"] == "open" and a["entity"] == "pump-5" and parse_timestamp(a["timestamp"]) >= fault[0]
+    ]
+    assert in_handover and parse_timestamp(in_handover[0]["timestamp"]) <= fault[-1], "alerted by the old model"
+    assert in_handover[0]["model_version"] == version, "the alert names the model that decided it"
+    closed = [a for a in alerts if a["state"] == "close" and a["entity"] == "pump-3"]
+    assert closed and parse_timestamp(closed[-1]["timestamp"]) > more[0].timestamp, (
+        "the alert open at the swap was closed by the model that opened it"
+    )
+
+
+def _series(rounds: int, faults: dict[str, int]) -> list:
+    """20 entities' messages for ``rounds`` rounds; each entity of ``faults`` has its fault from that round."""
+    streams = {
+        entity: generate_stream(20, rounds, {entity}, anomaly_at=(start + 0.5) / rounds)
+        for entity, start in faults.items()
+    }
+    plain = generate_stream(20, rounds)  # the same series: a fault consumes no random draws
+    return [streams[m.entity][i] if m.entity in streams else m for i, m in enumerate(plain)]
 
 
 def _offline(model_dir: Path, before: list, after: list) -> list:

@@ -104,7 +104,7 @@ def test_a_partitions_states_restore_exactly_into_another_detector():
     before.detector.process(_observations("pump-1", 1e9, 30), owner=before.owner(P0))
     before.detector.process(_observations("pump-2", 1e9, 30), owner=before.owner(P1))
     after = PartitionStates(Detector(tiny_model()))
-    assert after.restore(P0, before.export(P0)) == 1, "only P0's entity"
+    assert after.restore(P0, before.export(P0)).total == 1, "only P0's entity"
     following = Observation("pump-1", 1e9 + 30, [2.5, -1.0])
     expected = before.detector.process([following], owner=before.owner(P0))[0]
     got = after.detector.process([following], owner=after.owner(P0))[0]
