@@ -36,6 +36,8 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 
+from detector.kafka_config import open_client
+
 __all__ = ["Checkpoint", "CheckpointStore", "PendingWrite"]
 
 CHUNK_BYTES = 512 * 1024
@@ -228,8 +230,12 @@ class CheckpointStore:
 
     def _scan(self, keys: set[str], timeout_s: float) -> tuple[dict[str, dict], dict[str, bytes]]:
         """Read the whole checkpoint topic; keep the last manifest per key and its chunks."""
-        consumer = KafkaConsumer(
-            **self.consumer_config, enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=4 * CHUNK_BYTES
+        consumer = open_client(
+            KafkaConsumer,
+            **self.consumer_config,
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=4 * CHUNK_BYTES,
         )
         try:
             partitions = [

@@ -51,7 +51,7 @@ from detector.config import Settings, StreamSettings
 from detector.delivery import PublishFatal, StoppedUnacknowledged, fatal_reason
 from detector.guard import BatchGuard
 from detector.housekeeping import Housekeeping
-from detector.kafka_config import consumer_config, kafka_client_config, producer_config
+from detector.kafka_config import consumer_config, kafka_client_config, open_client, producer_config
 from detector.logs import get_logger
 from detector.metrics import Health, Metrics, serve
 from detector.model import FittedModel
@@ -234,9 +234,9 @@ class Service:
     def _connect(self) -> None:
         """Create the Kafka clients and the parts that use them; subscribe."""
         kafka, stream = self.settings.kafka, self.settings.stream
-        self.producer = KafkaProducer(**producer_config(kafka))
+        self.producer = open_client(KafkaProducer, **producer_config(kafka))
         store = CheckpointStore(self.producer, kafka.checkpoint_topic, kafka.group_id, kafka_client_config(kafka))
-        self.consumer = KafkaConsumer(**consumer_config(kafka))
+        self.consumer = open_client(KafkaConsumer, **consumer_config(kafka))
         self.broker = BrokerHealth(
             self.consumer, self.producer, self.metrics, self.health, kafka.session_timeout_ms / 1000
         )
