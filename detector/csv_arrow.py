@@ -106,28 +106,43 @@ def _cells(table: pa.Table, layout: Layout) -> Cells:
     for column in (table.column(i) for i in range(table.num_columns) if i not in features):
         if pc.any(pc.match_substring(column, '"')).as_py():  # the csv module would unquote it
             raise Declined
-    raw: list[str] = table.column(layout.timestamp).to_pylist()
-    entities: list[str] | None = None
-    if layout.entity is not None:
-        entities = [text.strip() for text in table.column(layout.entity).to_pylist()]
-        if not all(entities):
-            raise Declined
+    stamps = table.column(layout.timestamp)
+    raw: list[str] = stamps.to_pylist()
+    entities = None if layout.entity is None else _entities(table.column(layout.entity))
     values = np.column_stack([table.column(c).to_numpy() for c in layout.feature_columns]).astype(np.float64)
     if not np.isfinite(values).all():
         raise Declined
-    return Cells(_epochs(raw), raw, entities, values)
+    return Cells(_epochs(stamps, raw), raw, entities, values)
 
 
-def _epochs(raw: list[str]) -> list[float]:
-    """Epoch seconds of each timestamp: :func:`parse_timestamp` in one pass over numbers when
-    every one is a number (the usual file), cell by cell otherwise (ISO 8601)."""
+def _entities(column: pa.ChunkedArray) -> list[str]:
+    """The entity cells stripped as ``str.strip`` strips them; :class:`Declined` if one is empty.
+    Only a chunk where some cell starts or ends with other than a letter or digit is stripped
+    cell by cell: names like ``pump-7`` are already what stripping would leave."""
+    cells: list[str] = column.to_pylist()
+    if not pc.any(pc.match_substring_regex(column, r"^$|^[^0-9A-Za-z]|[^0-9A-Za-z]$")).as_py():
+        return cells
+    stripped = [cell.strip() for cell in cells]
+    if not all(stripped):
+        raise Declined
+    return stripped
+
+
+def _epochs(stamps: pa.ChunkedArray, raw: list[str]) -> list[float]:
+    """Epoch seconds of each timestamp: :func:`parse_timestamp` over all of them at once when every
+    one is a number (the usual file), cell by cell otherwise (ISO 8601). pyarrow's cast reads
+    numbers first; it refuses some that ``float`` reads (``" 1"``, ``1_0``), never the reverse,
+    and reads the others to the same double, as both round correctly."""
     try:
-        numbers = np.array(list(map(float, raw)), dtype=np.float64)
-    except ValueError:
+        numbers = pc.cast(stamps, pa.float64()).to_numpy()
+    except pa.ArrowInvalid:
         try:
-            return list(map(parse_timestamp, raw))
+            numbers = np.array(list(map(float, raw)), dtype=np.float64)
         except ValueError:
-            raise Declined from None
+            try:
+                return list(map(parse_timestamp, raw))
+            except ValueError:
+                raise Declined from None
     if not (np.isfinite(numbers) & (numbers >= 0)).all():
         raise Declined
     seconds = np.where(numbers > MS_THRESHOLD, numbers / 1000.0, numbers)  # milliseconds, as parse_timestamp

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import hypothesis.strategies as st
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -163,16 +164,34 @@ def test_declined_chunks_are_read_by_the_csv_module_with_its_row_numbers(tmp_pat
         next(chunks)
 
 
-@given(st.lists(st.integers(0, 10**14) | st.floats(0, 1e15), min_size=1, max_size=20))
-def test_numeric_timestamps_in_one_pass_are_parse_timestamp(numbers: list[float]) -> None:
-    raw = [repr(n) for n in numbers]
+@given(
+    st.lists(
+        st.integers(0, 10**14).map(str) | st.floats(0, 1e15).map(repr) | st.text(HOSTILE_CHARACTERS, max_size=6),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_timestamps_read_at_once_are_parse_timestamp(raw: list[str]) -> None:
     try:
         expected = [parse_timestamp(text) for text in raw]
     except ValueError:
         with pytest.raises(csv_arrow.Declined):
-            csv_arrow._epochs(raw)
+            csv_arrow._epochs(pa.chunked_array([pa.array(raw)]), raw)
         return
-    assert np.asarray(csv_arrow._epochs(raw)).tobytes() == np.asarray(expected).tobytes()
+    assert (
+        np.asarray(csv_arrow._epochs(pa.chunked_array([pa.array(raw)]), raw)).tobytes()
+        == np.asarray(expected).tobytes()
+    )
+
+
+@given(st.lists(st.text(HOSTILE_CHARACTERS + "pP-", max_size=5), min_size=1, max_size=10))
+def test_entities_are_stripped_as_str_strip_strips(cells: list[str]) -> None:
+    stripped = [cell.strip() for cell in cells]
+    if not all(stripped):
+        with pytest.raises(csv_arrow.Declined):
+            csv_arrow._entities(pa.chunked_array([pa.array(cells)]))
+        return
+    assert csv_arrow._entities(pa.chunked_array([pa.array(cells)])) == stripped
 
 
 def test_the_csv_module_alone_reads_quoted_files(tmp_path: Path) -> None:
