@@ -99,7 +99,7 @@ def _csv_module(path: Path, features: list[str] | None) -> list[Table]:
         raise DataError(str(path), "file is not UTF-8 text") from None
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(file=files(), rows=st.sampled_from([1, 3, 1000]), block=st.sampled_from([64, csv_arrow.BLOCK_BYTES]))
 def test_any_file_reads_as_the_csv_module_reads_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file: tuple[bytes, list[str] | None], rows: int, block: int
@@ -164,6 +164,7 @@ def test_declined_chunks_are_read_by_the_csv_module_with_its_row_numbers(tmp_pat
         next(chunks)
 
 
+@settings(deadline=None)
 @given(
     st.lists(
         st.integers(0, 10**14).map(str) | st.floats(0, 1e15).map(repr) | st.text(HOSTILE_CHARACTERS, max_size=6),
@@ -184,6 +185,7 @@ def test_timestamps_read_at_once_are_parse_timestamp(raw: list[str]) -> None:
     )
 
 
+@settings(deadline=None)
 @given(st.lists(st.text(HOSTILE_CHARACTERS + "pP-", max_size=5), min_size=1, max_size=10))
 def test_entities_are_stripped_as_str_strip_strips(cells: list[str]) -> None:
     stripped = [cell.strip() for cell in cells]

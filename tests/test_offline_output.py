@@ -8,7 +8,7 @@ import io
 
 import hypothesis.strategies as st
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 
 from detector.csv_input import Table
 from detector.observation import Columns
@@ -42,6 +42,7 @@ chunks = st.lists(
 )
 
 
+@settings(deadline=None)  # a loaded machine: no time limit per example
 @given(chunks, st.booleans())
 def test_the_order_check_finds_what_a_row_by_row_check_finds(rows: list[list[tuple[str, int]]], entities: bool) -> None:
     check, reference, first_row = OrderCheck(), {}, 2
