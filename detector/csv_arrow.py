@@ -24,7 +24,7 @@ from detector.observation import MAX_EPOCH_S, MS_THRESHOLD, parse_timestamp
 
 __all__ = ["BLOCK_BYTES", "Cells", "Declined", "Layout", "read_chunks", "takes"]
 
-BLOCK_BYTES = 1 << 22  # bytes pyarrow parses at a time; a chunk of rows is assembled from blocks
+BLOCK_BYTES = 1 << 20  # bytes pyarrow parses at a time (its default): its memory grows with it
 
 
 class Declined(Exception):
@@ -72,7 +72,9 @@ def read_chunks(path: str, layout: Layout, rows: int, block_bytes: int | None = 
     try:
         reader = pv.open_csv(
             path,
-            read_options=pv.ReadOptions(column_names=names, skip_rows=1, block_size=block_bytes or BLOCK_BYTES),
+            read_options=pv.ReadOptions(
+                column_names=names, skip_rows=1, block_size=block_bytes or BLOCK_BYTES, use_threads=False
+            ),
             parse_options=pv.ParseOptions(quote_char=False, ignore_empty_lines=False),
             convert_options=pv.ConvertOptions(
                 column_types=types, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False
@@ -109,7 +111,7 @@ def _cells(table: pa.Table, layout: Layout) -> Cells:
     stamps = table.column(layout.timestamp)
     raw: list[str] = stamps.to_pylist()
     entities = None if layout.entity is None else _entities(table.column(layout.entity))
-    values = np.column_stack([table.column(c).to_numpy() for c in layout.feature_columns]).astype(np.float64)
+    values = np.column_stack([table.column(c).to_numpy() for c in layout.feature_columns])  # float64
     if not np.isfinite(values).all():
         raise Declined
     return Cells(_epochs(stamps, raw), raw, entities, values)
