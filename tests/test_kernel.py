@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.kernel import decide_rows
 from detector.scoring import Detector
-from detector.stages import EVENT_CLOSE, EVENT_OPEN
-from detector.testing import decide, tiny_model
+from detector.testing import decide, decide_step, tiny_model
 
 
 def test_decide_rows_is_decide_row_after_row() -> None:
@@ -20,24 +18,9 @@ def test_decide_rows_is_decide_row_after_row() -> None:
     scores[40:45, 2] = 1e4  # an alert opens and closes on one entity
     events = []
     for step in scores:
-        store = batched.store
-        probability, is_anomaly, event = decide_rows(
-            slots,
-            step,
-            0.0,
-            1.0,
-            store.seasonal,
-            store.likelihood,
-            store.novelty,
-            store.baseline,
-            store.hysteresis,
-            batched.params,
-        )
+        probability, step_events = decide_step(batched, slots, step)  # kernel.decide_rows
         expected = [decide(single, int(slot), float(score)) for slot, score in zip(single_slots, step, strict=True)]
         assert probability.tolist() == [p for p, _, _ in expected]
-        assert is_anomaly.tolist() == [a for _, a, _ in expected]
-        assert [{EVENT_OPEN: "open", EVENT_CLOSE: "close"}.get(code) for code in event.tolist()] == [
-            e for _, _, e in expected
-        ]
+        assert step_events == [e for _, _, e in expected]
         events += [e for _, _, e in expected if e]
     assert "open" in events and "close" in events, "the comparison covers an alert's events"

@@ -10,10 +10,9 @@ from support import QUICK_FIT, checkpoint_without, synthetic_csv
 from detector import stages
 from detector.config import FitSettings, ModelSettings, ScoringSettings
 from detector.fit import fit_tables
-from detector.kernel import decide_rows
 from detector.schema import Observation, observations_from_table, read_csv
 from detector.scoring import Detector, waves
-from detector.testing import decide, tiny_model
+from detector.testing import decide, decide_step, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -285,22 +284,10 @@ def _normal_messages(detector: Detector, steps: int, seed: int, entities: int = 
     the calibration (normal data), past their warm-up."""
     slots = detector.store.slots_for([f"e{i}" for i in range(entities)], np.zeros(entities, dtype=np.int32), 0.0)
     draws, calibration = np.random.default_rng(seed), detector.model.calibration
-    store, names = detector.store, {stages.EVENT_OPEN: "open", stages.EVENT_CLOSE: "close"}
     for _ in range(steps):
         scores = np.exp(calibration.log_mean + calibration.log_std * draws.standard_normal(entities))
-        probability, _, events = decide_rows(  # what testing.decide does, for a whole step in one call
-            slots,
-            scores,
-            0.0,
-            1.0,
-            store.seasonal,
-            store.likelihood,
-            store.novelty,
-            store.baseline,
-            store.hysteresis,
-            detector.params,
-        )
-        yield probability, [names[code] for code in events[events != 0].tolist()]
+        probability, events = decide_step(detector, slots, scores)  # decide for a whole step in one call
+        yield probability, [event for event in events if event]
 
 
 def test_alerts_open_at_the_false_alarm_rate_on_normal_data():
