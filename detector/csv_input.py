@@ -150,6 +150,10 @@ def read_csv_chunks(path: Path | str, features: Sequence[str] | None = None, row
         raise DataError(name, f"cannot read file: {error.strerror}") from None
     except UnicodeDecodeError:
         raise DataError(name, "file is not UTF-8 text") from None
+    except csv.Error as error:  # e.g. a field longer than the csv module takes (131,072 characters)
+        raise DataError(
+            name, f"cannot read the file as CSV: {error}", help="check the file is comma-separated text"
+        ) from None
 
 
 class _FastRead:

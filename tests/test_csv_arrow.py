@@ -201,3 +201,10 @@ def test_the_csv_module_alone_reads_quoted_files(tmp_path: Path) -> None:
     path.write_text('"timestamp","entity","a"\n"1795568400","p,1","0.5"\n')
     table = read_csv(path)
     assert (table.raw_timestamps, table.entities, table.values.tolist()) == (["1795568400"], ["p,1"], [[0.5]])
+
+
+def test_a_field_the_csv_module_refuses_is_a_data_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "long.csv"
+    path.write_text('timestamp,entity,a\n1,p,1\n2,"' + "x" * 200_000 + '",1\n')  # quoted: the csv module reads it
+    with pytest.raises(DataError, match="cannot read the file as CSV: field larger than field limit"):
+        read_csv(path)
