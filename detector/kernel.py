@@ -16,7 +16,7 @@ from detector import stage_state as state
 from detector.jit import njit
 from detector.stages import Params, decide, range_excess, range_judged, smooth_error
 
-__all__ = ["score_rows", "timeline", "track_levels"]
+__all__ = ["decide_rows", "score_rows", "timeline", "track_levels"]
 
 
 @njit
@@ -98,3 +98,28 @@ def score_rows(
         alerts.last_ts[slot] = timestamps[i]
         score[i], range_decided[i] = judged, judged > learned
     return score, probability, is_anomaly, event, opened_at, range_decided, beyond
+
+
+@njit
+def decide_rows(
+    slots: np.ndarray,
+    scores: np.ndarray,
+    timestamp: float,
+    elapsed: float,
+    seasonal: state.SeasonalState,
+    stats: state.LikelihoodState,
+    peaks: state.NoveltyState,
+    baseline: state.BaselineState,
+    alerts: state.HysteresisState,
+    p: Params,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decision stages alone over rows in order, each judged by its ``scores`` as if its
+    message had been reconstructed that well (past warm-up): (probability, is_anomaly, event
+    code). What simulations of normal data feed, a whole step of many entities in one call."""
+    n = slots.shape[0]
+    probability, is_anomaly, event = np.empty(n), np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.int8)
+    for i in range(n):
+        probability[i], is_anomaly[i], event[i], _ = decide(
+            seasonal, stats, peaks, baseline, alerts, slots[i], scores[i], scores[i], timestamp, elapsed, True, p
+        )
+    return probability, is_anomaly, event

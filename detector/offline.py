@@ -15,11 +15,13 @@ ScoreSummary(rows=1440, anomalous=2, opened=1)
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple
 
+import numpy as np
 from tqdm import tqdm
 
 from detector.logs import get_logger
@@ -44,7 +46,7 @@ class ScoreSummary:
     def add(self, outcomes: Outcomes) -> None:
         self.rows += len(outcomes)
         self.anomalous += int(outcomes.is_anomaly.sum())
-        self.opened += sum(event == "open" for event in outcomes.events)
+        self.opened += outcomes.events.count("open")
 
 
 class Disorder(NamedTuple):
@@ -73,17 +75,34 @@ class OrderCheck:
 
     def first_disorder(self, table: Table, first_row: int) -> Disorder | None:
         """The first row of ``table`` (whose first row is row ``first_row`` of the file) that goes
-        back in time, or None; either way the entities' latest rows are updated."""
+        back in time, or None; either way the entities' latest rows are updated. Each row is
+        compared with its entity's previous row, found for the whole chunk at once."""
+        entities, raw = table.columns().entities, table.raw_timestamps
+        distinct = list(dict.fromkeys(entities))
+        number = {entity: i for i, entity in enumerate(distinct)}
+        groups = np.fromiter(map(number.__getitem__, entities), dtype=np.int64, count=len(entities))
+        timestamps = np.asarray(table.timestamps, dtype=np.float64)
+        order = np.argsort(groups, kind="stable")  # each entity's rows together, in file order
+        follows = groups[order[1:]] == groups[order[:-1]]
+        previous = np.full(len(entities), -1)  # the row before each row of the same entity in this chunk
+        previous[order[1:][follows]] = order[:-1][follows]
+        carried = np.array([self.latest.get(entity, (-math.inf,))[0] for entity in distinct])
+        earlier = np.where(previous >= 0, timestamps[previous], carried[groups])
+        back = np.flatnonzero(timestamps < earlier)
         found = None
-        for offset, (entity, timestamp) in enumerate(zip(table.columns().entities, table.timestamps, strict=True)):
-            previous = self.latest.get(entity)
-            row, raw = first_row + offset, table.raw_timestamps[offset]
-            if found is None and previous is not None and timestamp < previous[0]:
-                message = (
-                    f"entity {entity!r} goes back in time: {raw!r} is older than {previous[2]!r} on row {previous[1]}"
-                )
-                found = Disorder(message, row, entity)
-            self.latest[entity] = (timestamp, row, raw)
+        if len(back):
+            row = int(back[0])
+            entity, before = entities[row], int(previous[row])
+            _, earlier_row, earlier_raw = (
+                self.latest[entities[row]] if before < 0 else (0.0, first_row + before, raw[before])
+            )
+            message = (
+                f"entity {entity!r} goes back in time: {raw[row]!r} is older than {earlier_raw!r} on row {earlier_row}"
+            )
+            found = Disorder(message, first_row + row, entity)
+        last = order[np.append(~follows, True)]  # each entity's last row in the chunk, in entity number order
+        for entity, row in zip(distinct, last.tolist(), strict=True):
+            self.latest[entity] = (table.timestamps[row], first_row + row, raw[row])
         return found
 
 
@@ -147,7 +166,7 @@ def _score_chunks(
                 )
                 warned = True
             outcomes = detector.process_columns(table.columns())
-            writer.writerows(_rows(table, outcomes))
+            _write_rows(handle, table, outcomes)
             summary.add(outcomes)
             bar.update(len(outcomes))
             del table, outcomes  # freed before the next chunk is read: memory holds one chunk
@@ -162,12 +181,27 @@ def _header(table: Table) -> list[str]:
     )
 
 
-def _rows(table: Table, outcomes: Outcomes) -> Iterable[list[str]]:
-    """The output rows of a chunk: its raw timestamps (and entities), then its outcomes."""
-    scores = [f"{value:.9g}" for value in outcomes.score.tolist()]
-    probabilities = [f"{value:.9g}" for value in outcomes.probability.tolist()]
-    flags = ["1" if flag else "0" for flag in outcomes.is_anomaly.tolist()]
+def _write_rows(handle: IO[str], table: Table, outcomes: Outcomes) -> None:
+    """Write the output rows of a chunk: its raw timestamps (and entities), then its outcomes;
+    the bytes ``csv.writer`` writes, formatted a whole chunk at once when no text needs quotes."""
+    scores, probabilities = outcomes.score.tolist(), outcomes.probability.tolist()
+    flags = np.where(outcomes.is_anomaly, "1", "0").tolist()
     events = [event or "" for event in outcomes.events]
-    if table.entities is None:
-        return map(list, zip(table.raw_timestamps, scores, probabilities, flags, events, strict=True))
-    return map(list, zip(table.raw_timestamps, table.entities, scores, probabilities, flags, events, strict=True))
+    texts = [table.raw_timestamps] + ([] if table.entities is None else [table.entities])
+    if any(_needs_quotes(column) for column in texts):
+        csv.writer(handle).writerows(
+            zip(*texts, [f"{v:.9g}" for v in scores], [f"{v:.9g}" for v in probabilities], flags, events, strict=True)
+        )
+        return
+    line = "%s," * len(texts) + "%.9g,%.9g,%s,%s\r\n"  # csv.writer's line ending
+    handle.write("".join(map(line.__mod__, zip(*texts, scores, probabilities, flags, events, strict=True))))
+
+
+def _needs_quotes(texts: list[str]) -> bool:
+    """Whether ``csv.writer`` would quote any of ``texts`` (a delimiter, quote or line break in it).
+
+    >>> _needs_quotes(["pump-1", "2026-01-01T00:00:00Z"]), _needs_quotes(["a,b"])
+    (False, True)
+    """
+    joined = "".join(texts)
+    return any(character in joined for character in ',"\r\n')

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from detector.model import FittedModel
     from detector.scoring import Detector
 
-__all__ = ["FAST_GROUP", "ServiceTopics", "decide", "service_env", "tiny_model"]
+__all__ = ["FAST_GROUP", "ServiceTopics", "decide", "decide_step", "service_env", "tiny_model"]
 
 FAST_GROUP: dict[str, str] = {
     "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
@@ -101,6 +103,36 @@ def tiny_model(
         version="tiny",
         feature_range=None if feature_range is None else np.asarray(feature_range, dtype=np.float64),
     )
+
+
+def decide_step(detector: Detector, slots: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    """:func:`decide` for many entities at once (each slot once, past warm-up, at time 0 a second
+    after their last message), in one compiled call: (probabilities, events).
+
+    >>> from detector.scoring import Detector
+    >>> detector = Detector(tiny_model(warmup_steps=0))
+    >>> slots = detector.store.slots_for(["p1", "p2"], owner=0, now=0.0)
+    >>> decide_step(detector, slots, np.array([1.0, 1.0]))[1]
+    [None, None]
+    """
+    from detector import stages
+    from detector.kernel import decide_rows
+
+    store = detector.store
+    probability, _, events = decide_rows(
+        slots,
+        scores,
+        0.0,
+        1.0,
+        store.seasonal,
+        store.likelihood,
+        store.novelty,
+        store.baseline,
+        store.hysteresis,
+        detector.params,
+    )
+    names = {stages.EVENT_OPEN: "open", stages.EVENT_CLOSE: "close"}
+    return probability, [names.get(code) for code in events.tolist()]
 
 
 def decide(

@@ -12,7 +12,7 @@ from detector.config import FitSettings, ModelSettings, ScoringSettings
 from detector.fit import fit_tables
 from detector.schema import Observation, observations_from_table, read_csv
 from detector.scoring import Detector, waves
-from detector.testing import decide, tiny_model
+from detector.testing import decide, decide_step, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -286,8 +286,8 @@ def _normal_messages(detector: Detector, steps: int, seed: int, entities: int = 
     draws, calibration = np.random.default_rng(seed), detector.model.calibration
     for _ in range(steps):
         scores = np.exp(calibration.log_mean + calibration.log_std * draws.standard_normal(entities))
-        decided = [decide(detector, int(slot), float(score)) for slot, score in zip(slots, scores, strict=True)]
-        yield np.array([probability for probability, _, _ in decided]), [event for _, _, event in decided if event]
+        probability, events = decide_step(detector, slots, scores)  # decide for a whole step in one call
+        yield probability, [event for event in events if event]
 
 
 def test_alerts_open_at_the_false_alarm_rate_on_normal_data():
