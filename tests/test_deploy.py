@@ -38,6 +38,7 @@ EXPECTED_ALERTS = {
     "DetectorTargetDown",
     "DetectorNotHealthy",
     "DetectorReloadRefused",
+    "DetectorRolloutStuck",
 }
 METRIC_NAME = re.compile(r"\b(detector_[a-z_]+|process_[a-z_]+|up)\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
