@@ -253,7 +253,7 @@ def service_loop(model_dir: Path, raw: list[tuple[bytes, bytes]], partitions: in
         ):
             watch.patch(service, name, f"Service.{name}")
         watch.patch(service.detector, "process_columns", "Detector.process_columns")
-        watch.patch(service._guard.decode, "decode_many", "MessageDecoder.decode_many")
+        watch.patch(service.guard.decode, "decode_many", "MessageDecoder.decode_many")
         marks: dict[str, float] = {}
         marks_seconds: dict[str, float] = {}
         scored = service.metrics.messages_total.labels(outcome="scored")
