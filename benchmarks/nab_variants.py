@@ -14,7 +14,9 @@ leave-one-category-out table of ``nab_breakdown.py``:
 
 A variant is ``LABEL:KEY=VALUE[,KEY=VALUE...]`` (scoring settings, JSON values); ``base`` (the
 defaults) is always measured. Settings that shape the fit (``smoothing_halflife``) need a refit:
-give them to ``--fit-scoring`` with a cache of their own.
+give them to ``--fit-scoring`` with a cache of their own. A study script can register a
+prototype of the stages in :data:`PROTOTYPES` (a stand-in for ``score_rows``) and name it in a
+variant as ``prototype="NAME"``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -47,11 +49,14 @@ from detector.benchmark import (
 from detector.config import Settings, load_settings
 from detector.evaluate import SKAB_TRAIN_ROWS, _head, _nab_files, _read_skab, _skab_files
 from detector.fit import fit_tables
+from detector.kernel import score_rows
 from detector.model import FittedModel, load_model, save_model
 from detector.schema import Table, read_csv
 from detector.scoring import Detector
 from detector.sequence import reconstruct_sequences
 from detector.skab import skab_metrics
+
+PROTOTYPES: dict[str, Callable[..., Any]] = {}  # stand-ins for detector.kernel.score_rows, by name
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ def fit_all(jobs: list[Job], settings: Settings, cache: Path, workers: int) -> N
 @contextmanager
 def cached_network(output: tuple[torch.Tensor, torch.Tensor]) -> Iterator[None]:
     """Within the block, the detector's sequence path returns ``output`` instead of running the network."""
-    scoring_module.reconstruct_sequences = lambda *_args, **_kw: (output[0].clone(), output[1].clone())  # type: ignore[assignment]  # same signature, cached result
+    scoring_module.reconstruct_sequences = lambda *_args, **_kw: (output[0].clone(), output[1].clone())
     try:
         yield
     finally:
@@ -127,7 +132,7 @@ def prepare(job: Job, cache: Path) -> Scored:
         captured.append((out[0].clone(), out[1].clone()))
         return out
 
-    scoring_module.reconstruct_sequences = capture  # type: ignore[assignment]  # same signature, records its result
+    scoring_module.reconstruct_sequences = capture
     try:
         Detector(model).process_columns(table.columns())
     finally:
@@ -137,9 +142,15 @@ def prepare(job: Job, cache: Path) -> Scored:
 
 def replay(scored: Scored, overrides: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(probability, is_anomaly) of every row of ``scored`` with the scoring ``overrides``."""
-    model = replace(scored.model, scoring={**scored.model.scoring, **overrides})
-    with cached_network(scored.reconstruction):
-        out = Detector(model).process_columns(scored.table.columns())
+    settings = {key: value for key, value in overrides.items() if key != "prototype"}
+    model = replace(scored.model, scoring={**scored.model.scoring, **settings})
+    kernel = PROTOTYPES[overrides["prototype"]] if "prototype" in overrides else score_rows
+    scoring_module.score_rows = kernel
+    try:
+        with cached_network(scored.reconstruction):
+            out = Detector(model).process_columns(scored.table.columns())
+    finally:
+        scoring_module.score_rows = score_rows
     return out.probability.copy(), out.is_anomaly.copy()
 
 

@@ -204,12 +204,6 @@ class ScoringSettings(_Section):
         "is caught once it moves faster than range_tolerance x range_absorb of the width per message.",
         json_schema_extra=ADVANCED,
     )
-    likelihood_short_scaled: bool = Field(
-        False,
-        description="Judge the short-term average against its own (narrower) spread under white noise rather than "
-        "one message's spread.",
-        json_schema_extra=ADVANCED,
-    )
     warmup_steps: int = Field(
         10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up."
     )

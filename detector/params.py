@@ -32,10 +32,6 @@ def params_of(settings: ScoringSettings, calibration: Calibration, threshold: fl
     (a probability, see :func:`detector.null_calibration.null_calibration`)."""
     error_smoothing_rate = weight_per_message(settings.smoothing_halflife)
     likelihood_short_rate = weight_per_message(settings.likelihood_short_halflife)
-    # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
-    short_average_scale = (
-        math.sqrt(likelihood_short_rate / (2.0 - likelihood_short_rate)) if settings.likelihood_short_scaled else 1.0
-    )
     values = {
         "warmup_steps": settings.warmup_steps,
         "error_smoothing_rate": error_smoothing_rate,
@@ -47,7 +43,6 @@ def params_of(settings: ScoringSettings, calibration: Calibration, threshold: fl
         "range_z": settings.open_z / likelihood_short_rate,
         "likelihood_short_rate": likelihood_short_rate,
         "likelihood_long_rate": weight_per_message(settings.likelihood_long_halflife),
-        "short_average_scale": short_average_scale,
         "peak_decay": 2.0 ** (-1.0 / settings.novelty_halflife),
         "novelty_margin": settings.novelty_margin,
         "novelty_discount": settings.novelty_discount,

@@ -62,7 +62,6 @@ RUN_TIME_SCORING: tuple[str, ...] = (
     "baseline_clip",
     "likelihood_short_halflife",
     "likelihood_long_halflife",
-    "likelihood_short_scaled",
     "novelty_halflife",
     "novelty_discount",
     "novelty_margin",
