@@ -128,13 +128,6 @@ class ScoringSettings(_Section):
         "with the logarithm of its size.",
         json_schema_extra=ADVANCED,
     )
-    likelihood_short_halflife: float = Field(
-        1.0,
-        gt=0,
-        description="Half-life (messages) of the short-term average of the log score whose likelihood is the "
-        "reported probability and opens alerts (Numenta-style anomaly likelihood).",
-        json_schema_extra=ADVANCED,
-    )
     likelihood_long_halflife: float = Field(
         500.0,
         gt=1,

@@ -17,7 +17,11 @@ from detector.config import ScoringSettings
 from detector.model import Calibration
 from detector.stages import TINY, Params
 
-__all__ = ["params_of", "weight_per_message"]
+__all__ = ["SHORT_AVERAGE_HALFLIFE", "params_of", "weight_per_message"]
+
+# Half-life (messages) of the short-term average of the log score whose likelihood is the
+# reported probability: a message and, at half its weight, the one before (decision 043).
+SHORT_AVERAGE_HALFLIFE = 1.0
 
 _INTEGERS = ("warmup_steps", "seasonal_bins", "close_after")
 
@@ -31,7 +35,7 @@ def params_of(settings: ScoringSettings, calibration: Calibration, threshold: fl
     """The stages' :class:`Params` for ``settings``, ``calibration`` and the opening ``threshold``
     (a probability, see :func:`detector.null_calibration.null_calibration`)."""
     error_smoothing_rate = weight_per_message(settings.smoothing_halflife)
-    likelihood_short_rate = weight_per_message(settings.likelihood_short_halflife)
+    likelihood_short_rate = weight_per_message(SHORT_AVERAGE_HALFLIFE)
     values = {
         "warmup_steps": settings.warmup_steps,
         "error_smoothing_rate": error_smoothing_rate,

@@ -62,6 +62,11 @@ REMOVED: tuple[Removed, ...] = (
         "likelihood_short_scaled",
         "the short-term average is always judged against one message's spread (decision 042)",
     ),
+    Removed(
+        "scoring",
+        "likelihood_short_halflife",
+        "the likelihood's short-term average always has a half-life of 1 message (decision 043)",
+    ),
 )
 
 

@@ -60,7 +60,6 @@ RUN_TIME_SCORING: tuple[str, ...] = (
     "drift_halflife",
     "drift_halflife_s",
     "baseline_clip",
-    "likelihood_short_halflife",
     "likelihood_long_halflife",
     "novelty_halflife",
     "novelty_discount",

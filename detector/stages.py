@@ -63,7 +63,7 @@ class Params(NamedTuple):
     range_absorb: float
     range_tolerance: float
     range_z: float  # z-score, above the calibration's median, of a value at the range tolerance
-    likelihood_short_rate: float  # weight of a message in the short-term average (likelihood_short_halflife)
+    likelihood_short_rate: float  # weight of a message in the short-term average (SHORT_AVERAGE_HALFLIFE)
     likelihood_long_rate: float  # weight of a message in the long-term mean/variance (likelihood_long_halflife)
     peak_decay: float  # per message (novelty_halflife)
     novelty_margin: float
