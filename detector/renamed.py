@@ -58,6 +58,17 @@ class Removed:
 
 REMOVED: tuple[Removed, ...] = (
     Removed(
+        "scoring", "novelty_halflife", "the novelty peak always decays with a half-life of 1000 messages (decision 047)"
+    ),
+    Removed(
+        "scoring", "baseline_clip", "deviations are always clipped at 3 baseline standard deviations (decision 046)"
+    ),
+    Removed(
+        "scoring",
+        "likelihood_long_halflife",
+        "the entity's long-term statistics always have a half-life of 500 messages (decision 045)",
+    ),
+    Removed(
         "scoring",
         "likelihood_short_scaled",
         "the short-term average is always judged against one message's spread (decision 042)",
@@ -66,6 +77,11 @@ REMOVED: tuple[Removed, ...] = (
         "scoring",
         "likelihood_short_halflife",
         "the likelihood's short-term average always has a half-life of 1 message (decision 043)",
+    ),
+    Removed(
+        "scoring",
+        "range_absorb",
+        "the range always absorbs half of a message's excess beyond it (decision 044)",
     ),
 )
 

@@ -64,8 +64,8 @@ class Params(NamedTuple):
     range_tolerance: float
     range_z: float  # z-score, above the calibration's median, of a value at the range tolerance
     likelihood_short_rate: float  # weight of a message in the short-term average (SHORT_AVERAGE_HALFLIFE)
-    likelihood_long_rate: float  # weight of a message in the long-term mean/variance (likelihood_long_halflife)
-    peak_decay: float  # per message (novelty_halflife)
+    likelihood_long_rate: float  # weight of a message in the long-term mean/variance (LONG_STATS_HALFLIFE)
+    peak_decay: float  # per message (NOVELTY_HALFLIFE)
     novelty_margin: float
     novelty_discount: float
     open_z: float  # z-score of 1 - false_alarm_rate
@@ -159,7 +159,7 @@ def range_excess(
     beyond: np.ndarray,
 ) -> float:
     """How far the message lies beyond its entity's range, in widths of that range: per feature
-    into ``beyond`` (0 inside), and their RMS returned. Then the range widens by ``range_absorb``
+    into ``beyond`` (0 inside), and their RMS returned. Then the range widens by ``range_absorb`` (half)
     of the excess, so a new level stands out for a few messages and one wild value widens it by
     only a share. An unknown range (NaN: restored from a checkpoint written before ranges were
     kept) becomes the fit data's (``start_low``, ``start_high``) plus this value."""
