@@ -10,7 +10,7 @@ leave-one-category-out table of ``nab_breakdown.py``:
 
     nice -n 19 .venv/bin/python benchmarks/nab_variants.py --nab ../shared/data/nab \\
         --skab ../shared/data/skab --cache /tmp/nab-models --seeds 7,8,9 \\
-        --variant 'no seasonal:seasonal_bins=0' --variant 'margin 0:novelty_margin=0'
+        --variant 'no seasonal:seasonal_bins=0' --variant 'discount 2:novelty_discount=2'
 
 A variant is ``LABEL:KEY=VALUE[,KEY=VALUE...]`` (scoring settings, JSON values); ``base`` (the
 defaults) is always measured. Settings that shape the fit (``smoothing_halflife``) need a refit:

@@ -130,17 +130,6 @@ class ScoringSettings(_Section):
         "reported beyond the alert level by at most as much as it exceeds it (0 turns both off).",
         json_schema_extra=ADVANCED,
     )
-    novelty_margin: float = Field(
-        1.0,
-        ge=0,
-        description="Standard deviations by which a message must exceed the likelihood z-score of the last message "
-        "that escaped the discount to escape it too (never above the z-score of 1 - false_alarm_rate, 3.09 at the "
-        "default, so it cannot withhold an alert beyond that; the calibrated alert level itself is lower, about z "
-        "1.45), so an event rising over several messages is reported once. While the entity's alert is open (its "
-        "event is reported) a message must exceed that bar by one more margin, so an event rising far beyond the "
-        "alert level is not reported at every new high (0: every new high is reported).",
-        json_schema_extra=ADVANCED,
-    )
     seasonal_bins: int = Field(
         24,
         ge=0,

@@ -21,6 +21,7 @@ __all__ = [
     "BASELINE_CLIP",
     "LONG_STATS_HALFLIFE",
     "NOVELTY_HALFLIFE",
+    "NOVELTY_MARGIN",
     "RANGE_ABSORB",
     "SHORT_AVERAGE_HALFLIFE",
     "params_of",
@@ -39,6 +40,9 @@ LONG_STATS_HALFLIFE = 500.0
 BASELINE_CLIP = 3.0
 # Half-life (messages) of each entity's decaying novelty peak (decision 047).
 NOVELTY_HALFLIFE = 1000.0
+# Standard deviations by which a message must beat the last escape's z-score to escape too, and
+# one more while its entity's alert is open (decision 049).
+NOVELTY_MARGIN = 1.0
 
 _INTEGERS = ("warmup_steps", "seasonal_bins", "close_after")
 
@@ -65,7 +69,7 @@ def params_of(settings: ScoringSettings, calibration: Calibration, threshold: fl
         "likelihood_short_rate": likelihood_short_rate,
         "likelihood_long_rate": weight_per_message(LONG_STATS_HALFLIFE),
         "peak_decay": 2.0 ** (-1.0 / NOVELTY_HALFLIFE),
-        "novelty_margin": settings.novelty_margin,
+        "novelty_margin": NOVELTY_MARGIN,
         "novelty_discount": settings.novelty_discount,
         "open_z": settings.open_z,
         "threshold": threshold,

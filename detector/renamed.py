@@ -58,6 +58,11 @@ class Removed:
 
 REMOVED: tuple[Removed, ...] = (
     Removed(
+        "scoring",
+        "novelty_margin",
+        "a message must always beat the novelty peak by 1 standard deviation (decision 049)",
+    ),
+    Removed(
         "scoring", "novelty_halflife", "the novelty peak always decays with a half-life of 1000 messages (decision 047)"
     ),
     Removed(

@@ -60,7 +60,6 @@ RUN_TIME_SCORING: tuple[str, ...] = (
     "drift_halflife",
     "drift_halflife_s",
     "novelty_discount",
-    "novelty_margin",
     "seasonal_halflife_s",
     "range_tolerance",
 )
