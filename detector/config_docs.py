@@ -4,7 +4,7 @@
 :data:`~detector.config_models.ADVANCED` (it tunes one rule's internals) comes after the others
 of its section, under a comment in the example file and apart in the docs.
 
->>> is_advanced("scoring.novelty_margin"), is_advanced("scoring.false_alarm_rate")
+>>> is_advanced("scoring.novelty_discount"), is_advanced("scoring.false_alarm_rate")
 (True, False)
 """
 

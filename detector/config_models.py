@@ -111,7 +111,8 @@ class ScoringSettings(_Section):
         1000.0,
         gt=1,
         description="Half-life (messages) of each entity's score baseline; a persistent change stops alerting within "
-        "about one to three half-lives (longer for larger changes, see baseline_clip) -- or of drift_halflife_s, "
+        "about one to three half-lives (longer for larger changes: deviations are clipped at 3 standard deviations) "
+        "-- or of drift_halflife_s, "
         "whichever is shorter.",
     )
     drift_halflife_s: float = Field(
@@ -120,35 +121,6 @@ class ScoringSettings(_Section):
         description="Half-life (seconds of the entity's own timestamps) of its score baseline: however slowly an "
         "entity reports, a persistent change stops alerting within a few of these (inf: messages only).",
     )
-    baseline_clip: float = Field(
-        3.0,
-        gt=1,
-        description="Deviations of the log score beyond this many baseline standard deviations are clipped when "
-        "updating the entity baseline: outliers barely move it and a persistent change is absorbed in a time growing "
-        "with the logarithm of its size.",
-        json_schema_extra=ADVANCED,
-    )
-    likelihood_short_halflife: float = Field(
-        1.0,
-        gt=0,
-        description="Half-life (messages) of the short-term average of the log score whose likelihood is the "
-        "reported probability and opens alerts (Numenta-style anomaly likelihood).",
-        json_schema_extra=ADVANCED,
-    )
-    likelihood_long_halflife: float = Field(
-        500.0,
-        gt=1,
-        description="Half-life (messages) of each entity's long-term, unclipped mean/variance of the log score "
-        "against which the short-term average is judged.",
-        json_schema_extra=ADVANCED,
-    )
-    novelty_halflife: float = Field(
-        1000.0,
-        gt=0,
-        description="Half-life (messages) of the decaying peak of each entity's likelihood z-score; an excursion "
-        "counts as new only when it exceeds that recent peak.",
-        json_schema_extra=ADVANCED,
-    )
     novelty_discount: float = Field(
         3.0,
         ge=0,
@@ -156,17 +128,6 @@ class ScoringSettings(_Section):
         "recent peak, so that one event is reported by its onset rather than by every message while it lasts; such a "
         "message is also held this far below the alert level, however large, while one that exceeds the peak is "
         "reported beyond the alert level by at most as much as it exceeds it (0 turns both off).",
-        json_schema_extra=ADVANCED,
-    )
-    novelty_margin: float = Field(
-        1.0,
-        ge=0,
-        description="Standard deviations by which a message must exceed the likelihood z-score of the last message "
-        "that escaped the discount to escape it too (never above the z-score of 1 - false_alarm_rate, 3.09 at the "
-        "default, so it cannot withhold an alert beyond that; the calibrated alert level itself is lower, about z "
-        "1.45), so an event rising over several messages is reported once. While the entity's alert is open (its "
-        "event is reported) a message must exceed that bar by one more margin, so an event rising far beyond the "
-        "alert level is not reported at every new high (0: every new high is reported).",
         json_schema_extra=ADVANCED,
     )
     seasonal_bins: int = Field(
@@ -191,24 +152,7 @@ class ScoringSettings(_Section):
         description="A message with a feature beyond the range its entity has shown (starting from the fit data's "
         "range) by more than this fraction of the range's width is anomalous however well the model reconstructs it: "
         "a level never seen before (Numenta's spatial anomaly, same default). Each message then widens its entity's "
-        "range (see range_absorb; inf: off).",
-    )
-    range_absorb: float = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="Share of a message's excess beyond its entity's range that the range absorbs (1: the range "
-        "widens to include the message, as Numenta's does). Below 1 a new level is absorbed over a few messages and "
-        "alerts while it stands out (at 0.5, a level half the range's width beyond it is beyond the tolerance for 3 "
-        "messages), one wild value widens the range by only this share of its excess, and a drift out of the range "
-        "is caught once it moves faster than range_tolerance x range_absorb of the width per message.",
-        json_schema_extra=ADVANCED,
-    )
-    likelihood_short_scaled: bool = Field(
-        False,
-        description="Judge the short-term average against its own (narrower) spread under white noise rather than "
-        "one message's spread.",
-        json_schema_extra=ADVANCED,
+        "range by half of its excess (inf: off).",
     )
     warmup_steps: int = Field(
         10, ge=0, description="Messages of a new entity scored but never alerted on while its state warms up."

@@ -36,7 +36,7 @@ def settings_tables() -> dict[str, str]:
     >>> tables = settings_tables()
     >>> "`fit.seed` | fit-time" in tables["settings-fit"], "`scoring.close_after` | run-time" in tables["settings-run"]
     (True, True)
-    >>> "`scoring.novelty_margin` | run-time" in tables["settings-advanced"]
+    >>> "`scoring.novelty_discount` | run-time" in tables["settings-advanced"]
     True
     """
     _, _, *rows = settings_table().splitlines()

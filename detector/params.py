@@ -17,7 +17,32 @@ from detector.config import ScoringSettings
 from detector.model import Calibration
 from detector.stages import TINY, Params
 
-__all__ = ["params_of", "weight_per_message"]
+__all__ = [
+    "BASELINE_CLIP",
+    "LONG_STATS_HALFLIFE",
+    "NOVELTY_HALFLIFE",
+    "NOVELTY_MARGIN",
+    "RANGE_ABSORB",
+    "SHORT_AVERAGE_HALFLIFE",
+    "params_of",
+    "weight_per_message",
+]
+
+# Half-life (messages) of the short-term average of the log score whose likelihood is the
+# reported probability: a message and, at half its weight, the one before (decision 043).
+SHORT_AVERAGE_HALFLIFE = 1.0
+# Share of a message's excess beyond its entity's range that the range absorbs: a new level
+# stands out for a few messages, one wild value widens the range by half its excess (decision 044).
+RANGE_ABSORB = 0.5
+# Half-life (messages) of each entity's long-term mean and variance of its log score (decision 045).
+LONG_STATS_HALFLIFE = 500.0
+# Deviations beyond this many baseline standard deviations are clipped when they update it (decision 046).
+BASELINE_CLIP = 3.0
+# Half-life (messages) of each entity's decaying novelty peak (decision 047).
+NOVELTY_HALFLIFE = 1000.0
+# Standard deviations by which a message must beat the last escape's z-score to escape too, and
+# one more while its entity's alert is open (decision 049).
+NOVELTY_MARGIN = 1.0
 
 _INTEGERS = ("warmup_steps", "seasonal_bins", "close_after")
 
@@ -31,25 +56,20 @@ def params_of(settings: ScoringSettings, calibration: Calibration, threshold: fl
     """The stages' :class:`Params` for ``settings``, ``calibration`` and the opening ``threshold``
     (a probability, see :func:`detector.null_calibration.null_calibration`)."""
     error_smoothing_rate = weight_per_message(settings.smoothing_halflife)
-    likelihood_short_rate = weight_per_message(settings.likelihood_short_halflife)
-    # std of the short average relative to one message's, under white noise (1 = Numenta's choice)
-    short_average_scale = (
-        math.sqrt(likelihood_short_rate / (2.0 - likelihood_short_rate)) if settings.likelihood_short_scaled else 1.0
-    )
+    likelihood_short_rate = weight_per_message(SHORT_AVERAGE_HALFLIFE)
     values = {
         "warmup_steps": settings.warmup_steps,
         "error_smoothing_rate": error_smoothing_rate,
         "smoothed_error_norm": math.sqrt((2.0 - error_smoothing_rate) / error_smoothing_rate),
-        "range_absorb": settings.range_absorb,
+        "range_absorb": RANGE_ABSORB,
         "range_tolerance": settings.range_tolerance,
         # a value beyond its range by the tolerance scores this many fit-time standard deviations
         # above the calibration's median: its short-term average alone reaches the alert level
         "range_z": settings.open_z / likelihood_short_rate,
         "likelihood_short_rate": likelihood_short_rate,
-        "likelihood_long_rate": weight_per_message(settings.likelihood_long_halflife),
-        "short_average_scale": short_average_scale,
-        "peak_decay": 2.0 ** (-1.0 / settings.novelty_halflife),
-        "novelty_margin": settings.novelty_margin,
+        "likelihood_long_rate": weight_per_message(LONG_STATS_HALFLIFE),
+        "peak_decay": 2.0 ** (-1.0 / NOVELTY_HALFLIFE),
+        "novelty_margin": NOVELTY_MARGIN,
         "novelty_discount": settings.novelty_discount,
         "open_z": settings.open_z,
         "threshold": threshold,
@@ -58,7 +78,7 @@ def params_of(settings: ScoringSettings, calibration: Calibration, threshold: fl
         "seasonal_halflife_days": settings.seasonal_halflife_s / 86400.0,  # the stage counts days of a bin's time
         "baseline_rate_per_message": weight_per_message(settings.drift_halflife),
         "drift_halflife_s": settings.drift_halflife_s,
-        "baseline_clip": settings.baseline_clip,
+        "baseline_clip": BASELINE_CLIP,
         "open_probability": settings.open_probability,
         "close_probability": settings.close_probability,
         "close_after": settings.close_after,

@@ -1,10 +1,14 @@
-"""Settings renamed to follow the unit rule, and what an old name's value is under the new one.
+"""Settings renamed or removed, and what an old name's value means now.
 
 The rule: a half-life counts the entity's messages unless its name ends in a unit, and the only
 time unit is seconds (``_s``). A settings file or ``DETECTOR_*`` variable that still uses an old
 name is refused with the new name and the converted value, since a silent rename would hide the
 change of unit. A model fitted before a rename records the old name; :func:`upgrade_scoring`
 reads it as the new one, so the model scores as it did.
+
+A setting removed because its rule did not earn its place (measured in a decision record) is
+refused the same way, saying what the detector does instead; a model that records it loads
+without it.
 
 >>> upgrade_scoring({"close_after": 10, "seasonal_halflife_days": 2.0})
 {'close_after': 10, 'seasonal_halflife_s': 172800.0}
@@ -16,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RENAMES", "Rename", "renamed_setting", "upgrade_scoring"]
+__all__ = ["REMOVED", "RENAMES", "Removed", "Rename", "renamed_setting", "upgrade_scoring"]
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,59 @@ class Rename:
 RENAMES: tuple[Rename, ...] = (Rename("scoring", "seasonal_halflife_days", "seasonal_halflife_s", 86400.0),)
 
 
+@dataclass(frozen=True)
+class Removed:
+    """A setting of ``section`` once called ``name``, removed; ``now`` says what the detector does instead."""
+
+    section: str
+    name: str
+    now: str
+
+
+REMOVED: tuple[Removed, ...] = (
+    Removed(
+        "scoring",
+        "novelty_margin",
+        "a message must always beat the novelty peak by 1 standard deviation (decision 049)",
+    ),
+    Removed(
+        "scoring", "novelty_halflife", "the novelty peak always decays with a half-life of 1000 messages (decision 047)"
+    ),
+    Removed(
+        "scoring", "baseline_clip", "deviations are always clipped at 3 baseline standard deviations (decision 046)"
+    ),
+    Removed(
+        "scoring",
+        "likelihood_long_halflife",
+        "the entity's long-term statistics always have a half-life of 500 messages (decision 045)",
+    ),
+    Removed(
+        "scoring",
+        "likelihood_short_scaled",
+        "the short-term average is always judged against one message's spread (decision 042)",
+    ),
+    Removed(
+        "scoring",
+        "likelihood_short_halflife",
+        "the likelihood's short-term average always has a half-life of 1 message (decision 043)",
+    ),
+    Removed(
+        "scoring",
+        "range_absorb",
+        "the range always absorbs half of a message's excess beyond it (decision 044)",
+    ),
+)
+
+
 def upgrade_scoring(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """A model's recorded ``[scoring]`` values with each old name replaced by its new one."""
     upgraded = dict(recorded)
     for rename in RENAMES:
         if rename.section == "scoring" and rename.old in upgraded and rename.new not in upgraded:
             upgraded[rename.new] = rename.converted(upgraded.pop(rename.old))
+    for removed in REMOVED:
+        if removed.section == "scoring":
+            upgraded.pop(removed.name, None)
     return upgraded
 
 
@@ -59,6 +110,11 @@ def renamed_setting(file_values: Mapping[str, Any], environ: Mapping[str, str]) 
     'write DETECTOR_SCORING__SEASONAL_HALFLIFE_S=129600.0 (the same value in seconds)'
     """
     variables = {name.upper(): value for name, value in environ.items()}
+    for removed in REMOVED:  # a removed DETECTOR_* variable is ignored with a warning, as any unknown one
+        section = file_values.get(removed.section)
+        if isinstance(section, Mapping) and removed.name in section:
+            where = f"{removed.section}.{removed.name} = {section[removed.name]!r} in the settings file"
+            return f"setting {where} was removed: {removed.now}", f"delete {removed.name} from [{removed.section}]"
     for rename in RENAMES:
         old_variable = rename.variable(rename.old)
         if old_variable in variables:

@@ -59,16 +59,9 @@ RUN_TIME_SCORING: tuple[str, ...] = (
     "top_features",
     "drift_halflife",
     "drift_halflife_s",
-    "baseline_clip",
-    "likelihood_short_halflife",
-    "likelihood_long_halflife",
-    "likelihood_short_scaled",
-    "novelty_halflife",
     "novelty_discount",
-    "novelty_margin",
     "seasonal_halflife_s",
     "range_tolerance",
-    "range_absorb",
 )
 _RUN_TIME = frozenset({"model.path", *(f"scoring.{name}" for name in RUN_TIME_SCORING)})
 _FIT_TIME_SECTIONS: dict[str, type[BaseModel]] = {

@@ -63,10 +63,9 @@ class Params(NamedTuple):
     range_absorb: float
     range_tolerance: float
     range_z: float  # z-score, above the calibration's median, of a value at the range tolerance
-    likelihood_short_rate: float  # weight of a message in the short-term average (likelihood_short_halflife)
-    likelihood_long_rate: float  # weight of a message in the long-term mean/variance (likelihood_long_halflife)
-    short_average_scale: float  # std of the short average relative to one message's (1: Numenta's)
-    peak_decay: float  # per message (novelty_halflife)
+    likelihood_short_rate: float  # weight of a message in the short-term average (SHORT_AVERAGE_HALFLIFE)
+    likelihood_long_rate: float  # weight of a message in the long-term mean/variance (LONG_STATS_HALFLIFE)
+    peak_decay: float  # per message (NOVELTY_HALFLIFE)
     novelty_margin: float
     novelty_discount: float
     open_z: float  # z-score of 1 - false_alarm_rate
@@ -160,7 +159,7 @@ def range_excess(
     beyond: np.ndarray,
 ) -> float:
     """How far the message lies beyond its entity's range, in widths of that range: per feature
-    into ``beyond`` (0 inside), and their RMS returned. Then the range widens by ``range_absorb``
+    into ``beyond`` (0 inside), and their RMS returned. Then the range widens by ``range_absorb`` (half)
     of the excess, so a new level stands out for a few messages and one wild value widens it by
     only a share. An unknown range (NaN: restored from a checkpoint written before ranges were
     kept) becomes the fit data's (``start_low``, ``start_high``) plus this value."""
@@ -272,8 +271,8 @@ def likelihood(
     before = log_score if new else stats.fast_mean[slot]
     mean = p.log_mean if new else stats.long_mean[slot]
     var = p.log_std**2 if new else stats.long_var[slot]
-    spread = math.sqrt(var) * p.short_average_scale
-    fit_spread = p.log_std * p.short_average_scale
+    spread = math.sqrt(var)  # one message's spread, as Numenta's likelihood
+    fit_spread = p.log_std
     fast = before + p.likelihood_short_rate * (log_score - before)
     learned = _min((fast - mean) / spread, (fast - p.log_mean) / fit_spread)
     fast_judged = before + p.likelihood_short_rate * (log_judged - before)

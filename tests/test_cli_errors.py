@@ -30,6 +30,7 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "empty-model").mkdir()
     (tmp_path / "bad.toml").write_text("[model\n")
     (tmp_path / "old.toml").write_text("[scoring]\nseasonal_halflife_days = 2.0\n")
+    (tmp_path / "removed.toml").write_text("[scoring]\nlikelihood_short_scaled = true\n")
     return tmp_path
 
 
@@ -53,6 +54,12 @@ MISTAKES = {
         {},
         "scoring.seasonal_halflife_days = 2.0 in the settings file is now scoring.seasonal_halflife_s",
         "seasonal_halflife_s = 172800.0 in [scoring]",
+    ),
+    "removed setting in file": (
+        ["run", "--config", "{d}/removed.toml"],
+        {},
+        "scoring.likelihood_short_scaled = True in the settings file was removed",
+        "delete likelihood_short_scaled from [scoring]",
     ),
     "bad number in environment": (["run"], {"DETECTOR_MODEL__NUM_LAYERS": "abc"}, "model.num_layers", None),
     "config file missing": (["--config", "{d}/nope.toml", "run"], {}, "config file not found", "--config"),

@@ -93,7 +93,7 @@ def test_advanced_settings_stand_apart_from_the_ones_users_set():
     )  # the generated tables only: the prose may name any setting
     scoring = Settings.model_fields["scoring"].annotation.model_fields
     advanced = [name for name in scoring if is_advanced(f"scoring.{name}")]
-    assert "novelty_margin" in advanced and "false_alarm_rate" not in advanced
+    assert "novelty_discount" in advanced and "false_alarm_rate" not in advanced
     for name in scoring:
         assert (f"`scoring.{name}`" in advanced_table) == (name in advanced), name
         assert (f"`scoring.{name}`" in other_tables) == (name not in advanced), name

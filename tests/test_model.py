@@ -182,6 +182,20 @@ def _day_of_scores(model):
     return [decision.probability for decision in Detector(model).process(observations, now=3 * 86400.0)]
 
 
+def test_models_recording_a_removed_setting_load_without_it(tmp_path):
+    """A model fitted while a since-removed setting existed records it: it loads without it and
+    scores as a model that never recorded it."""
+    import json
+
+    save_model(tiny_model(warmup_steps=0), tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / "model.json").read_text())
+    meta["scoring"]["likelihood_short_scaled"] = False
+    (tmp_path / "new" / "model.json").write_text(json.dumps(meta))
+    old = load_model(tmp_path / "new")
+    assert "likelihood_short_scaled" not in old.scoring
+    assert _day_of_scores(old) == _day_of_scores(tiny_model(warmup_steps=0))
+
+
 def test_models_recording_the_seasonal_halflife_in_days_score_as_before(tmp_path):
     """A model fitted before the rename records seasonal_halflife_days: it is read as the same
     half-life in seconds and scores bit-identically to one recording seasonal_halflife_s."""

@@ -30,6 +30,18 @@ def test_every_setting_has_one_kind_and_the_issue_s_run_time_settings_are_run_ti
     assert set(RUN_TIME_SCORING) < set(ScoringSettings.model_fields)
 
 
+def test_removed_settings_are_no_settings_and_a_file_naming_one_is_refused():
+    from detector.config import SettingsError, settings_from
+    from detector.renamed import REMOVED
+
+    assert REMOVED and not {removed.name for removed in REMOVED} & set(ScoringSettings.model_fields)
+    for removed in REMOVED:
+        with pytest.raises(
+            SettingsError, match=f"{removed.section}.{removed.name} = 1 in the settings file was removed"
+        ):
+            settings_from({removed.section: {removed.name: 1}}, "detector.toml")
+
+
 def test_given_settings_say_where_each_came_from_and_the_environment_wins():
     given = given_settings(
         {"scoring": {"close_after": 5, "top_features": 2}, "kafka": {"group_id": "g"}},

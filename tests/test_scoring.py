@@ -185,7 +185,8 @@ def _slot(detector: Detector, entity: str = "pump") -> int:
 
 @pytest.mark.parametrize(("margin", "reported"), [(0.0, [0, 1, 2, 3]), (1.0, [0, 3])])
 def test_an_event_rising_over_several_messages_is_reported_once(margin, reported):
-    detector = Detector(tiny_model(novelty_margin=margin, novelty_discount=3.0))
+    detector = Detector(tiny_model(novelty_discount=3.0))
+    detector.params = detector.params._replace(novelty_margin=margin)
     slot = _slot(detector)
     detector.store.novelty.peak[slot] = 0.0  # an entity whose recent peak is 0 (a new one starts at a settled entity's)
     rising = [1.5, 2.0, 2.4, 2.7]  # sub-alert z-scores of consecutive messages; 2.7 exceeds 1.5 + 1.0
@@ -194,7 +195,7 @@ def test_an_event_rising_over_several_messages_is_reported_once(margin, reported
 
 
 def test_the_margin_never_withholds_an_alert():
-    detector = Detector(tiny_model(novelty_margin=1.0, false_alarm_rate=1e-3))  # alert level: z >= 3.09
+    detector = Detector(tiny_model(false_alarm_rate=1e-3))  # margin 1; alert level: z >= 3.09
     slot = _slot(detector)
     detector.store.novelty.peak[slot] = 0.0
     rising = [2.6, 3.3]  # 2.6 + 1.0 would hide the alert-level 3.3: the bar stops at the alert level
@@ -204,7 +205,7 @@ def test_the_margin_never_withholds_an_alert():
 
 @pytest.mark.parametrize(("alert_open", "reported"), [(False, [3.5, 4.0, 4.2, 4.4, 5.6]), (True, [3.5, 5.6])])
 def test_while_its_alert_is_open_an_event_rising_far_beyond_the_alert_level_is_reported_once(alert_open, reported):
-    detector = Detector(tiny_model(novelty_margin=1.0, novelty_discount=3.0, false_alarm_rate=1e-3))
+    detector = Detector(tiny_model(novelty_discount=3.0, false_alarm_rate=1e-3))  # margin 1
     slot = _slot(detector)
     detector.store.novelty.peak[slot] = 0.0
     rising = [3.5, 4.0, 4.2, 4.4, 5.6]  # each a new high beyond the alert level; only 5.6 beats 3.5 + 1.0
@@ -337,7 +338,8 @@ def _nightly_job(seasonal_bins: int, days: int = 10, extra_hour: int | None = No
     """(detector, slot, day, timestamp, log score) of each message, for the caller to decide, of a
     host reporting every 5 minutes whose log score jumps from 0 to 4 every day from 03:00 to 04:00
     (a nightly job) and, on the last day only, at ``extra_hour`` too."""
-    detector = Detector(tiny_model(warmup_steps=0, seasonal_bins=seasonal_bins, novelty_halflife=50.0))
+    detector = Detector(tiny_model(warmup_steps=0, seasonal_bins=seasonal_bins))
+    detector.params = detector.params._replace(peak_decay=2.0 ** (-1.0 / 50.0))  # a short novelty memory
     slot = _slot(detector, "job-host")
     rng = np.random.default_rng(0)
     for t in np.arange(0.0, days * 86400.0, 300.0):
@@ -411,9 +413,9 @@ def test_a_level_never_seen_before_alerts_without_teaching_the_entity_it_is_usua
 
 def test_one_wild_value_widens_the_range_by_a_share_of_its_excess():
     absorbing, including = (
-        Detector(tiny_model(feature_range=([0.0, 0.0], [1.0, 1.0]), warmup_steps=0, range_absorb=share))
-        for share in (0.5, 1.0)
+        Detector(tiny_model(feature_range=([0.0, 0.0], [1.0, 1.0]), warmup_steps=0)) for _ in range(2)
     )
+    including.params = including.params._replace(range_absorb=1.0)  # Numenta's: the range includes the value
     for detector in (absorbing, including):
         detector.score_one("pump", [0.5, 11.0], 0.0)  # a glitch: feature b ten widths above its range
     high = {
