@@ -14,6 +14,7 @@ file given with ``--config``, then the defaults in :mod:`detector.config_models`
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,14 @@ def settings_from(file_values: dict[str, Any], source: Path | str | None, **over
     """Settings from the values of a TOML file already read (``source`` names it in errors) and the
     environment; :func:`load_settings` without reading the file, for a caller that needs its values too."""
     from detector.environment import bad_json_value
-    from detector.renamed import renamed_setting
+    from detector.renamed import renamed_setting, without_removed_defaults
 
     bad = bad_json_value(os.environ)
     if bad is not None:
         raise SettingsError(f"invalid setting {bad[0]}={bad[1]!r}: not a JSON list", help=bad[2])
+    file_values, warnings = without_removed_defaults(file_values)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
     renamed = renamed_setting(file_values, os.environ)
     if renamed is not None:
         raise SettingsError(renamed[0], help=renamed[1])

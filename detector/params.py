@@ -29,19 +29,19 @@ __all__ = [
 ]
 
 # Half-life (messages) of the short-term average of the log score whose likelihood is the
-# reported probability: a message and, at half its weight, the one before (decision 043).
+# reported probability: a message and, at half its weight, the one before (decision 046).
 SHORT_AVERAGE_HALFLIFE = 1.0
 # Share of a message's excess beyond its entity's range that the range absorbs: a new level
-# stands out for a few messages, one wild value widens the range by half its excess (decision 044).
+# stands out for a few messages, one wild value widens the range by half its excess (decision 047).
 RANGE_ABSORB = 0.5
-# Half-life (messages) of each entity's long-term mean and variance of its log score (decision 045).
+# Half-life (messages) of each entity's long-term mean and variance of its log score (decision 048).
 LONG_STATS_HALFLIFE = 500.0
-# Deviations beyond this many baseline standard deviations are clipped when they update it (decision 046).
+# Deviations beyond this many baseline standard deviations are clipped when they update it (decision 049).
 BASELINE_CLIP = 3.0
-# Half-life (messages) of each entity's decaying novelty peak (decision 047).
+# Half-life (messages) of each entity's decaying novelty peak (decision 050).
 NOVELTY_HALFLIFE = 1000.0
 # Standard deviations by which a message must beat the last escape's z-score to escape too, and
-# one more while its entity's alert is open (decision 049).
+# one more while its entity's alert is open (decision 052).
 NOVELTY_MARGIN = 1.0
 
 _INTEGERS = ("warmup_steps", "seasonal_bins", "close_after")

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["REMOVED", "RENAMES", "Removed", "Rename", "renamed_setting", "upgrade_scoring"]
+__all__ = ["REMOVED", "RENAMES", "Removed", "Rename", "renamed_setting", "upgrade_scoring", "without_removed_defaults"]
 
 
 @dataclass(frozen=True)
@@ -49,44 +49,57 @@ RENAMES: tuple[Rename, ...] = (Rename("scoring", "seasonal_halflife_days", "seas
 
 @dataclass(frozen=True)
 class Removed:
-    """A setting of ``section`` once called ``name``, removed; ``now`` says what the detector does instead."""
+    """A setting of ``section`` once called ``name``, removed; ``now`` says what the detector does instead,
+    ``value`` is the value the rule now always has (a file that gives it is accepted with a warning)."""
 
     section: str
     name: str
     now: str
+    value: Any
 
 
 REMOVED: tuple[Removed, ...] = (
     Removed(
         "scoring",
         "novelty_margin",
-        "a message must always beat the novelty peak by 1 standard deviation (decision 049)",
+        "a message must always beat the novelty peak by 1 standard deviation (decision 052)",
+        1.0,
     ),
     Removed(
-        "scoring", "novelty_halflife", "the novelty peak always decays with a half-life of 1000 messages (decision 047)"
+        "scoring",
+        "novelty_halflife",
+        "the novelty peak always decays with a half-life of 1000 messages (decision 050)",
+        1000.0,
     ),
     Removed(
-        "scoring", "baseline_clip", "deviations are always clipped at 3 baseline standard deviations (decision 046)"
+        "scoring",
+        "baseline_clip",
+        "deviations are always clipped at 3 baseline standard deviations (decision 049)",
+        3.0,
     ),
     Removed(
         "scoring",
         "likelihood_long_halflife",
-        "the entity's long-term statistics always have a half-life of 500 messages (decision 045)",
+        "the entity's long-term statistics always have a half-life of 500 messages (decision 048)",
+        500.0,
     ),
     Removed(
         "scoring",
         "likelihood_short_scaled",
-        "the short-term average is always judged against one message's spread (decision 042)",
+        "the short-term average is always judged against one message's spread (decision 045)",
+        False,
     ),
     Removed(
         "scoring",
         "likelihood_short_halflife",
-        "the likelihood's short-term average always has a half-life of 1 message (decision 043)",
+        "the likelihood's short-term average always has a half-life of 1 message (decision 046)",
+        1.0,
     ),
     Removed(
         "scoring",
         "range_absorb",
-        "the range always absorbs half of a message's excess beyond it (decision 044)",
+        "the range always absorbs half of a message's excess beyond it (decision 047)",
+        0.5,
     ),
 )
 
@@ -103,6 +116,35 @@ def upgrade_scoring(recorded: Mapping[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+def without_removed_defaults(file_values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``file_values`` less each removed setting given at the value its rule now always has, and a
+    warning line for each: an old settings file that only repeats the defaults still starts.
+
+    >>> without_removed_defaults({"scoring": {"range_absorb": 0.5, "warmup_steps": 10}})[0]
+    {'scoring': {'warmup_steps': 10}}
+    """
+    kept = {section: dict(fields) if isinstance(fields, Mapping) else fields for section, fields in file_values.items()}
+    warnings = []
+    for removed in REMOVED:
+        section = kept.get(removed.section)
+        if isinstance(section, dict) and removed.name in section and _same(section[removed.name], removed.value):
+            del section[removed.name]
+            warnings.append(
+                f"warning: setting {removed.section}.{removed.name} in the settings file was removed and is ignored: "
+                f"{removed.now}; delete it"
+            )
+    return kept, warnings
+
+
+def _same(given: Any, value: Any) -> bool:
+    if isinstance(value, bool) or isinstance(given, bool):
+        return given is value
+    try:
+        return float(given) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
 def renamed_setting(file_values: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, str] | None:
     """(message, help) for the first old name that a settings file's values or ``environ`` use, or None.
 
@@ -114,7 +156,9 @@ def renamed_setting(file_values: Mapping[str, Any], environ: Mapping[str, str]) 
         section = file_values.get(removed.section)
         if isinstance(section, Mapping) and removed.name in section:
             where = f"{removed.section}.{removed.name} = {section[removed.name]!r} in the settings file"
-            return f"setting {where} was removed: {removed.now}", f"delete {removed.name} from [{removed.section}]"
+            return f"setting {where} was removed: {removed.now}", (
+                f"delete {removed.name} from [{removed.section}]; only {removed.value!r} was accepted with a warning"
+            )
     for rename in RENAMES:
         old_variable = rename.variable(rename.old)
         if old_variable in variables:

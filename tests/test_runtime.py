@@ -37,9 +37,41 @@ def test_removed_settings_are_no_settings_and_a_file_naming_one_is_refused():
     assert REMOVED and not {removed.name for removed in REMOVED} & set(ScoringSettings.model_fields)
     for removed in REMOVED:
         with pytest.raises(
-            SettingsError, match=f"{removed.section}.{removed.name} = 1 in the settings file was removed"
+            SettingsError, match=f"{removed.section}.{removed.name} = 7 in the settings file was removed"
         ):
-            settings_from({removed.section: {removed.name: 1}}, "detector.toml")
+            settings_from({removed.section: {removed.name: 7}}, "detector.toml")
+
+
+def test_a_removed_setting_at_its_fixed_value_is_ignored_with_a_warning(capsys):
+    """An old settings file that only repeats the defaults (a copy of the old example) still starts."""
+    from detector.config import settings_from
+    from detector.renamed import REMOVED
+
+    old_file = {"scoring": {removed.name: removed.value for removed in REMOVED} | {"warmup_steps": 12}}
+    settings = settings_from(old_file, "detector.toml")
+    warnings = capsys.readouterr().err.splitlines()
+    assert settings.scoring.warmup_steps == 12
+    assert sorted(warnings) == sorted(
+        f"warning: setting scoring.{removed.name} in the settings file was removed and is ignored: "
+        f"{removed.now}; delete it"
+        for removed in REMOVED
+    )
+
+
+def test_the_fixed_value_of_each_removed_setting_is_the_one_the_rules_use():
+    from detector import params
+    from detector.renamed import REMOVED
+
+    fixed = {removed.name: removed.value for removed in REMOVED}
+    assert fixed == {
+        "novelty_margin": params.NOVELTY_MARGIN,
+        "novelty_halflife": params.NOVELTY_HALFLIFE,
+        "baseline_clip": params.BASELINE_CLIP,
+        "likelihood_long_halflife": params.LONG_STATS_HALFLIFE,
+        "likelihood_short_scaled": False,
+        "likelihood_short_halflife": params.SHORT_AVERAGE_HALFLIFE,
+        "range_absorb": params.RANGE_ABSORB,
+    }
 
 
 def test_given_settings_say_where_each_came_from_and_the_environment_wins():
