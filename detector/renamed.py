@@ -157,7 +157,7 @@ def renamed_setting(file_values: Mapping[str, Any], environ: Mapping[str, str]) 
         if isinstance(section, Mapping) and removed.name in section:
             where = f"{removed.section}.{removed.name} = {section[removed.name]!r} in the settings file"
             return f"setting {where} was removed: {removed.now}", (
-                f"delete {removed.name} from [{removed.section}]; only {removed.value!r} was accepted with a warning"
+                f"delete {removed.name} from [{removed.section}]; only {removed.value!r} is accepted, with a warning"
             )
     for rename in RENAMES:
         old_variable = rename.variable(rename.old)
