@@ -34,7 +34,8 @@ def inference() -> Iterator[None]:
     kernel, which changes only speed and memory, never the result.
     """
     enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    # torch types these module attributes as their descriptor (ContextProp); a bool is their documented value
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
         with torch.inference_mode():
             yield
