@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from detector.inference import inference
 from detector.model import StreamAutoencoder, window_levels
 
 __all__ = ["reconstruct_sequences"]
@@ -103,7 +102,7 @@ def _run_window(
     )
     index = torch.from_numpy(entities)
     x_t, gaps_t = torch.from_numpy(x), torch.from_numpy(gaps)
-    with inference():
+    with torch.inference_mode():
         levels = window_levels(network, x_t, states[index], gaps_t)
         output, new_states = network.forward(
             x_t,

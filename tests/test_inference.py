@@ -8,7 +8,7 @@ import ctypes.util
 import pytest
 import torch
 
-from detector.inference import inference
+from detector.inference import stepping
 from detector.schema import Observation
 from detector.scoring import Detector
 from detector.testing import tiny_model
@@ -56,7 +56,7 @@ def test_batches_of_every_size_leave_the_heap_as_it_was():
 
 def test_inference_restores_the_kernel_choice_after_an_error():
     before = torch.backends.mkldnn.enabled
-    with pytest.raises(RuntimeError), inference():
+    with pytest.raises(RuntimeError), stepping():
         assert not torch.backends.mkldnn.enabled
         raise RuntimeError("a failed step")
     assert torch.backends.mkldnn.enabled == before
