@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from detector.config import ScoringSettings
+from detector.inference import stepping
 from detector.kernel import score_rows, timeline
 from detector.model import FittedModel
 from detector.null_calibration import NullCalibration, null_calibration
@@ -208,7 +209,7 @@ class Detector:
             wave, slots = wave[rows], slots[rows]
             standardised = self._standardise(columns.values[wave])
             x, index = torch.from_numpy(standardised), torch.from_numpy(slots)
-            with torch.inference_mode():
+            with stepping():
                 reconstruction, new_state = self.model.network.step(
                     x,
                     self.store.rnn[index],

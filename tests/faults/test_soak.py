@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 from kafka import KafkaProducer
-from service_harness import ServiceProcess, make_topics, service_env
+from service_harness import ServiceProcess, http_status, make_topics, service_env
 
 from detector.broker import free_port
 from detector.demo import Message
@@ -22,9 +22,25 @@ RATE = 400  # messages per second
 ACTIVE = 2000  # entities active at any time; the population rotates every minute
 
 
-def _rss(port: int) -> float:
+def _sample(port: int) -> tuple[float, float, float]:
+    """(resident bytes, consumer lag summed over partitions, entities tracked) from /metrics: the
+    lag and the entities tell a growth that follows them (bounded) from one that does not (a leak)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return float(re.search(r"^process_resident_memory_bytes ([0-9.e+]+)$", text, re.M).group(1))
+    lag = sum(float(v) for v in re.findall(r"^detector_consumer_lag_messages\{.*\} ([0-9.e+]+)$", text, re.M))
+    rss = re.search(r"^process_resident_memory_bytes ([0-9.e+]+)$", text, re.M)
+    entities = re.search(r"^detector_entities_tracked ([0-9.e+]+)$", text, re.M)
+    assert rss and entities, "/metrics lacks the resident memory or the entity count"
+    return float(rss.group(1)), lag, float(entities.group(1))
+
+
+def _wait_ready(port: int, service: ServiceProcess, timeout_s: float = 120) -> None:
+    """Until the service answers /readyz with 200: its start-up (torch, the model, the group
+    join) takes from 5 s on an idle machine to over 15 s on a busy one."""
+    deadline = time.time() + timeout_s
+    while http_status(f"http://127.0.0.1:{port}/readyz") != 200:
+        assert service.alive(), "the service died during start-up"
+        assert time.time() < deadline, f"the service was not ready within {timeout_s:.0f} s"
+        time.sleep(0.5)
 
 
 def _feed(bootstrap: str, topic: str, stop: threading.Event, sent: list[int]) -> None:
@@ -59,21 +75,21 @@ def test_soak_memory_flat_under_entity_churn(kafka_bootstrap, topic_factory, mod
     service = ServiceProcess(env, tmp_path / "service.log")
     stop, sent, samples = threading.Event(), [0], []
     feeder = threading.Thread(target=_feed, args=(kafka_bootstrap, topics.input, stop, sent))
-    time.sleep(5)
+    _wait_ready(port, service)
     feeder.start()
     started = time.time()
     try:
         while time.time() - started < SOAK_SECONDS:
             time.sleep(10)
             assert service.alive(), "the service died during the soak"
-            samples.append((time.time() - started, _rss(port)))
+            samples.append((time.time() - started, *_sample(port)))
         stop.set()
         feeder.join()
     finally:
         stop.set()
         code = service.terminate()
     assert code == 0
-    warm = [rss for t, rss in samples if t >= SOAK_SECONDS * 0.3]
+    warm = [rss for t, rss, _, _ in samples if t >= SOAK_SECONDS * 0.3]
     trend, spike = _growth(warm)
     print(
         f"soak: {sent[0]} messages over {SOAK_SECONDS:.0f} s; "
@@ -81,9 +97,10 @@ def test_soak_memory_flat_under_entity_churn(kafka_bootstrap, topic_factory, mod
         f"trend {100 * trend:.1f}% (median of the last third against the first), "
         f"peak {100 * spike:.1f}% above the first third"
     )
-    print(
-        "soak RSS (s: MiB):", ", ".join(f"{t:.0f}: {rss / 2**20:.1f}" for t, rss in samples[::3])
-    )  # where any growth happens
+    print(  # where any growth happens, and whether it follows the lag or the entities
+        "soak (s: RSS MiB, lag, entities):",
+        ", ".join(f"{t:.0f}: {rss / 2**20:.1f} {lag:.0f} {n:.0f}" for t, rss, lag, n in samples[::3]),
+    )
     assert trend < 0.03, "RSS keeps growing: a leak"
     assert spike < 0.08, "RSS transient too large"
 
