@@ -26,8 +26,12 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY detector ./detector
+# The scoring kernels are compiled now, for any x86-64 CPU (NUMBA_CPU_NAME=generic), so that a new
+# container loads them instead of compiling them (detector/jit.py copies this cache at start).
+ENV NUMBA_CPU_NAME=generic
 RUN pip install --no-cache-dir . \
- && python -c "import detector, torch; print('torch', torch.__version__)"
+ && python -c "import detector, torch; print('torch', torch.__version__)" \
+ && NUMBA_CACHE_DIR=/opt/venv/share/detector/numba-cache python -m detector.precompile
 
 # ---------------------------------------------------------------- runtime stage
 FROM ${PYTHON_IMAGE} AS runtime
@@ -45,6 +49,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CPU_NAME=generic \
+    DETECTOR_NUMBA_CACHE_SEED=/opt/venv/share/detector/numba-cache \
     DETECTOR_MODEL__PATH=/models/current
 USER 10001:10001
 EXPOSE 9100

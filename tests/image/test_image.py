@@ -138,7 +138,9 @@ def models(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_and_stop(image: str, args: list[str], flags: list[str]) -> tuple[int, str]:
     """Run until /readyz answers 200, check /metrics, stop with SIGTERM: (exit code, logs)."""
     port = free_port()
-    container = Container(image, args, [*flags, "--env", f"DETECTOR_METRICS__PORT={port}"])
+    # numba reports its cache: the kernels the image compiled at build time must be loaded, not compiled
+    flags = [*flags, "--env", f"DETECTOR_METRICS__PORT={port}", "--env", "NUMBA_DEBUG_CACHE=1"]
+    container = Container(image, args, flags)
     try:
         container.wait_ready(f"http://127.0.0.1:{port}/readyz")
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
@@ -149,6 +151,13 @@ def run_and_stop(image: str, args: list[str], flags: list[str]) -> tuple[int, st
         container.remove()
 
 
+def assert_kernels_precompiled(logs: str) -> None:
+    """The container loaded its compiled kernels from the image's cache and compiled none."""
+    assert "[cache] data loaded from" in logs, logs
+    compiled = [line for line in logs.splitlines() if "[cache] data saved to" in line]
+    assert not compiled, "the container compiled kernels the image should hold:\n" + "\n".join(compiled)
+
+
 def test_image_runs_as_shipped(image: str, models: Path, kafka_bootstrap: str) -> None:
     """ENTRYPOINT and CMD of the Dockerfile, its default configuration, a model under /models."""
     create_service_topics(kafka_bootstrap, load_settings(ROOT / "config.example.toml"))
@@ -156,6 +165,7 @@ def test_image_runs_as_shipped(image: str, models: Path, kafka_bootstrap: str) -
     code, logs = run_and_stop(image, [], flags)
     assert code == 0, logs
     assert "Traceback" not in logs, logs
+    assert_kernels_precompiled(logs)
 
 
 def deployment_container() -> tuple[dict, dict]:
@@ -216,3 +226,4 @@ def test_image_runs_as_the_kubernetes_deployment(
     code, logs = run_and_stop(container["image"], container["args"], flags)
     assert code == 0, logs
     assert "Traceback" not in logs, logs
+    assert_kernels_precompiled(logs)
