@@ -28,10 +28,12 @@ COPY pyproject.toml README.md ./
 COPY detector ./detector
 # The scoring kernels are compiled now, for any x86-64 CPU (NUMBA_CPU_NAME=generic), so that a new
 # container loads them instead of compiling them (detector/jit.py copies this cache at start).
+# The cache is keyed by the source's path: -P keeps /src/detector off sys.path, so the installed
+# package is the one compiled.
 ENV NUMBA_CPU_NAME=generic
 RUN pip install --no-cache-dir . \
  && python -c "import detector, torch; print('torch', torch.__version__)" \
- && NUMBA_CACHE_DIR=/opt/venv/share/detector/numba-cache python -m detector.precompile
+ && NUMBA_CACHE_DIR=/opt/venv/share/detector/numba-cache python -P -m detector.precompile
 
 # ---------------------------------------------------------------- runtime stage
 FROM ${PYTHON_IMAGE} AS runtime

@@ -7,15 +7,20 @@ kernels are compiled for the argument types the detector passes them, so this sc
 the ways the detector does: building a detector (its null calibration), a stream's batched step
 and a file's sequence path, for models with and without a recorded feature range.
 
-    NUMBA_CACHE_DIR=/opt/venv/share/detector/numba-cache python -m detector.precompile
+    NUMBA_CACHE_DIR=/opt/venv/share/detector/numba-cache python -P -m detector.precompile
+
+numba keys its cache by the source files' directory, so run it where the package is imported
+from its installed place (``-P``: not from a source tree in the working directory).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
+import detector
 from detector.observation import Columns
 from detector.scoring import Detector
 from detector.testing import tiny_model
@@ -39,7 +44,8 @@ def precompile() -> int:
 
 def main() -> int:
     rows = precompile()
-    print(f"precompile: compiled the detector's kernels ({rows} rows scored)", file=sys.stderr)
+    package = Path(detector.__file__).parent
+    print(f"precompile: compiled the kernels of {package} ({rows} rows scored)", file=sys.stderr)
     return 0
 
 
