@@ -29,9 +29,9 @@ describes the scores of normal data, and a network that predicts better only low
         --variant tune --out /tmp/h25s
 
 It prints, per variant, NAB standard (optimised threshold and as is) and SKAB valve1 F1 / FAR per
-seed and their mean, the updates applied, and the leave-one-category-out table of
-``nab_breakdown.py``; ``--out`` keeps each variant's and seed's NAB trace for ``nab_breakdown.py
---loco``.
+seed and their mean, the updates taken, and the leave-one-category-out table of
+``nab_breakdown.py``. ``--out`` keeps each variant's and seed's NAB trace (for ``nab_breakdown.py
+--loco``) and the streamed outcomes, which ``--reuse`` judges again, merged across runs.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import copy
 import itertools
 import math
 import os
+import pickle
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -56,7 +57,7 @@ from nab_breakdown import Trace, leave_one_category_out, nab_files
 from nab_variants import Job, fit_all, jobs_of, print_figures, read_table
 
 from detector.benchmark import load_profiles, load_windows, optimise_threshold, score_from_decisions
-from detector.config import FitSettings, load_settings
+from detector.config import FitSettings, Settings, load_settings
 from detector.evaluate import SKAB_TRAIN_ROWS
 from detector.fit import _split, _streams, _train_epoch  # the fit's own steps, so an update trains as a fit does
 from detector.model import FittedModel, StreamAutoencoder, load_model
@@ -217,7 +218,14 @@ def run_job(job: Job, cache: Path, variants: list[str], fit: FitSettings) -> dic
     model = load_model(job.directory(cache))
     table = read_table(job)[0]
     seeded = fit.model_copy(update={"seed": job.seed})
-    return {variant: stream(model, table, job.train_rows, variant, seeded) for variant in variants}
+    began = time.monotonic()
+    outcome = {variant: stream(model, table, job.train_rows, variant, seeded) for variant in variants}
+    print(
+        f"streamed {job.path.parent.name}/{job.path.name} seed {job.seed}: {time.monotonic() - began:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return outcome
 
 
 def _one_thread() -> None:
@@ -285,6 +293,19 @@ def save_traces(runs: list[dict[str, Trace]], seeds: list[int], label: str, out:
         np.savez_compressed(out / f"{label}-seed{seed}.npz", allow_pickle=False, **arrays)
 
 
+def stream_all(
+    jobs: list[Job], variants: list[str], settings: Settings, args: argparse.Namespace
+) -> dict[Job, dict[str, Streamed]]:
+    """Every job streamed with every variant, ``args.jobs`` processes (the longest files first)."""
+    missing = [job for job in jobs if not (job.directory(args.cache) / "model.json").is_file()]
+    if missing:
+        fit_all(missing, settings, args.cache, args.jobs)
+    largest_first = sorted(jobs, key=lambda job: -job.path.stat().st_size)
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+        outcomes = pool.map(run_job, largest_first, repeat(args.cache), repeat(variants), repeat(settings.fit))
+        return dict(zip(largest_first, outcomes, strict=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nab", type=Path, required=True, help="NAB directory (data/, labels/, config/)")
@@ -295,21 +316,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], choices=VARIANTS[1:], help="besides as-built")
     parser.add_argument("--only", action="append", default=[], help="only files whose path contains this")
     parser.add_argument("--out", type=Path, default=None, help="directory for the NAB traces (.npz)")
+    parser.add_argument(
+        "--reuse", type=Path, action="append", default=[], help="judge streamed-*.pkl saved by --out (merged)"
+    )
     parser.add_argument("--no-loco", action="store_true", help="skip the leave-one-category-out table")
     args = parser.parse_args(argv)
     began = time.monotonic()
     settings = load_settings(None)
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [j for j in jobs_of(seeds, args.nab, args.skab) if not args.only or any(p in str(j.path) for p in args.only)]
-    missing = [job for job in jobs if not (job.directory(args.cache) / "model.json").is_file()]
-    if missing:
-        fit_all(missing, settings, args.cache, args.jobs)
-    variants = ["as-built", *args.variant]
-    largest_first = sorted(jobs, key=lambda job: -job.path.stat().st_size)
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-        outcomes = pool.map(run_job, largest_first, repeat(args.cache), repeat(variants), repeat(settings.fit))
-        results = dict(zip(largest_first, outcomes, strict=True))
-    print(f"streamed {len(jobs)} files in {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+    if args.reuse:
+        results: dict[Job, dict[str, Streamed]] = {job: {} for job in jobs}
+        for path in args.reuse:
+            for job, outcome in pickle.loads(path.read_bytes()).items():
+                if job in results:
+                    results[job].update(outcome)
+        variants = list(dict.fromkeys(v for outcome in results.values() for v in outcome))
+    else:
+        variants = ["as-built", *args.variant]
+        results = stream_all(jobs, variants, settings, args)
+        print(f"streamed {len(jobs)} files in {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"streamed-{'+'.join(variants)}.pkl").write_bytes(pickle.dumps(results))
     all_runs: dict[str, list[dict[str, Trace]]] = {}
     for variant in variants:
         figures, runs = judge(results, variant, seeds, args.nab)
