@@ -40,23 +40,30 @@ import argparse
 import copy
 import itertools
 import math
-import os
 import pickle
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime
 from itertools import repeat
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import torch
-from nab_breakdown import Trace, leave_one_category_out, nab_files
-from nab_variants import Job, fit_all, jobs_of, print_figures, read_table
+from nab_breakdown import Trace, leave_one_category_out
+from nab_variants import (
+    Job,
+    benchmark_figures,
+    fit_all,
+    jobs_of,
+    nab_trace,
+    print_figures,
+    read_table,
+    study_arguments,
+)
 
-from detector.benchmark import load_profiles, load_windows, optimise_threshold, score_from_decisions
+from detector.benchmark import load_profiles, load_windows
 from detector.config import FitSettings, Settings, load_settings
 from detector.evaluate import SKAB_TRAIN_ROWS
 from detector.fit import _split, _streams, _train_epoch  # the fit's own steps, so an update trains as a fit does
@@ -65,7 +72,6 @@ from detector.observation import Columns
 from detector.schema import Table
 from detector.scoring import Detector
 from detector.sequence import reconstruct_sequences
-from detector.skab import skab_metrics
 from detector.state import tracked
 
 VARIANTS = ("as-built", "tune", "refit", "tune-rescale", "tune-keep-state")
@@ -248,20 +254,12 @@ def judge(
             streamed = outcome[variant]
             applied, tried = applied + streamed.applied, tried + streamed.tried
             if job.benchmark == "nab":
-                name = f"{job.path.parent.name}/{job.path.name}"
-                stamps = [datetime.fromisoformat(t) for t in _table(job).raw_timestamps]
-                fields = {"probability": streamed.probability, "is_anomaly": streamed.is_anomaly.astype(float)}
-                traces[name] = Trace(name, stamps, windows[name], fields)
+                trace = nab_trace(job, _table(job), streamed.probability, streamed.is_anomaly, windows)
+                traces[trace.name] = trace
             else:
                 truth.append(_labels(job)[SKAB_TRAIN_ROWS:])
                 flags.append(streamed.is_anomaly[SKAB_TRAIN_ROWS:].astype(int))
-        row: dict[str, float] = {}
-        if traces:
-            row["nab_optimised"] = optimise_threshold(nab_files(traces, "probability"), profile)[1]
-            row["nab_as_is"] = score_from_decisions(nab_files(traces, "is_anomaly"), profile)
-        if truth:
-            pooled = skab_metrics(np.concatenate(truth), np.concatenate(flags))
-            row["skab_f1"], row["skab_far"] = pooled.f1, pooled.far
+        row = benchmark_figures(traces, truth, flags, profile)
         row["updates"] = float(applied)
         print(f"{variant} seed {seed}: {applied} of {tried} updates taken", file=sys.stderr, flush=True)
         figures[seed] = row
@@ -307,12 +305,7 @@ def stream_all(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nab", type=Path, required=True, help="NAB directory (data/, labels/, config/)")
-    parser.add_argument("--skab", type=Path, default=None, help="SKAB directory (valve1/)")
-    parser.add_argument("--cache", type=Path, required=True, help="fitted models (nab_variants.py's cache)")
-    parser.add_argument("--seeds", default="7,8,9", help="fit seeds, comma-separated")
-    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="processes")
+    parser = study_arguments(__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=[], choices=VARIANTS[1:], help="besides as-built")
     parser.add_argument("--only", action="append", default=[], help="only files whose path contains this")
     parser.add_argument("--out", type=Path, default=None, help="directory for the NAB traces (.npz)")
