@@ -40,6 +40,8 @@ from nab_breakdown import Trace, leave_one_category_out, nab_files
 
 import detector.scoring as scoring_module
 from detector.benchmark import (
+    CostMatrix,
+    Window,
     load_profiles,
     load_windows,
     optimise_threshold,
@@ -167,24 +169,38 @@ def measure(
         for scored in scored_files:
             probability, is_anomaly = replay(scored, overrides)
             if scored.job.benchmark == "nab":
-                name = f"{scored.job.path.parent.name}/{scored.job.path.name}"
-                stamps = [datetime.fromisoformat(t) for t in scored.table.raw_timestamps]
-                fields = {"probability": probability, "is_anomaly": is_anomaly.astype(float)}
-                traces[name] = Trace(name, stamps, windows[name], fields)
+                trace = nab_trace(scored.job, scored.table, probability, is_anomaly, windows)
+                traces[trace.name] = trace
             else:
                 assert scored.labels is not None
                 truth.append(scored.labels[SKAB_TRAIN_ROWS:])
                 flags.append(is_anomaly[SKAB_TRAIN_ROWS:].astype(int))
-        row: dict[str, float] = {}
-        if traces:
-            row["nab_optimised"] = optimise_threshold(nab_files(traces, "probability"), profile)[1]
-            row["nab_as_is"] = score_from_decisions(nab_files(traces, "is_anomaly"), profile)
-        if truth:
-            pooled = skab_metrics(np.concatenate(truth), np.concatenate(flags))
-            row["skab_f1"], row["skab_far"] = pooled.f1, pooled.far
-        figures[seed] = row
+        figures[seed] = benchmark_figures(traces, truth, flags, profile)
         runs.append(traces)
     return figures, runs
+
+
+def nab_trace(
+    job: Job, table: Table, probability: np.ndarray, is_anomaly: np.ndarray, windows: dict[str, list[Window]]
+) -> Trace:
+    """The NAB trace of ``job``'s file: each row's probability and decision, with its timestamps and windows."""
+    name = f"{job.path.parent.name}/{job.path.name}"
+    stamps = [datetime.fromisoformat(t) for t in table.raw_timestamps]
+    return Trace(name, stamps, windows[name], {"probability": probability, "is_anomaly": is_anomaly.astype(float)})
+
+
+def benchmark_figures(
+    traces: dict[str, Trace], truth: list[np.ndarray], flags: list[np.ndarray], profile: CostMatrix
+) -> dict[str, float]:
+    """NAB optimised / as is of ``traces`` and SKAB F1 / FAR of the pooled test rows, each where given."""
+    row: dict[str, float] = {}
+    if traces:
+        row["nab_optimised"] = optimise_threshold(nab_files(traces, "probability"), profile)[1]
+        row["nab_as_is"] = score_from_decisions(nab_files(traces, "is_anomaly"), profile)
+    if truth:
+        pooled = skab_metrics(np.concatenate(truth), np.concatenate(flags))
+        row["skab_f1"], row["skab_far"] = pooled.f1, pooled.far
+    return row
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -223,13 +239,19 @@ def _fmt(key: str, value: float) -> str:
     return f"{value:.3f}" if key.startswith("skab") else f"{value:.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the arguments of a study of NAB and SKAB over fit seeds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--nab", type=Path, required=True, help="NAB directory (data/, labels/, config/)")
     parser.add_argument("--skab", type=Path, default=None, help="SKAB directory (valve1/)")
     parser.add_argument("--cache", type=Path, required=True, help="directory of fitted models, reused if present")
     parser.add_argument("--seeds", default="7,8,9", help="fit seeds, comma-separated")
-    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="fitting processes")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="processes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = study_arguments(__doc__.splitlines()[0])
     parser.add_argument("--fit-scoring", default="", help="KEY=VALUE,... scoring settings the fit uses")
     parser.add_argument("--variant", action="append", default=[], help="LABEL:KEY=VALUE,... (JSON values)")
     parser.add_argument("--no-loco", action="store_true", help="skip the leave-one-category-out table")
