@@ -7,7 +7,7 @@ system's temporary directory. Import this module before numba anywhere in the pa
 
 A container image compiles its kernels while it is built (:mod:`detector.precompile`) and names
 that cache in ``DETECTOR_NUMBA_CACHE_SEED``: an empty cache directory is filled from it at import,
-so a new container loads the kernels instead of compiling them (about 9 s of CPU). The seed is
+so a new container loads the kernels instead of compiling them when it starts. The seed is
 only copied, never written, so it may sit on a read-only filesystem.
 
 >>> Path(cache_dir()).is_dir()
