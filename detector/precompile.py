@@ -33,12 +33,12 @@ def precompile() -> int:
     scored = 0
     for feature_range in (None, ([0.0, 0.0], [1.0, 1.0])):
         model = tiny_model(feature_range=feature_range, periods=(86_400.0,), level_halflife_s=3_600.0)
-        detector = Detector(model, max_entities=100)
+        scorer = Detector(model, max_entities=100)
         rows = np.random.default_rng(0).normal(size=(64, len(model.features)))
         stream = Columns([f"e{i % 8}" for i in range(8)], np.arange(8.0), rows[:8])
-        scored += len(detector.process_columns(stream, now=8.0).score)
+        scored += len(scorer.process_columns(stream, now=8.0).score)
         file = Columns(["f"] * 64, 100.0 + np.arange(64.0), rows)
-        scored += len(detector.process_columns(file, now=200.0, drop_stale=True).score)
+        scored += len(scorer.process_columns(file, now=200.0, drop_stale=True).score)
     return scored
 
 
