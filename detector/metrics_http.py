@@ -24,6 +24,7 @@ __all__ = [
     "HTTP_CHANNEL_TIMEOUT_S",
     "HTTP_CLEANUP_INTERVAL_S",
     "HTTP_CONNECTION_LIMIT",
+    "HTTP_LOOP_WAIT_S",
     "HTTP_THREADS",
     "MetricsServer",
     "serve",
@@ -37,6 +38,10 @@ HTTP_THREADS = 4
 HTTP_CONNECTION_LIMIT = 400
 HTTP_CHANNEL_TIMEOUT_S = 10
 HTTP_CLEANUP_INTERVAL_S = 5
+# How long the serving loop waits in poll() for a socket event, in whole seconds: waitress parses
+# this setting as an int, so a fraction becomes 0 and the loop spins a core. close() wakes the
+# loop through waitress's trigger, so a long wait does not delay shutdown.
+HTTP_LOOP_WAIT_S = 1
 
 
 class MetricsServer:
@@ -64,8 +69,12 @@ class MetricsServer:
         """Stop serving and release the port (idempotent)."""
         self._server.task_dispatcher.shutdown()
         sockets = self._server.map if hasattr(self._server, "map") else self._server._map
-        wasyncore.close_all(sockets)  # empties the map: the serving loop returns
-        self._thread.join(timeout=5)
+        if self._thread.is_alive() and sockets:
+            # close every socket inside the serving thread, woken by the trigger: its loop then
+            # finds the map empty and returns at once instead of after its poll wait
+            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
+            self._thread.join(timeout=5)
+        wasyncore.close_all(sockets)  # the thread had ended or did not answer: close from here
 
 
 def _make_app(metrics: Metrics, health: Health) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
@@ -111,7 +120,7 @@ def serve(metrics: Metrics, health: Health, host: str = "0.0.0.0", port: int = 9
         channel_timeout=HTTP_CHANNEL_TIMEOUT_S,
         cleanup_interval=HTTP_CLEANUP_INTERVAL_S,
         asyncore_use_poll=True,
-        asyncore_loop_timeout=0.2,
+        asyncore_loop_timeout=HTTP_LOOP_WAIT_S,
     )
     thread = threading.Thread(target=server.run, name="metrics-http", daemon=True)
     thread.start()

@@ -229,6 +229,43 @@ def test_several_instances_and_servers_coexist() -> None:
             srv.close()
 
 
+def _serving_threads_cpu_s() -> float:
+    """CPU seconds used so far by every live serving thread of this process (Linux /proc)."""
+    import os
+    import threading
+
+    ticks = 0
+    for thread in threading.enumerate():
+        if thread.name == "metrics-http" and thread.native_id is not None:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_server_waits_instead_of_spinning(server: MetricsServer) -> None:
+    """Between requests the serving thread sleeps in poll(): a busy loop would burn a core and take
+    the GIL from the scoring loop (it did, when a fractional poll wait was truncated to 0)."""
+    assert get(server, "/metrics").status_code == 200
+    before = _serving_threads_cpu_s()
+    time.sleep(1.0)
+    used = _serving_threads_cpu_s() - before
+    assert used < 0.2, f"the idle serving thread used {used:.2f} s of CPU in 1 s"
+
+
+def test_close_stops_the_serving_thread_and_frees_the_port() -> None:
+    import socket
+    import threading
+
+    srv = serve(Metrics(), Health(), host="127.0.0.1", port=0)
+    assert get(srv, "/healthz").status_code == 200
+    srv.close()
+    assert not any(t.name == "metrics-http" and t.is_alive() for t in threading.enumerate())
+    with socket.socket() as probe:
+        probe.bind((srv.host, srv.port))  # the port is free again
+    srv.close()  # idempotent
+
+
 def test_held_open_connections_leave_the_endpoint_answering(server: MetricsServer) -> None:
     """200 clients that connect and never send hold no thread: /metrics still answers, within a
     second (a behaviour bound, generous against a loaded machine, not a benchmark)."""
