@@ -247,12 +247,19 @@ class Services:
     """``count`` `detector run` processes in one group, with their /metrics ports and logs."""
 
     def __init__(
-        self, bootstrap: str, deployment: Deployment, model_dir: Path, count: int, extra: dict[str, str], log_dir: Path
+        self,
+        bootstrap: str,
+        deployment: Deployment,
+        model_dir: Path,
+        count: int,
+        extra: dict[str, str],
+        log_dir: Path,
+        python: str | None = None,
     ):
         from detector.testing import service_env
 
         topics = deployment.topics(bootstrap)
-        command = [c.python(), "-m", "detector.cli", "run"]
+        command = [python or c.python(), "-m", "detector.cli", "run"]
         self.ports = [c.free_port() for _ in range(count)]
         self.logs = [log_dir / f"{deployment.group}-{i}.log" for i in range(count)]
         self.processes = [
@@ -332,15 +339,17 @@ def run_services(
     time_limit_s: float | None = None,
     timeout_s: float = 300.0,
     fill: Callable[[], float] | None = None,
+    python: str | None = None,
 ) -> dict:
     """Start the processes, scrape until ``expected`` messages are scored (or the time limit), stop them.
 
     ``fill``: ``topic`` starts empty; once every process owns its partitions (see
     :func:`await_assignment`), ``fill`` produces the messages (returning its seconds), so the
     processes score side by side from the first message instead of one taking everything while
-    the other still joins the group.
+    the other still joins the group. ``python``: the interpreter that runs the service (default:
+    this one), for comparing revisions (``benchmarks/compare_revisions.py``).
     """
-    services = Services(broker.bootstrap_servers, Deployment(topic), model_dir, processes, extra, log_dir)
+    services = Services(broker.bootstrap_servers, Deployment(topic), model_dir, processes, extra, log_dir, python)
     scrapes: list[Scrape] = []
     started, first_scored_at, outcome = time.perf_counter(), None, "done"
     joined_s = fill_s = None
