@@ -109,14 +109,17 @@ def main() -> int:
                         log_dir,
                         time_limit_s=limit,
                         python=revision.python,
+                        idle_s=t.IDLE_S if limit is None else 0.0,
                     )
                     results.append((revision.label, name, round_, r))
                     t.describe(f"{revision.label}, {name}, round {round_ + 1}", r)
-    say("\n| revision | settings | round | msg/s | service CPU (cores) | Detector.process share |")
-    say("|---|---|---|---|---|---|")
+    say("\n| revision | settings | round | msg/s | service CPU (cores) | Detector.process share | CPU idle after |")
+    say("|---|---|---|---|---|---|---|")
     for label, name, round_, r in results:
         cpu = "+".join(f"{x:.2f}" for x in r.get("service_cpu", []))
-        say(f"| {label} | {name} | {round_ + 1} | {r['rate']:,.0f} | {cpu} | {r.get('step_share', float('nan')):.2f} |")
+        idle = "+".join(f"{x:.2f}" for x in r.get("idle_cpu") or [])
+        share = r.get("step_share", float("nan"))
+        say(f"| {label} | {name} | {round_ + 1} | {r['rate']:,.0f} | {cpu} | {share:.2f} | {idle} |")
     return 0
 
 

@@ -81,6 +81,7 @@ def _default_batch() -> tuple[int, int]:
 
 
 DEFAULT_BATCH = _default_batch()
+IDLE_S = 5.0  # CPU use of the default run once it has caught up, over this long
 SCRAPE_EVERY_S = 0.25
 
 
@@ -298,6 +299,13 @@ class Services:
             c.machine_jiffies(),
         )
 
+    def idle_cpu(self, seconds: float) -> list[float]:
+        """Cores each process keeps busy over ``seconds`` (call when no messages are arriving)."""
+        before, started = [c.cpu_seconds(p.pid) for p in self.processes], time.perf_counter()
+        time.sleep(seconds)
+        elapsed = time.perf_counter() - started
+        return [(c.cpu_seconds(p.pid) - b) / elapsed for p, b in zip(self.processes, before, strict=True)]
+
     def stop(self) -> list[int | None]:
         for p in self.processes:
             if p.poll() is None:
@@ -340,6 +348,7 @@ def run_services(
     timeout_s: float = 300.0,
     fill: Callable[[], float] | None = None,
     python: str | None = None,
+    idle_s: float = 0.0,
 ) -> dict:
     """Start the processes, scrape until ``expected`` messages are scored (or the time limit), stop them.
 
@@ -347,7 +356,9 @@ def run_services(
     :func:`await_assignment`), ``fill`` produces the messages (returning its seconds), so the
     processes score side by side from the first message instead of one taking everything while
     the other still joins the group. ``python``: the interpreter that runs the service (default:
-    this one), for comparing revisions (``benchmarks/compare_revisions.py``).
+    this one), for comparing revisions (``benchmarks/compare_revisions.py``). ``idle_s``: once
+    every message is scored, also measure the processes' CPU use over that many seconds without
+    new messages (``idle_cpu``, cores per process).
     """
     services = Services(broker.bootstrap_servers, Deployment(topic), model_dir, processes, extra, log_dir, python)
     scrapes: list[Scrape] = []
@@ -380,9 +391,11 @@ def run_services(
             if scrape.at - started > timeout_s:
                 outcome = "timeout"
                 break
+        idle_cpu = services.idle_cpu(idle_s) if idle_s > 0 and outcome == "done" else None
     finally:
         codes = services.stop()
     result = summarise(scrapes, processes)
+    result["idle_cpu"] = idle_cpu
     result.update(
         outcome=outcome,
         exit_codes=codes,
@@ -457,6 +470,11 @@ def describe(label: str, r: dict) -> None:
         f"mean batch {r['mean_batch']:.0f}; partitions {r['partitions']}; alerts opened {r['alerts_opened']:.0f}; "
         f"start-up to first scored {r['startup_s'] or float('nan'):.1f} s; "
         f"partition assignments per process {r['assignments']}; {r['outcome']}"
+        + (
+            f"; CPU while idle afterwards {'+'.join(f'{x:.2f}' for x in r['idle_cpu'])} cores"
+            if r.get("idle_cpu")
+            else ""
+        )
     )
 
 
@@ -710,7 +728,8 @@ def main() -> int:
         sweep = {}
         for batch, poll in configs:
             extra = {"DETECTOR_STREAM__BATCH_MAX_MESSAGES": str(batch), "DETECTOR_KAFKA__MAX_POLL_RECORDS": str(poll)}
-            r = run_services(broker, model_dir, topic, n, extra, log_dir, timeout_s=timeout)
+            idle = IDLE_S if (batch, poll) == DEFAULT_BATCH else 0.0
+            r = run_services(broker, model_dir, topic, n, extra, log_dir, timeout_s=timeout, idle_s=idle)
             describe(f"service batch_max_messages={batch} max_poll_records={poll}", r)
             sweep[(batch, poll)] = r
         details["sweep"] = {f"{b}/{m}": r for (b, m), r in sweep.items()}
@@ -873,6 +892,7 @@ def main() -> int:
         details["latency"] = lats
 
     ceil_rate, rate, naive_rate, two_rate = ceil["rate"], best["rate"], naive["rate"], two["rate"]
+    idle_cpu = (sweep.get(DEFAULT_BATCH, {}).get("idle_cpu") or [float("nan")])[0]
     two_how = "both processes scoring"
     if two_rate != two_rate:  # NaN: the two never scored side by side for two scrapes (tiny --quick topic)
         two_rate, two_how = two.get("drain_rate", float("nan")), "drain rate: the processes never scored side by side"
@@ -897,6 +917,15 @@ def main() -> int:
             c.verdict(rate >= 0.8 * ceil_rate),
             f"{rate / ceil_rate:.2f} x ceiling; {cfg}; service CPU {best['service_cpu'][0]:.2f} cores; "
             f"{best['alerts_opened']:,.0f} alerts opened",
+        ),
+        Row(
+            "throughput",
+            "service CPU while idle (caught up, no new messages), default settings",
+            f"{idle_cpu:.2f} cores" if idle_cpu == idle_cpu else "not measured",
+            "",
+            "",
+            f"over {IDLE_S:.0f} s after the default run scored everything: kafka-python's fetch loop "
+            "(`kafka.fetch_max_wait_ms`), the metrics endpoint, the housekeeping timers",
         ),
         Row(
             "throughput",
