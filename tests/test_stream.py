@@ -92,7 +92,8 @@ def test_kill_9_and_restart_loses_nothing_and_restores_exact_states(
 ):
     stream = generate_stream(60, 80, {"pump-1", "pump-7"}, seed=6)
     topics = make_topics(topic_factory)
-    produce(kafka_bootstrap, topics.input, stream)
+    # the second half arrives only after the kill: a fast service cannot finish before it
+    produce(kafka_bootstrap, topics.input, stream[: len(stream) // 2])
     env = service_env(
         kafka_bootstrap,
         topics,
@@ -106,6 +107,7 @@ def test_kill_9_and_restart_loses_nothing_and_restores_exact_states(
     first.kill()
     killed_at = len(reader.read(1.0))
     assert killed_at < len(stream), "the kill happened mid-stream"
+    produce(kafka_bootstrap, topics.input, stream[len(stream) // 2 :])
     second = ServiceProcess(env, tmp_path / "second.log")
     try:
         records = reader.wait_for(lambda r: len(offsets_seen(r)) >= len(stream), timeout_s=120, alive=second.alive)
