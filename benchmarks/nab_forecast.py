@@ -16,7 +16,9 @@ error, divided by that scale, joins the reconstruction error:
 
 Everything downstream runs unchanged (``score_rows``' stages), and each variant's calibration is
 re-derived from its own held-out scores as ``fit`` derives it (a draft calibration, the fit's
-held-out rows, ``_calibrate``). A variant is ``LABEL:combine=..,head=h|hx,horizon=N,scale=..``:
+held-out rows, ``_calibrate``). With ``penalty=heldout`` the ridge penalty is the one that
+forecasts the fit's held-out rows best (as the fit stops early on them). A variant is
+``LABEL:combine=..,head=h|hx,horizon=N,scale=..,penalty=..``:
 
     cd /work/h25f && PYTHONPATH=. nice -n 19 /work/main/.venv/bin/python benchmarks/nab_forecast.py \\
         --nab ../shared/data/nab --skab ../shared/data/skab --cache /tmp/h25q-models --seeds 7,8,9 \\
@@ -44,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 from nab_breakdown import Trace, leave_one_category_out, nab_files
-from nab_variants import Job, benchmark_figures, jobs_of, nab_trace, parse_variant, read_table, study_arguments
+from nab_variants import Job, benchmark_figures, jobs_of, nab_trace, read_table, study_arguments
 
 import detector.scoring as scoring_module
 from detector.benchmark import CostMatrix, load_profiles, load_windows, optimise_threshold, score_file
@@ -56,6 +58,7 @@ from detector.kernel import score_rows
 from detector.model import Calibration, FittedModel, load_model, window_levels
 from detector.schema import Columns
 from detector.scoring import Detector
+from detector.sequence import reconstruct_sequences
 from detector.stage_state import ErrorState
 from detector.stages import decide, range_excess, range_judged, smooth_error
 
@@ -72,11 +75,13 @@ class Variant:
     head: str = "hx"
     horizon: int = 1
     scale: str = "train"
+    penalty: str = "gcv"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        label, overrides = parse_variant(text)
-        return cls(label, **overrides)
+        label, _, spec = text.partition(":")
+        fields = dict(item.split("=", 1) for item in filter(None, spec.split(",")))
+        return cls(label, **{key: int(value) if key == "horizon" else value for key, value in fields.items()})
 
 
 @dataclass(frozen=True)
@@ -136,21 +141,30 @@ class RidgeHead:
     intercept: np.ndarray
 
     @classmethod
-    def fit(cls, inputs: np.ndarray, targets: np.ndarray) -> RidgeHead:
+    def fit(
+        cls, inputs: np.ndarray, targets: np.ndarray, held: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> RidgeHead:
+        """Fitted on ``inputs`` -> ``targets``; the penalty is the one with the least squared error
+        on ``held`` (inputs, targets) where given, else by generalised cross-validation."""
         centre, spread = inputs.mean(axis=0), inputs.std(axis=0)
         spread = np.where(spread > 1e-8, spread, 1.0)
         z, target_mean = (inputs - centre) / spread, targets.mean(axis=0)
         u, s, vt = np.linalg.svd(z, full_matrices=False)
         projected = u.T @ (targets - target_mean)
-        rows, best, best_penalty = len(z), np.inf, 0.0
-        for penalty in float(s[0] ** 2) * np.logspace(-8, 0, 33):
+        rows, best, best_head = len(z), np.inf, None
+        for penalty in float(s[0] ** 2) * np.logspace(-8, 2, 41):
             shrink = s**2 / (s**2 + penalty)
-            residual = (targets - target_mean) - u @ (shrink[:, None] * projected)
-            gcv = float((residual**2).sum()) / (rows * (1.0 - shrink.sum() / rows) ** 2)
-            if gcv < best:
-                best, best_penalty = gcv, penalty
-        weights = vt.T @ ((s / (s**2 + best_penalty))[:, None] * projected) / spread[:, None]
-        return cls(weights, target_mean - centre @ weights)
+            weights = vt.T @ ((s / (s**2 + penalty))[:, None] * projected) / spread[:, None]
+            head = cls(weights, target_mean - centre @ weights)
+            if held is None:
+                residual = (targets - target_mean) - u @ (shrink[:, None] * projected)
+                loss = float((residual**2).sum()) / (rows * (1.0 - shrink.sum() / rows) ** 2)
+            else:
+                loss = float(((held[1] - head.predict(held[0])) ** 2).mean())
+            if loss < best:
+                best, best_head = loss, head
+        assert best_head is not None
+        return best_head
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         return inputs @ self.coef + self.intercept
@@ -161,7 +175,8 @@ def forecast_errors(net: NetworkPass, variant: Variant, warmup: int, split: int,
     inputs = net.head_inputs(variant.head, variant.horizon)
     targets = net.standardised.astype(np.float64)
     train = slice(max(warmup, variant.horizon - 1), split)
-    head = RidgeHead.fit(inputs[train], targets[train])
+    held = (inputs[split:fit_rows], targets[split:fit_rows]) if variant.penalty == "heldout" else None
+    head = RidgeHead.fit(inputs[train], targets[train], held)
     residuals = targets - head.predict(inputs)
     measured = residuals[train] if variant.scale == "train" else residuals[split:fit_rows]
     scale = np.maximum(np.sqrt((measured**2).mean(axis=0)), _RESIDUAL_FLOOR)
@@ -203,7 +218,8 @@ def combined_rows(
         width = range_excess(ranges, slot, standardised[i], start_low, start_high, p, beyond[i])
         recon = smooth_error(error, slot, errors[i], warm, p)
         ahead = smooth_error(forecast_error, slot, forecast[i], warm, p)
-        both[:features], both[features:] = errors[i], forecast[i]
+        both[:features] = errors[i]
+        both[features:] = forecast[i]
         pooled = smooth_error(both_error, slot, both, warm, p)
         learned = (recon, ahead, pooled, max(recon, ahead))[combine]
         judged = range_judged(learned, width, p)
@@ -236,6 +252,7 @@ def run_detector(
         return Detector(model, simulate_null=null).process_columns(head)
     finally:
         scoring_module.score_rows = score_rows
+        scoring_module.reconstruct_sequences = reconstruct_sequences
 
 
 def study_job(job: Job, cache: Path, variants: list[Variant]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
