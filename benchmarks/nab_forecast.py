@@ -17,8 +17,10 @@ error, divided by that scale, joins the reconstruction error:
 Everything downstream runs unchanged (``score_rows``' stages), and each variant's calibration is
 re-derived from its own held-out scores as ``fit`` derives it (a draft calibration, the fit's
 held-out rows, ``_calibrate``). With ``penalty=heldout`` the ridge penalty is the one that
-forecasts the fit's held-out rows best (as the fit stops early on them). A variant is
-``LABEL:combine=..,head=h|hx,horizon=N,scale=..,penalty=..``:
+forecasts the fit's held-out rows best (as the fit stops early on them). With ``target=residual``
+(horizon 1) the head forecasts the decoder's error instead of the value: its forecast is the
+decoder's plus a correction, which a large penalty shrinks to nothing. A variant is
+``LABEL:combine=..,head=h|hx,horizon=N,scale=..,penalty=..,target=..``:
 
     cd /work/h25f && PYTHONPATH=. nice -n 19 /work/main/.venv/bin/python benchmarks/nab_forecast.py \\
         --nab ../shared/data/nab --skab ../shared/data/skab --cache /tmp/h25q-models --seeds 7,8,9 \\
@@ -76,6 +78,7 @@ class Variant:
     horizon: int = 1
     scale: str = "train"
     penalty: str = "gcv"
+    target: str = "value"
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -174,6 +177,8 @@ def forecast_errors(net: NetworkPass, variant: Variant, warmup: int, split: int,
     """Every row's forecast error in residual units of the head fitted on the training rows."""
     inputs = net.head_inputs(variant.head, variant.horizon)
     targets = net.standardised.astype(np.float64)
+    if variant.target == "residual":  # the head corrects the decoder's forecast of the same row
+        targets = targets - net.reconstruction.double().numpy()
     train = slice(max(warmup, variant.horizon - 1), split)
     held = (inputs[split:fit_rows], targets[split:fit_rows]) if variant.penalty == "heldout" else None
     head = RidgeHead.fit(inputs[train], targets[train], held)
