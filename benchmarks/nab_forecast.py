@@ -22,7 +22,7 @@ forecasts the fit's held-out rows best (as the fit stops early on them). With ``
 decoder's plus a correction, which a large penalty shrinks to nothing. A variant is
 ``LABEL:combine=..,head=h|hx,horizon=N,scale=..,penalty=..,target=..``:
 
-    cd /work/h25f && PYTHONPATH=. nice -n 19 /work/main/.venv/bin/python benchmarks/nab_forecast.py \\
+    nice -n 19 .venv/bin/python benchmarks/nab_forecast.py \\
         --nab ../shared/data/nab --skab ../shared/data/skab --cache /tmp/h25q-models --seeds 7,8,9 \\
         --jobs 2 --out /tmp/h25f --variant 'rms hx:combine=rms,head=hx' --variant 'max hx:combine=max,head=hx'
 
