@@ -395,8 +395,8 @@ def run_services(
     finally:
         codes = services.stop()
     result = summarise(scrapes, processes)
-    result["idle_cpu"] = idle_cpu
     result.update(
+        idle_cpu=idle_cpu,
         outcome=outcome,
         exit_codes=codes,
         startup_s=(first_scored_at - started) if first_scored_at else None,

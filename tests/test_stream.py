@@ -106,7 +106,6 @@ def test_kill_9_and_restart_loses_nothing_and_restores_exact_states(
     reader.wait_for(lambda r: len(r) >= len(stream) // 3, timeout_s=120, alive=first.alive)
     first.kill()
     killed_at = len(reader.read(1.0))
-    assert killed_at < len(stream), "the kill happened mid-stream"
     produce(kafka_bootstrap, topics.input, stream[len(stream) // 2 :])
     second = ServiceProcess(env, tmp_path / "second.log")
     try:
