@@ -47,7 +47,7 @@ $(TOOLS): | $(STAMP)
 	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 	touch $(TOOLS)
 
-# ruff (lint, import order, format), mypy on detector/, hadolint on the Dockerfile. Every check
+# ruff (lint, import order, format), mypy on detector/ and benchmarks/, hadolint on the Dockerfile. Every check
 # runs; the target fails if any of them failed.
 lint: $(STAMP)
 	@status=0; \

@@ -22,8 +22,8 @@ import detector.evaluate as evaluate
 from detector.config import Settings, load_settings
 from detector.fit import fit_tables
 from detector.model import save_model
-from detector.schema import Table, observations_from_table
-from detector.scoring import Decision, Detector
+from detector.schema import Table
+from detector.scoring import Detector, Outcomes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -32,23 +32,25 @@ def dump(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     files = iter(range(1_000_000))
 
-    def fit_and_score(table: Table, train_rows: int, settings: Settings) -> list[Decision]:
+    def fit_and_score(table: Table, train_rows: int, settings: Settings) -> Outcomes:
+        """``evaluate.fit_and_score``, keeping each file's model and per-row outcomes."""
         name = f"f{next(files):03d}"
         head = evaluate._head(table, train_rows)
         model, _ = fit_tables([head], settings.model, settings.fit, settings.scoring, progress=False)
         save_model(model, out / "models" / name)
-        decisions = Detector(model).process(list(observations_from_table(table)))
+        outcomes = Detector(model).process_columns(table.columns())
         np.savez(
             out / f"{name}.npz",
-            score=np.array([d.score for d in decisions]),
-            probability=np.array([d.probability for d in decisions]),
-            is_anomaly=np.array([d.is_anomaly for d in decisions]),
-            events=np.array([str(d.event) for d in decisions]),
+            score=outcomes.score.copy(),
+            probability=outcomes.probability.copy(),
+            is_anomaly=outcomes.is_anomaly.copy(),
+            events=np.array([str(event) for event in outcomes.events]),
         )
-        return decisions
+        return outcomes
 
     evaluate.fit_and_score = fit_and_score
-    results = evaluate.evaluate(load_settings(None), skab=DATA / "skab", nab=DATA / "nab")
+    # one process: worker processes would import the unpatched fit_and_score
+    results = evaluate.evaluate(load_settings(None), skab=DATA / "skab", nab=DATA / "nab", workers=1)
     (out / "results.json").write_text(json.dumps(results, default=float, indent=1))
 
 

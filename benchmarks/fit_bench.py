@@ -23,6 +23,8 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import _common as c
 from _common import Row, say
@@ -40,8 +42,8 @@ def timed_fit(entities: int, rows: int, epochs: int, stub_heldout: bool) -> dict
     originals = fit_module._train_epoch, fit_module._validation_loss, fit_module._heldout_scores
     fixed = fit_module._average_state, fit_module._residual_scale
 
-    def wrap(name: str, function):  # type: ignore[no-untyped-def]
-        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrap(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.process_time()
             try:
                 return function(*args, **kwargs)
@@ -98,11 +100,11 @@ def main() -> int:
         f"residual scale {full['residual_s']:.1f} s"
     )
     for axis, sizes in (("rows per entity", by_rows), ("entities", by_entities)):
-        for entities, rows in sizes:
-            r = timed_fit(entities, rows, epochs, stub_heldout=True)
+        for entities, rows_per_entity in sizes:
+            r = timed_fit(entities, rows_per_entity, epochs, stub_heldout=True)
             results[axis].append(r)
             say(
-                f"  {r['rows']:>7,} rows ({entities} entities x {rows}): {r['epoch_s']:.2f} s/epoch "
+                f"  {r['rows']:>7,} rows ({entities} entities x {rows_per_entity}): {r['epoch_s']:.2f} s/epoch "
                 f"(train {r['train_s']:.2f} + validation {r['validation_s']:.2f}); fixed {r['fixed_s']:.1f} s"
             )
     size = f"{full['rows']:,} rows x 8 features"

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import _common as c
 from _common import Row, say
@@ -68,7 +69,7 @@ def child(mode: str, model_dir: Path, checkpoints: list[int], bound: int | None)
     gc.collect()
     detector = Detector(model, max_entities=bound) if bound else Detector(model)
     baseline = c.rss_bytes()
-    out = {"mode": mode, "baseline_rss": baseline, "state_size": model.network.state_size, "points": []}
+    out: dict[str, Any] = {"mode": mode, "baseline_rss": baseline, "state_size": model.network.state_size, "points": []}
     fed, started = 0, time.perf_counter()
     for point in checkpoints:
         _feed(detector, fed, point, values, now)

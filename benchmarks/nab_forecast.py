@@ -84,7 +84,8 @@ class Variant:
     def parse(cls, text: str) -> Variant:
         label, _, spec = text.partition(":")
         fields = dict(item.split("=", 1) for item in filter(None, spec.split(",")))
-        return cls(label, **{key: int(value) if key == "horizon" else value for key, value in fields.items()})
+        settings: dict[str, Any] = {key: int(value) if key == "horizon" else value for key, value in fields.items()}
+        return cls(label, **settings)
 
 
 @dataclass(frozen=True)
@@ -246,13 +247,15 @@ def run_detector(
     def kernel(slots: np.ndarray, errors: np.ndarray, standardised: np.ndarray, *rest: Any) -> Any:
         timestamps, elapsed, error, *stages = rest
         capacity, features = error.smoothed.shape
-        extra = [ErrorState(np.zeros((capacity, width))) for width in (features, 2 * features)]
+        forecast_error, both_error = (ErrorState(np.zeros((capacity, width))) for width in (features, 2 * features))
         ahead = forecast[: len(slots)]
-        return combined_rows(slots, errors, ahead, combine, standardised, timestamps, elapsed, error, *extra, *stages)
+        return combined_rows(
+            slots, errors, ahead, combine, standardised, timestamps, elapsed, error, forecast_error, both_error, *stages
+        )
 
     output = (net.reconstruction[:rows].clone(), net.final_state.clone())
     scoring_module.reconstruct_sequences = lambda *_args, **_kw: output
-    scoring_module.score_rows = kernel
+    scoring_module.score_rows = kernel  # type: ignore[assignment]  # the study's stand-in for the compiled kernel
     try:
         return Detector(model, simulate_null=null).process_columns(head)
     finally:

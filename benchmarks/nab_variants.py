@@ -147,7 +147,7 @@ def replay(scored: Scored, overrides: dict[str, Any]) -> tuple[np.ndarray, np.nd
     settings = {key: value for key, value in overrides.items() if key != "prototype"}
     model = replace(scored.model, scoring={**scored.model.scoring, **settings})
     kernel = PROTOTYPES[overrides["prototype"]] if "prototype" in overrides else score_rows
-    scoring_module.score_rows = kernel
+    scoring_module.score_rows = kernel  # type: ignore[assignment]  # a prototype may stand in for the compiled kernel
     try:
         with cached_network(scored.reconstruction):
             out = Detector(model).process_columns(scored.table.columns())

@@ -162,7 +162,7 @@ def main() -> int:
     p.add_argument("--no-seeds", action="store_true", help="skip `detector evaluate --seeds 7,8,9`")
     args = p.parse_args()
     quick, chosen = args.quick, set(args.only.split(","))
-    model_dir = args.model or c.fit_default_model(**({"max_epochs": 3} if quick else {}))
+    model_dir = args.model or (c.fit_default_model(max_epochs=3) if quick else c.fit_default_model())
     work = Path(tempfile.mkdtemp(prefix="detector-bench-offline-", dir="/tmp"))
     rows: list[Row] = []
     details: dict = {}

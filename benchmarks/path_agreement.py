@@ -43,6 +43,7 @@ def run(name: str, fit_path: int, score_path: int) -> dict[str, Any]:
         scoring._SEQUENCE_ROWS_PER_ENTITY = score_path
         seen: list[tuple[torch.Tensor, torch.Tensor]] = []
         last = model.network.decoder[2]
+        assert isinstance(last, torch.nn.Linear)  # the decoder's output layer
         hook = last.register_forward_hook(lambda _m, i, o: seen.append((i[0].detach(), o.detach())))
         outcomes = scoring.Detector(model).process_columns(table.columns())
         hook.remove()

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import _common as c
 from _common import Row, say
@@ -49,7 +50,7 @@ class Stopwatch:
 
     def wrap(self, name: str, function: Callable) -> Callable:
         @functools.wraps(function)
-        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             try:
                 return function(*args, **kwargs)
@@ -300,7 +301,7 @@ def main() -> int:
         f"== profile ({'quick' if quick else 'full'}): {entities:,} entities x {per_entity} messages, "
         f"batches of {BATCH:,}"
     )
-    model_dir = args.model or c.fit_default_model(**({"max_epochs": 3} if quick else {}))
+    model_dir = args.model or (c.fit_default_model(max_epochs=3) if quick else c.fit_default_model())
     from detector.demo import FEATURES
     from detector.model import load_model
 

@@ -263,6 +263,7 @@ class Services:
         command = [python or c.python(), "-m", "detector.cli", "run"]
         self.ports = [c.free_port() for _ in range(count)]
         self.logs = [log_dir / f"{deployment.group}-{i}.log" for i in range(count)]
+        self._last: list[dict[str, float]] = [{} for _ in self.ports]  # last figures each process gave
         self.processes = [
             subprocess.Popen(
                 command,
@@ -288,7 +289,7 @@ class Services:
         for i, port in enumerate(self.ports):
             got = c.scrape(port)
             if got is None:  # no answer (busy or starting): keep the last known figures
-                got = self._last[i] if hasattr(self, "_last") else {}
+                got = self._last[i]
             samples.append(got)
         self._last = samples
         return Scrape(
@@ -310,7 +311,7 @@ class Services:
         for p in self.processes:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        codes = []
+        codes: list[int | None] = []
         for p in self.processes:
             try:
                 codes.append(p.wait(timeout=60))
@@ -654,7 +655,8 @@ def bare_latency(broker, rate: float, duration_s: float, warmup_s: float, entiti
         while not consumer.assignment():
             consumer.poll(timeout_ms=100)
         generator = start_load(broker.bootstrap_servers, topic, rate, warmup_s + duration_s, entities)
-        measure_from, latencies = time.time() + warmup_s, []
+        measure_from = time.time() + warmup_s
+        latencies: list[float] = []
         while generator.poll() is None:
             polled = consumer.poll(timeout_ms=100, max_records=2000)
             now = time.time()
@@ -699,7 +701,7 @@ def main() -> int:
     )
     if args.model is None:
         started = time.perf_counter()
-        model_dir = c.fit_default_model(**({"max_epochs": 3} if quick else {}))
+        model_dir = c.fit_default_model(max_epochs=3) if quick else c.fit_default_model()
         say(
             f"  fitted the model (`detector fit` defaults{', 3 epochs' if quick else ''}) in "
             f"{time.perf_counter() - started:.0f} s: {model_dir}"
