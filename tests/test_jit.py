@@ -9,19 +9,43 @@ from pathlib import Path
 
 import pytest
 
-from detector.jit import SEED_ENV, cache_dir, seed_cache
+import detector
+from detector.jit import COMPILED_MODULES, SEED_ENV, cache_dir, seed_cache, source_key
+
+PACKAGE = Path(detector.__file__).parent
 
 
 def test_the_cache_goes_to_the_user_cache_or_else_a_temporary_directory(monkeypatch, tmp_path):
+    key = source_key()
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert Path(cache_dir()) == tmp_path / "detector" / "numba"
+    assert Path(cache_dir()) == tmp_path / "detector" / "numba" / key
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # no directory can be made under a file
-    assert Path(cache_dir()).name.startswith("detector-numba-") and Path(cache_dir()).is_dir()
+    assert Path(cache_dir()).parent.name.startswith("detector-numba-") and Path(cache_dir()).is_dir()
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "chosen"))
-    assert cache_dir() == str(tmp_path / "chosen")
+    assert cache_dir() == str(tmp_path / "chosen" / key)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", cache_dir())  # as a child process inherits it
+    assert cache_dir() == str(tmp_path / "chosen" / key), "a keyed directory is used as it is"
+
+
+def test_an_edit_to_any_compiled_module_moves_the_cache(tmp_path):
+    """numba itself would keep a kernel compiled from the old version of a function it calls in
+    another file; a new cache directory per version of the compiled sources prevents that."""
+    for name in COMPILED_MODULES:
+        (tmp_path / name).write_bytes((PACKAGE / name).read_bytes())
+    assert source_key(tmp_path) == source_key()
+    for name in COMPILED_MODULES:
+        original = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(original + b"\n# an edit\n")
+        assert source_key(tmp_path) != source_key(), name
+        (tmp_path / name).write_bytes(original)
+
+
+def test_every_module_with_compiled_code_is_in_the_cache_key():
+    compiled = {path.name for path in PACKAGE.glob("*.py") if "@njit" in path.read_text() and path.name != "jit.py"}
+    assert compiled and compiled <= set(COMPILED_MODULES)
 
 
 def test_a_seed_fills_only_an_empty_cache(tmp_path):
