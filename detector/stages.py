@@ -326,7 +326,9 @@ def hysteresis(
     ``close_probability`` as it has had messages above it, at most ``close_after``: a blip is a
     one-message alert, a long anomaly does not flap. ``is_anomaly`` marks the opening message and,
     once the alert is sustained (``close_after`` anomalous messages), each message
-    ``beyond_level`` (the fit-time alert level). Counts this message (``steps``)."""
+    ``beyond_level`` (the fit-time alert level) that the closing rule does not count as calm: once
+    the entity's baseline has absorbed a lasting change, its messages are no longer marked.
+    Counts this message (``steps``)."""
     was_open = alerts.alert_open[slot]
     quiet = p_slow < p.close_probability
     calm = alerts.calm[slot] + 1 if quiet else 0
@@ -341,7 +343,7 @@ def hysteresis(
     opened_at = timestamp if opening else alerts.opened_ts[slot]
     alerts.opened_ts[slot] = opened_at if is_open else math.nan
     event = EVENT_OPEN if opening else (EVENT_CLOSE if closing else EVENT_NONE)
-    sustained = is_open and evidence >= p.close_after and beyond_level
+    sustained = is_open and evidence >= p.close_after and beyond_level and not quiet
     return event, opening or sustained, opened_at
 
 

@@ -243,14 +243,14 @@ def test_a_new_high_is_reported_beyond_the_alert_level_by_no_more_than_it_beats_
     assert NormalDist().cdf(reported) > detector.threshold  # it still reaches the alert level: decisions are unchanged
 
 
-def _alert_run(log_scores: list[float], close_after: int = 10) -> tuple[list[int], list[int]]:
+def _alert_run(log_scores: list[float], close_after: int = 10, elapsed: float = 1.0) -> tuple[list[int], list[int]]:
     """(positions where the alert is open, positions marked is_anomaly) for one entity fed these
-    log scores (a neutral calibration: log score 0 is normal)."""
+    log scores (a neutral calibration: log score 0 is normal), one message every ``elapsed`` s."""
     detector = Detector(tiny_model(warmup_steps=0, close_after=close_after))
     slot = _slot(detector)
     is_open, marked = [], []
     for i, x in enumerate(log_scores):
-        if decide(detector, slot, np.exp(x))[1]:
+        if decide(detector, slot, np.exp(x), timestamp=i * elapsed, elapsed=elapsed)[1]:
             marked.append(i)
         if detector.store.hysteresis.alert_open[slot]:
             is_open.append(i)
@@ -278,6 +278,16 @@ def test_a_burst_is_marked_by_its_onset_and_a_sustained_anomaly_while_it_lasts()
     )
     _, weak = _alert_run([0.0] * 50 + [8.0] + [2.5] * 40 + [0.0] * 30, close_after=10)
     assert weak == [50], "messages below the fit-time alert level are not marked, however long the alert"
+
+
+def test_a_lasting_change_the_baseline_absorbed_is_no_longer_marked():
+    # one message every 5 minutes: the baseline's 3,600 s half-life absorbs the change in about an hour
+    is_open, marked = _alert_run([0.0] * 50 + [8.0] * 300, close_after=10, elapsed=300.0)
+    closed_at = is_open[-1] + 1
+    assert 60 < closed_at < 200, "the change became the entity's normal and its alert closed"
+    calm = set(range(closed_at - 9, closed_at))  # the 9 calm messages the alert waited through
+    assert not calm & set(marked), "still beyond the fit-time level, but calm against the baseline"
+    assert marked == [50, *range(59, closed_at - 9)], "marked from the 10th anomalous message until calm"
 
 
 def _normal_messages(detector: Detector, steps: int, seed: int, entities: int = 500):
