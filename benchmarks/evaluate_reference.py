@@ -11,6 +11,7 @@ and events differ.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -81,8 +82,20 @@ def _without_thresholds(results: Any) -> Any:
     return results
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["dump"]:
-        dump(Path(sys.argv[2]))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("dump", help="fit (seed 7) and score every file into OUT").add_argument("out", type=Path)
+    differences = commands.add_parser("compare", help="how two dumps differ")
+    differences.add_argument("before", type=Path)
+    differences.add_argument("after", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "dump":
+        dump(args.out)
     else:
-        print(json.dumps(compare(Path(sys.argv[2]), Path(sys.argv[3])), indent=1))
+        print(json.dumps(compare(args.before, args.after), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

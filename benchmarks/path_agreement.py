@@ -11,6 +11,7 @@ magnitude of its output: how much float32 rounding is amplified in the reconstru
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -62,12 +63,16 @@ def run(name: str, fit_path: int, score_path: int) -> dict[str, Any]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "files",
+        nargs="*",
+        default=["artificialNoAnomaly/art_flatline.csv", "realKnownCause/machine_temperature_system_failure.csv"],
+        help="NAB files, relative to the data/ directory (default: art_flatline and machine_temperature)",
+    )
+    names = parser.parse_args(argv).files
     torch.set_num_threads(1)
-    names = sys.argv[1:] or [
-        "artificialNoAnomaly/art_flatline.csv",
-        "realKnownCause/machine_temperature_system_failure.csv",
-    ]
     for name in names:
         paths = {"step": STEPPING, "sequence": SEQUENCE}
         runs = {(f, s): run(name, paths[f], paths[s]) for f in paths for s in paths}
