@@ -43,10 +43,12 @@ def source_key(package: Path = Path(__file__).parent) -> str:
     return "src-" + digest.hexdigest()[:16]
 
 
+_SOURCE_KEY = source_key()  # read once: the sources do not change while the process runs
+
+
 def _keyed(directory: Path) -> Path:
     """``directory``'s subdirectory for the current sources (``directory`` itself if it is one)."""
-    key = source_key()
-    return directory if directory.name == key else directory / key
+    return directory if directory.name == _SOURCE_KEY else directory / _SOURCE_KEY
 
 
 def _writable_dir(candidates: list[Path]) -> Path | None:
